@@ -1,0 +1,62 @@
+"""Run outputs: metrics.jsonl, TensorBoard event files, and a progress bar."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import tqdm
+
+
+def _plain(value):
+  if isinstance(value, (np.generic, np.ndarray)):
+    return value.tolist()
+  if hasattr(value, "tolist"):  # jax arrays
+    return value.tolist()
+  return value
+
+
+class MetricWriter:
+  """Appends one JSON object per record to metrics.jsonl and mirrors scalars
+  to TensorBoard (tensorboardX: event files without TensorFlow)."""
+
+  def __init__(self, workdir):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._file = open(self.path, "a", encoding="utf-8")
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step, split, metrics):
+    record = {"step": int(step), "split": split}
+    record.update({k: _plain(v) for k, v in metrics.items()})
+    self._file.write(json.dumps(record) + "\n")
+    self._file.flush()
+    for key, value in record.items():
+      if key not in ("step", "split") and isinstance(value, (int, float)):
+        self._tb.add_scalar(f"{split}/{key}", value, int(step))
+
+  def flush(self):
+    self._file.flush()
+    self._tb.flush()
+
+  def close(self):
+    self._file.close()
+    self._tb.close()
+
+
+def read_metrics(workdir):
+  """All records of a run's metrics.jsonl, in order."""
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def progress_bar(total, initial=0):
+  """A tqdm bar (epoch, loss, img/s, ETA) that is silent off a terminal."""
+  return tqdm.tqdm(total=total, initial=initial, unit="step",
+                   dynamic_ncols=True, disable=not sys.stdout.isatty(),
+                   leave=True)
+
+
+def report(line):
+  """Prints a progress line without breaking a running progress bar."""
+  tqdm.tqdm.write(line)

@@ -1,0 +1,54 @@
+"""MNIST with the lecture's simple CNN (conv32-pool-conv64-pool-dense256-dense10).
+
+Run (from the repository root, bundled data, offline):
+  python launch.py --config configs/mnist.py --workdir runs/mnist
+
+Reaches about 99.3-99.4% test accuracy (all 10,000 test images) in 4 epochs,
+in about 3-4 minutes on a 2-core CPU. Override any value from the command
+line, e.g. --config.optim.learning_rate=0.003 --config.train.num_epochs=8.
+"""
+
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "simple_cnn"
+  config.model.num_classes = 10
+  config.model.use_batchnorm = False
+  config.model.dropout_rate = 0.0
+  config.model.dtype = "float32"
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "mnist"
+  config.data.data_dir = ""  # empty: the copy bundled in data/mnist
+  config.data.batch_size = 128
+  config.data.eval_batch_size = 1000
+  # Per-channel normalisation in [0, 1] units; empty: measured on train.
+  config.data.mean = ()
+  config.data.std = ()
+  config.data.augment = ml_collections.ConfigDict()
+  config.data.augment.crop_padding = 0  # random translation, in pixels
+  config.data.augment.flip = False  # digits must not be mirrored
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.name = "adamw"
+  config.optim.learning_rate = 3e-3
+  config.optim.schedule = "one_cycle"
+  config.optim.warmup_epochs = 1.0
+  config.optim.end_lr_factor = 0.0
+  config.optim.momentum = 0.9
+  config.optim.b1 = 0.9
+  config.optim.b2 = 0.999
+  config.optim.weight_decay = 1e-4
+  config.optim.grad_clip_norm = 0.0
+
+  config.train = ml_collections.ConfigDict()
+  config.train.num_epochs = 4
+  config.train.label_smoothing = 0.0
+  config.train.log_every_steps = 50
+  config.train.eval_every_epochs = 1
+  return config

@@ -1,0 +1,42 @@
+"""Shared fixtures: small MNIST-format data written to a temporary folder."""
+
+import gzip
+import os
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_idx(path, array):
+  """Writes a uint8 array as an IDX file (gzipped if path ends in .gz)."""
+  header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(
+      array.shape, dtype=">u4").tobytes()
+  opener = gzip.open if str(path).endswith(".gz") else open
+  with opener(path, "wb") as f:
+    f.write(header + np.ascontiguousarray(array, np.uint8).tobytes())
+
+
+@pytest.fixture
+def tiny_mnist_dir(tmp_path):
+  """A learnable 28x28 'MNIST' of 256 train / 100 test images in IDX files.
+
+  Class k lights up a bright 6x6 square at a class-specific position, so a
+  small CNN separates the classes in a few steps.
+  """
+  rng = np.random.default_rng(0)
+
+  def make(n):
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
+    for i, k in enumerate(labels):
+      r, c = 2 + 6 * (k // 4), 2 + 6 * (k % 4)
+      images[i, r:r + 6, c:c + 6] = 255
+    return images, labels
+
+  for prefix, n in (("train", 256), ("t10k", 100)):
+    images, labels = make(n)
+    write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", images)
+    write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", labels)
+  return tmp_path
