@@ -5,9 +5,124 @@ implementation (XLA's generic kernel or an im2col matmul) is chosen in one
 place while the parameter layout stays that of `flax.linen.Conv` (kernel
 [*window, C_in, C_out], bias [C_out]), which keeps checkpoints and imported
 pretrained weights interchangeable.
+
+Shapes are channels-last throughout: [B, *spatial, C] with 1, 2 or 3 spatial
+axes ([B, T, C], [B, H, W, C], [B, T, H, W, C]).
 """
 
+import functools
+from typing import Any, Callable, Optional, Sequence, Union
+
 import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
 
 # For now the XLA convolution; the backend-aware implementation plugs in here.
 Conv = nn.Conv
+
+# torch's BatchNorm defaults: its momentum=0.1 weights the new batch, flax's
+# momentum weights the old running average, hence 0.9. (torch updates the
+# running variance with the unbiased batch variance, flax with the biased one;
+# the difference is a factor n/(n-1) on statistics, never on parameters.)
+BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
+
+# torchvision initialises ResNet/VGG convolutions with kaiming_normal_
+# (mode='fan_out', nonlinearity='relu'): an untruncated normal with std
+# sqrt(2 / fan_out).
+he_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def check_input(model: str, x, axes: str = "HW",
+                min_size: Union[int, Sequence[int]] = 1,
+                multiple_of: int = 1, kind: str = "images") -> None:
+  """Raises ValueError naming `model` unless `x` is [B, *axes, C] and big enough.
+
+  Checking at the top of `__call__` turns a too-small input into a message
+  such as "ResNet50 expects images [B, H, W, C] with H, W >= 32, got (2, 8, 8, 3)"
+  instead of an XLA error about a negative dimension deep inside the network.
+
+  Args:
+    model: name shown in the message, e.g. "ResNet50".
+    x: the input array (only its shape is read).
+    axes: one letter per spatial axis, e.g. "T", "HW", "THW".
+    min_size: smallest allowed size, one int for all axes or one per axis.
+    multiple_of: each spatial size must be divisible by this.
+    kind: what the input is, e.g. "images", "time series", "videos".
+  """
+  shape = tuple(x.shape)
+  mins = ((min_size,) * len(axes) if isinstance(min_size, int)
+          else tuple(min_size))
+  layout = "[B, " + ", ".join(axes) + ", C]"
+  conditions = []
+  # Group neighbouring axes with the same minimum: "T >= 8 and H, W >= 16".
+  start = 0
+  for end in range(1, len(axes) + 1):
+    if end == len(axes) or mins[end] != mins[start]:
+      if mins[start] > 1:
+        conditions.append(", ".join(axes[start:end]) + f" >= {mins[start]}")
+      start = end
+  if multiple_of > 1:
+    conditions.append(", ".join(axes) + f" divisible by {multiple_of}")
+  ok = (len(shape) == len(axes) + 2 and
+        all(n >= m and n % multiple_of == 0
+            for n, m in zip(shape[1:-1], mins)))
+  if not ok:
+    where = " with " + " and ".join(conditions) if conditions else ""
+    raise ValueError(f"{model} expects {kind} {layout}{where}, got {shape}")
+
+
+def _adaptive_avg_matrix(size_in: int, size_out: int) -> np.ndarray:
+  """[size_out, size_in] averaging weights with torch's AdaptiveAvgPool bins.
+
+  Bin i covers [floor(i * n / m), ceil((i + 1) * n / m)); bins overlap or
+  repeat pixels when size_out does not divide size_in (or exceeds it).
+  """
+  weights = np.zeros((size_out, size_in), np.float32)
+  for i in range(size_out):
+    lo = (i * size_in) // size_out
+    hi = -((-(i + 1) * size_in) // size_out)
+    weights[i, lo:hi] = 1.0 / (hi - lo)
+  return weights
+
+
+def adaptive_avg_pool(x, output_size: Sequence[int]):
+  """torch's AdaptiveAvgPool2d: [B, H, W, C] -> [B, *output_size, C].
+
+  AlexNet and VGG pool to a fixed 6x6 / 7x7 grid so their classifier has the
+  same size for any input resolution; at 224x224 the pool is the identity.
+  Written as two small matmuls with the bin-averaging matrices.
+  """
+  out_h, out_w = output_size
+  _, h, w, _ = x.shape
+  if (h, w) == (out_h, out_w):
+    return x
+  rows = jnp.asarray(_adaptive_avg_matrix(h, out_h), x.dtype)
+  cols = jnp.asarray(_adaptive_avg_matrix(w, out_w), x.dtype)
+  return jnp.einsum("ih,jw,bhwc->bijc", rows, cols, x)
+
+
+class ConvBNAct(nn.Module):
+  """Conv (no bias: BN's shift replaces it) -> BatchNorm -> activation.
+
+  Works for 1D/2D/3D inputs [B, *spatial, C_in] -> [B, *spatial', features];
+  `kernel_size` is one int for every spatial axis or a tuple, padding 'SAME'.
+  """
+
+  features: int
+  kernel_size: Union[int, Sequence[int]] = 3
+  strides: Union[int, Sequence[int]] = 1
+  activation: Optional[Callable] = nn.relu
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    ndim = x.ndim - 2
+    kernel = ((self.kernel_size,) * ndim if isinstance(self.kernel_size, int)
+              else tuple(self.kernel_size))
+    strides = ((self.strides,) * ndim if isinstance(self.strides, int)
+               else tuple(self.strides))
+    x = Conv(self.features, kernel, strides, padding="SAME", use_bias=False,
+             dtype=self.dtype, name="conv")(x)
+    x = BatchNorm(use_running_average=not train, dtype=self.dtype,
+                  name="bn")(x)
+    return x if self.activation is None else self.activation(x)
