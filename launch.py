@@ -1,7 +1,19 @@
-"""Entry point: flags -> config -> train_and_evaluate.
+"""Entry point: flags -> config -> train_and_evaluate / evaluate_checkpoint.
 
   python launch.py --config configs/mnist.py --workdir runs/mnist \
       --config.optim.learning_rate=0.001 --config.train.num_epochs=2
+  python launch.py --config configs/mnist.py --workdir runs/mnist \
+      --mode=evaluate [--step=N]
+  python launch.py --mode=report --workdir runs/mnist [--report_html]
+  python launch.py --config configs/mnist_sweep.py --workdir runs/sweep
+      (a config with a `sweep` section: every member in one program;
+      --mode=evaluate --workdir runs/sweep/members/<k> for member k)
+  python launch.py --config configs/multidigit.py --workdir runs/multidigit \
+      --mode=heatmap [--step=N] [--heatmap_method=gradcam]
+
+Exit status: 0 done; 1 an error (one line on stderr); 2 bad flags;
+128 + signal number (143 SIGTERM, 130 SIGINT) when training stopped on a
+signal after saving a checkpoint: rerun the same command to resume.
 """
 
 import sys
@@ -11,15 +23,45 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from cnn_jax import heatmaps
+from cnn_jax import preemption
+from cnn_jax import report
+from cnn_jax import sweep
 from cnn_jax import train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Folder for logs, checkpoints, results.")
-flags.DEFINE_enum("mode", "train", ["train"], "What to do with the config.")
+flags.DEFINE_enum("mode", "train", ["train", "evaluate", "report", "heatmap"],
+                  "train: train (or resume) in --workdir; evaluate: evaluate "
+                  "a checkpoint of --workdir on the test split; report: "
+                  "write --workdir/report/report.md (figures beside it) for "
+                  "a finished run or sweep (needs no --config); heatmap: "
+                  "PNGs of a checkpoint's heat maps (CAM / Grad-CAM) or "
+                  "predicted masks over test images, in --workdir/heatmaps.")
+flags.DEFINE_integer("step", None, "--mode=evaluate/heatmap: the "
+                     "checkpoint's step (default: the latest intact one).")
+flags.DEFINE_enum("heatmap_method", "auto", list(heatmaps.METHODS),
+                  "--mode=heatmap: cam (GAP + dense models, e.g. DenseNet), "
+                  "gradcam (any model), auto (cam where possible).")
+flags.DEFINE_string("heatmap_layer", "", "--mode=heatmap: the module path "
+                    "of the layer, e.g. 'denseblock2' (default: CAM's "
+                    "feature layer / the last feature-map layer).")
+flags.DEFINE_integer("heatmap_count", 8, "--mode=heatmap: how many test "
+                     "images.")
 config_flags.DEFINE_config_file(
     "config", None, "A configs/*.py file; override keys with --config.a.b=v.",
     lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
+flags.DEFINE_bool("overwrite_report", False, "--mode=report: replace a "
+                  "report.md that was edited since it was written (an "
+                  "unedited one is always regenerated).")
+flags.DEFINE_bool("report_html", False, "--mode=report: also write "
+                  "report.html.")
+flags.mark_flags_as_required(["workdir"])
+flags.register_multi_flags_validator(
+    ["config", "mode"],
+    lambda f: f["mode"] == "report" or f["config"] is not None,
+    message="flag --config must have a value other than None (only "
+    "--mode=report reads the config from the run's summary.json)")
 
 # Errors a user can cause and fix: reported as one line, without a traceback.
 _USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError,
@@ -52,7 +94,39 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   try:
-    summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if FLAGS.mode == "report":
+      path = report.write_report(FLAGS.workdir,
+                                 overwrite=FLAGS.overwrite_report,
+                                 html=FLAGS.report_html)
+      print(f"report written to {path}")
+      return 0
+    # A sweep config with --workdir <sweep>/members/<k>: member k's config.
+    config = (FLAGS.config if FLAGS.mode == "train"
+              else sweep.config_for_workdir(FLAGS.config, FLAGS.workdir))
+    if FLAGS.mode == "heatmap":
+      folder, paths = heatmaps.write_heatmaps(
+          config, FLAGS.workdir, FLAGS.step, FLAGS.heatmap_method,
+          FLAGS.heatmap_layer, FLAGS.heatmap_count)
+      print(f"{len(paths)} PNGs written to {folder}")
+      return 0
+    if FLAGS.mode == "evaluate":
+      results, path = train.evaluate_checkpoint(config, FLAGS.workdir,
+                                                FLAGS.step)
+      print(f"step {results['step']}: test accuracy "
+            f"{results['test_accuracy']:.4f}, test loss "
+            f"{results['test_loss']:.4f}; written to {path}")
+      return 0
+    if sweep.is_sweep(config):  # every member at once, in one program
+      summary = sweep.train_and_evaluate(config, FLAGS.workdir)
+      print(f"best: member {summary['best_member']}, test accuracy "
+            f"{summary['test_accuracy']:.4f}; {summary['members']} members, "
+            f"{summary['wall_seconds']:.0f} s; ranking in "
+            f"{FLAGS.workdir}/summary.md")
+      return 0
+    summary = train.train_and_evaluate(config, FLAGS.workdir)
+  except preemption.Preempted as e:
+    print(str(e), file=sys.stderr)
+    return e.exit_code
   except _USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -2,65 +2,322 @@
 
 A checkpoint of step N is a folder `<workdir>/checkpoints/N` with two items:
 'state' (the TrainState's arrays: step, params, batch_stats, opt_state, rng)
-and 'meta' (JSON: data-iterator position and the resolved config). Orbax
-writes each step to a temporary folder and renames it when complete, so a
-killed save never looks like a finished checkpoint.
+and 'meta' (JSON: data-iterator position, the resolved config, and whatever
+else the caller needs to resume). Orbax writes each step to a temporary folder
+and renames it when complete, so a killed save never looks like a finished
+checkpoint. Files damaged afterwards (deleted, truncated, a flipped bit) are
+caught on restore: Orbax fails to read them, or the arrays no longer match the
+checksums saved with them in 'meta'; `restore_latest` then falls back to the
+previous checkpoint. Nothing is unpickled: arrays are stored by TensorStore
+(zarr/OCDBT) and everything else is JSON.
 """
 
+import datetime
+import json
 import os
+import zlib
 
+from absl import logging
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+_ITEMS = ("state", "meta")
+# Test metrics that are better when smaller (for keep_best_metric).
+_MINIMIZED = ("loss",)
+_BEST_METRICS = ("accuracy", "loss")
 
 
-def _state_arrays(state):
-  """The array part of a TrainState (apply_fn and tx are code, not data)."""
-  return {"step": state.step, "params": state.params,
-          "batch_stats": state.batch_stats, "opt_state": state.opt_state,
-          "rng": jax.random.key_data(state.rng)
-                 if jax.dtypes.issubdtype(state.rng.dtype,
-                                          jax.dtypes.prng_key)
-                 else state.rng}
+class CheckpointError(ValueError):
+  """A checkpoint is missing, unreadable or damaged."""
 
 
 def checkpoint_dir(workdir):
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
-def make_manager(workdir, max_to_keep=3):
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
-                               item_names=("state", "meta"))
+def saved_steps(workdir):
+  """Steps of the complete checkpoints in `workdir`, oldest first."""
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    return []
+  return sorted(ocp.utils.checkpoint_steps(directory))
 
 
-def save(manager, state, meta):
-  """Saves `state` at its own step with JSON-able `meta`; waits until done."""
+class _EverySeconds:
+  """Orbax save policy: once `seconds` have passed since this process's last
+  save (or its start), and never while an async save is still being written
+  (waiting for it would block training)."""
+
+  def __init__(self, seconds):
+    self.seconds = seconds
+    self._since = datetime.datetime.now(datetime.timezone.utc)
+
+  def should_save(self, step, previous_steps, *, context):
+    if context.is_saving_in_progress:
+      return False
+    last = max([self._since] + [info.time for info in previous_steps[-1:]])
+    return step.time - last >= datetime.timedelta(seconds=self.seconds)
+
+
+def _check_options(checkpoint_config):
+  if checkpoint_config.keep < 1:
+    raise ValueError(f"config.checkpoint.keep={checkpoint_config.keep} must be "
+                     ">= 1 (resuming needs the latest checkpoint)")
+  best = checkpoint_config.keep_best_metric
+  if best and best not in _BEST_METRICS:
+    raise ValueError(f"config.checkpoint.keep_best_metric={best!r} is not one "
+                     f"of: '' (off), {', '.join(_BEST_METRICS)}")
+
+
+def make_manager(workdir, checkpoint_config=None):
+  """An Orbax CheckpointManager for `<workdir>/checkpoints`.
+
+  Args:
+    workdir: the run folder.
+    checkpoint_config: config.checkpoint (every_steps, every_seconds, keep,
+      keep_best_metric, async_save); None: only for restoring (nothing is
+      created or deleted).
+  """
+  directory = checkpoint_dir(workdir)
+  if checkpoint_config is None:
+    # Not read_only=True: Orbax then warns on every use.
+    options = ocp.CheckpointManagerOptions(create=False)
+    return ocp.CheckpointManager(directory, options=options, item_names=_ITEMS)
+  _check_options(checkpoint_config)
+  save_policies = []
+  if checkpoint_config.every_steps:
+    save_policies.append(
+        checkpoint_managers.FixedIntervalPolicy(checkpoint_config.every_steps))
+  if checkpoint_config.every_seconds:
+    save_policies.append(_EverySeconds(checkpoint_config.every_seconds))
+  # The newest `keep` always survive (resuming needs the latest); with
+  # keep_best_metric also the best of those saved with test metrics.
+  keep_policies = [checkpoint_managers.LatestN(checkpoint_config.keep)]
+  best = checkpoint_config.keep_best_metric
+  if best:
+    keep_policies.append(checkpoint_managers.BestN(
+        get_metric_fn=lambda metrics: metrics[best], n=1,
+        reverse=best in _MINIMIZED, keep_checkpoints_without_metrics=False))
+  options = ocp.CheckpointManagerOptions(
+      save_decision_policy=checkpoint_managers.AnySavePolicy(save_policies),
+      preservation_policy=checkpoint_managers.AnyPreservationPolicy(
+          keep_policies),
+      enable_async_checkpointing=checkpoint_config.async_save,
+      cleanup_tmp_directories=True)  # left by a save that was killed
+  return ocp.CheckpointManager(directory, options=options, item_names=_ITEMS)
+
+
+def _state_arrays(state):
+  """The array part of a TrainState (apply_fn and tx are code, not data)."""
+  rng = state.rng
+  if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    rng = jax.random.key_data(rng)
+  return {"step": state.step, "params": state.params,
+          "batch_stats": state.batch_stats, "opt_state": state.opt_state,
+          "rng": rng}
+
+
+def _host_leaves(arrays):
+  """Host (numpy) copies of the leaves of `arrays`, in tree order."""
+  return jax.tree.leaves(jax.device_get(arrays))
+
+
+def _all_finite(leaves):
+  return all(np.isfinite(x).all() for x in leaves
+             if jnp.issubdtype(x.dtype, jnp.inexact))
+
+
+def _checksums(leaves):
+  """CRC-32 of each array's bytes: any truncated or flipped bit shows."""
+  return [zlib.crc32(np.ascontiguousarray(x).view(np.uint8)) for x in leaves]
+
+
+def _jsonable(tree):
+  """`tree` with numpy/JAX scalars and arrays as Python numbers and lists."""
+  return json.loads(json.dumps(tree, default=lambda x: x.tolist()))
+
+
+def save(manager, state, meta, metrics=None):
+  """Saves `state` at its own step, with `meta`.
+
+  A state holding NaN/Inf is never saved (FloatingPointError), so the last
+  checkpoint of a diverged run is a good one. With async saving this returns
+  once the arrays are copied off the device; `manager.wait_until_finished()`
+  waits for the files.
+
+  Args:
+    manager: from make_manager.
+    state: the TrainState.
+    meta: a dict of JSON values or numpy/JAX numbers (iterator position,
+      config, ...).
+    metrics: test metrics {'accuracy', 'loss'} measured on this very state,
+      for keep_best_metric; None if there are none.
+  Returns:
+    The step saved.
+  """
   step = int(state.step)
+  arrays = _state_arrays(state)
+  # Host copies, checked here and then dropped: Orbax makes its own, so the
+  # state can be donated to the next step while the files are written.
+  leaves = _host_leaves(arrays)
+  if not _all_finite(leaves):
+    raise FloatingPointError(
+        f"the train state after step {step} holds NaN or Inf; not saving it "
+        "(the previous checkpoint is kept)")
+  meta = _jsonable({**meta, "checksums": _checksums(leaves)})
   manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(_state_arrays(state)),
-      meta=ocp.args.JsonSave(meta)))
-  manager.wait_until_finished()
+      state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)),
+               metrics=_jsonable(metrics), force=True)
   return step
 
 
-def restore(manager, template_state, step=None):
-  """Restores (state, meta) at `step` (default: latest) into the structure of
-  `template_state` (whose apply_fn/tx are kept)."""
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(
-        f"no checkpoint in {manager.directory}")
-  template = _state_arrays(template_state)
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract),
-      meta=ocp.args.JsonRestore()))
-  arrays = restored["state"]
+def _verify(arrays, meta, step):
+  """Raises CheckpointError if `arrays` differ from the checksums saved."""
+  expected = meta.get("checksums")
+  if expected is None:  # saved before checksums existed
+    return
+  checksums = _checksums(_host_leaves(arrays))
+  paths = [jax.tree_util.keystr(path) for path, _ in
+           jax.tree_util.tree_flatten_with_path(arrays)[0]]
+  if len(expected) != len(paths):
+    raise CheckpointError(f"checkpoint step {step}: {len(paths)} arrays "
+                          f"where {len(expected)} were saved")
+  for path, saved, now in zip(paths, expected, checksums):
+    if saved != now:
+      raise CheckpointError(f"checkpoint step {step}: array {path} does not "
+                            "match the checksum saved with it (damaged file)")
+
+
+def restore(manager, abstract_state, step, check_meta=None):
+  """(state, meta) of checkpoint `step`.
+
+  Args:
+    manager: from make_manager.
+    abstract_state: a TrainState or its jax.eval_shape (shapes and dtypes
+      only); its apply_fn and tx are kept.
+    step: the step to restore.
+    check_meta: called with the meta before any array is read; may raise
+      (e.g. a config that does not match).
+  Raises:
+    CheckpointError: the checkpoint is missing, unreadable or damaged.
+  """
+  if step not in manager.all_steps():
+    raise CheckpointError(
+        f"no checkpoint of step {step} in {manager.directory} (there are: "
+        f"{', '.join(map(str, manager.all_steps())) or 'none'})")
+  try:
+    meta = manager.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))["meta"]
+  except Exception as e:  # pylint: disable=broad-except
+    # Orbax and TensorStore raise many types (even bare Exception).
+    raise CheckpointError(f"checkpoint step {step}: its meta cannot be read "
+                          f"({type(e).__name__}: {str(e)[:200]})") from e
+  if check_meta is not None:
+    check_meta(meta)
+  abstract = jax.eval_shape(_state_arrays, abstract_state)
+  try:
+    arrays = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract)))["state"]
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(f"checkpoint step {step}: its arrays cannot be read "
+                          f"({type(e).__name__}: {str(e)[:200]})") from e
+  _verify(arrays, meta, step)
   rng = arrays["rng"]
-  if jax.dtypes.issubdtype(template_state.rng.dtype, jax.dtypes.prng_key):
+  if jax.dtypes.issubdtype(abstract_state.rng.dtype, jax.dtypes.prng_key):
     rng = jax.random.wrap_key_data(rng)
-  state = template_state.replace(
+  state = abstract_state.replace(
       step=arrays["step"], params=arrays["params"],
       batch_stats=arrays["batch_stats"], opt_state=arrays["opt_state"],
       rng=rng)
-  return state, restored["meta"]
+  return state, meta
+
+
+def restore_latest(manager, abstract_state, check_meta=None):
+  """(state, meta) of the newest checkpoint that reads back intact.
+
+  A damaged checkpoint is skipped with a warning naming its step, and the one
+  before it is tried. Arguments as for `restore`.
+  Raises:
+    CheckpointError: there is no checkpoint, or none is intact.
+  """
+  damaged = []
+  for step in reversed(manager.all_steps()):
+    try:
+      return restore(manager, abstract_state, step, check_meta)
+    except CheckpointError as e:
+      logging.warning("%s; skipping it, trying the one before", e)
+      damaged.append(str(e))
+  if not damaged:
+    raise CheckpointError(f"no checkpoint in {manager.directory}")
+  raise CheckpointError(f"no intact checkpoint in {manager.directory}: "
+                        + "; ".join(damaged))
+
+
+def set_aside(workdir, steps):
+  """Renames checkpoint folders `<step>` to `<step>.damaged`: Orbax ignores
+  them, the files stay for inspection, and those steps can be saved again."""
+  for step in steps:
+    path = os.path.join(checkpoint_dir(workdir), str(step))
+    os.rename(path, path + ".damaged")
+
+
+def restore_variables(path):
+  """{'params', 'batch_stats'} (host arrays) of the newest intact checkpoint
+  at `path`, whatever model and optimizer saved it: read without a target
+  state, so another model can start from them (transfer.py's init_from).
+
+  Args:
+    path: a run folder, its checkpoints/ folder, or checkpoints/<step>.
+  Raises:
+    CheckpointError: no checkpoint there, or none reads back intact.
+  """
+  path = os.path.abspath(path)
+  step = None
+  if (os.path.basename(path).isdigit() and
+      os.path.basename(os.path.dirname(path)) == "checkpoints"):
+    step, path = int(os.path.basename(path)), os.path.dirname(path)
+  if os.path.basename(path) == "checkpoints":
+    path = os.path.dirname(path)
+  steps = saved_steps(path)
+  if not steps or (step is not None and step not in steps):
+    raise CheckpointError(
+        f"no checkpoint {'of step %d ' % step if step is not None else ''}"
+        f"in {checkpoint_dir(path)} (there are: "
+        f"{', '.join(map(str, steps)) or 'none'})")
+  manager = make_manager(path)
+  damaged = []
+  try:
+    for candidate in [step] if step is not None else reversed(steps):
+      try:
+        restored = manager.restore(candidate, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+      except Exception as e:  # pylint: disable=broad-except
+        damaged.append(f"checkpoint step {candidate}: cannot be read "
+                       f"({type(e).__name__}: {str(e)[:200]})")
+        continue
+      arrays, meta = restored["state"], restored["meta"]
+      variables = {"batch_stats": arrays.get("batch_stats") or {},
+                   "params": arrays["params"]}
+      leaves = _host_leaves(variables)  # batch_stats first, as saved
+      expected = meta.get("checksums")
+      if expected is not None:
+        # Saved in the order batch_stats, opt_state, params, rng, step. The
+        # optimizer state comes back in other containers (no target) but
+        # with as many leaves, so the variables' positions are known.
+        num_stats = len(jax.tree.leaves(variables["batch_stats"]))
+        num_params = len(leaves) - num_stats
+        params_from = num_stats + len(jax.tree.leaves(arrays.get("opt_state")))
+        saved = (expected[:num_stats] +
+                 expected[params_from:params_from + num_params])
+        if _checksums(leaves) != saved:
+          damaged.append(f"checkpoint step {candidate}: its params or "
+                         "batch_stats do not match their checksums")
+          continue
+      return jax.device_get(variables)
+  finally:
+    manager.close()
+  raise CheckpointError(f"no intact checkpoint in {checkpoint_dir(path)}: "
+                        + "; ".join(damaged))

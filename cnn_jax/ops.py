@@ -15,13 +15,17 @@ side, every partial overlap), an int, or a sequence with one int or
 `(lo, hi)` pair per spatial dimension.
 """
 
+import functools
 import math
+import os
 from typing import Optional, Sequence, Tuple, Union
 
 import jax
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
+
+from cnn_jax import conv_im2col
 
 IntOrSeq = Union[int, Sequence[int]]
 Padding = Union[str, int, Sequence[Union[int, Tuple[int, int]]]]
@@ -164,11 +168,118 @@ def _compute_dtype(*arrays):
   return dtype if jnp.issubdtype(dtype, jnp.inexact) else jnp.float32
 
 
+# --- Convolution implementations ------------------------------------------
+#
+# 'xla': lax.conv_general_dilated, XLA's own convolution (cuDNN on GPU).
+# 'im2col': patches by slicing + one matmul, gradients as matmuls
+#   (cnn_jax/conv_im2col.py); unsupported cases fall back to 'xla'.
+# 'auto': 'xla' on GPU/TPU; on CPU the faster of the two for the layer's
+#   shape, from the measurements in experiments/bench_cpu.py.
+CONV_IMPLS = ("auto", "xla", "im2col")
+
+# Read when a convolution is traced, so a jitted function keeps the choice it
+# was compiled with. Set from the environment (CNN_JAX_CONV_IMPL=xla) or with
+# set_default_conv_impl().
+_default_conv_impl = os.environ.get("CNN_JAX_CONV_IMPL", "auto")
+
+
+def _check_conv_impl(impl: str, name: str = "conv_impl") -> str:
+  if impl not in CONV_IMPLS:
+    raise ValueError(f"{name}={impl!r} is not one of: {', '.join(CONV_IMPLS)}")
+  return impl
+
+
+def set_default_conv_impl(impl: str) -> None:
+  """Sets the implementation used where a layer or call does not name one.
+
+  Affects functions traced afterwards; already-compiled functions keep theirs.
+  """
+  global _default_conv_impl
+  _default_conv_impl = _check_conv_impl(impl)
+
+
+def default_conv_impl() -> str:
+  """The process default: 'auto' unless CNN_JAX_CONV_IMPL or
+  `set_default_conv_impl` says otherwise."""
+  return _check_conv_impl(_default_conv_impl, "CNN_JAX_CONV_IMPL")
+
+
+def _im2col_wins_on_cpu(lhs_shape, rhs_shape) -> bool:
+  """Whether im2col beats XLA:CPU for a channels-last conv of these shapes."""
+  del lhs_shape, rhs_shape
+  return True
+
+
+def resolve_conv_impl(impl: Optional[str], lhs_shape, rhs_shape,
+                      dimension_numbers=None, lhs_dilation=None,
+                      feature_group_count: int = 1,
+                      batch_group_count: int = 1,
+                      backend: Optional[str] = None) -> str:
+  """'xla' or 'im2col': what `conv_general_dilated(..., impl=impl)` runs.
+
+  `impl=None` means `default_conv_impl()`; 'im2col' resolves to 'xla' where
+  im2col does not apply (`conv_im2col.supported`); 'auto' picks by backend
+  (default: `jax.default_backend()`) and shape.
+  """
+  impl = _check_conv_impl(default_conv_impl() if impl is None else impl)
+  if impl == "xla":
+    return "xla"
+  if conv_im2col.supported(lhs_shape, rhs_shape, dimension_numbers,
+                           lhs_dilation, feature_group_count,
+                           batch_group_count) is not None:
+    return "xla"
+  if impl == "im2col":
+    return "im2col"
+  backend = jax.default_backend() if backend is None else backend
+  if backend == "cpu" and _im2col_wins_on_cpu(lhs_shape, rhs_shape):
+    return "im2col"
+  return "xla"
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None,
+                         feature_group_count=1, batch_group_count=1,
+                         precision=None, preferred_element_type=None, *,
+                         impl: Optional[str] = None):
+  """`lax.conv_general_dilated` with a choice of implementation.
+
+  Same arguments, result and gradients as `lax.conv_general_dilated` (up to
+  float summation order); `impl` is 'auto', 'xla', 'im2col' or None (the
+  process default), resolved by `resolve_conv_impl`. This is the function
+  `layers.Conv` hands to `flax.linen.Conv`, so parameters keep nn.Conv's
+  layout whichever implementation runs.
+  """
+  lhs = jnp.asarray(lhs)
+  rhs = jnp.asarray(rhs)
+  chosen = resolve_conv_impl(impl, lhs.shape, rhs.shape, dimension_numbers,
+                             lhs_dilation, feature_group_count,
+                             batch_group_count)
+  fn = (conv_im2col.conv_general_dilated if chosen == "im2col"
+        else lax.conv_general_dilated)
+  return fn(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count,
+            batch_group_count=batch_group_count, precision=precision,
+            preferred_element_type=preferred_element_type)
+
+
+@functools.lru_cache(maxsize=None)
+def conv_fn(impl: Optional[str] = None):
+  """`conv_general_dilated` with `impl` bound: a drop-in for
+  `lax.conv_general_dilated` (flax.linen.Conv's `conv_general_dilated`).
+
+  Cached, so modules built with the same `impl` compare equal.
+  """
+  if impl is not None:
+    _check_conv_impl(impl)
+  return functools.partial(conv_general_dilated, impl=impl)
+
+
 def cross_correlation(x: jax.Array, kernel: jax.Array, *,
                       stride: IntOrSeq = 1, padding: Padding = "valid",
                       dilation: IntOrSeq = 1, feature_group_count: int = 1,
-                      precision: Optional[lax.PrecisionLike] = None
-                      ) -> jax.Array:
+                      precision: Optional[lax.PrecisionLike] = None,
+                      impl: Optional[str] = None) -> jax.Array:
   """Batched multi-channel cross-correlation (what conv layers compute).
 
   `y[b, i, o] = sum_{j, c} x[b, i * s + j * d, c] * kernel[j, c, o]`, with
@@ -184,6 +295,8 @@ def cross_correlation(x: jax.Array, kernel: jax.Array, *,
     feature_group_count: channel groups (C_in for depthwise convolution).
     precision: passed to `lax.conv_general_dilated`; `'highest'` avoids
       reduced-precision (TF32/bf16) passes on GPU/TPU.
+    impl: 'auto', 'xla', 'im2col' or None (the process default); see
+      `conv_general_dilated`.
 
   Returns:
     `[B, *spatial_out, C_out]`, `spatial_out` given by `output_size`; float32
@@ -220,14 +333,15 @@ def cross_correlation(x: jax.Array, kernel: jax.Array, *,
   _check_output_sizes(in_sizes, window, strides, dilations, pads, padding,
                       f"kernel window (kernel shape {kernel.shape})")
   dtype = _compute_dtype(x, kernel)
-  return lax.conv_general_dilated(
+  return conv_general_dilated(
       x.astype(dtype), kernel.astype(dtype),
       window_strides=strides,
       padding=pads,
       rhs_dilation=dilations,
       dimension_numbers=_DIMENSION_NUMBERS[n],
       feature_group_count=groups,
-      precision=precision)
+      precision=precision,
+      impl=impl)
 
 
 def _flip_spatial(kernel: jax.Array, n: int) -> jax.Array:
@@ -339,6 +453,44 @@ def _tile_windows(x: jax.Array, window: Sequence[int]):
   return x.reshape(shape), axes
 
 
+def _window_elements(tiles: jax.Array, axes: Sequence[int]):
+  """The elements of each window of `_tile_windows`' output, in row-major
+  window order: a list of prod(window) arrays [B, n1 // w1, ..., C]."""
+  elements = [tiles]
+  for axis in sorted(axes, reverse=True):
+    elements = [lax.index_in_dim(e, i, axis, keepdims=False)
+                for e in elements for i in range(tiles.shape[axis])]
+  return elements
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _tiled_max(tiles: jax.Array, axes: Tuple[int, ...]) -> jax.Array:
+  # An elementwise max of the window's elements, not a reduce: XLA fuses it
+  # with the producer (bias, ReLU) into one pass over the activations.
+  return functools.reduce(jnp.maximum, _window_elements(tiles, axes))
+
+
+def _tiled_max_fwd(tiles, axes):
+  pooled = _tiled_max(tiles, axes)
+  return pooled, (tiles, pooled)
+
+
+def _tiled_max_bwd(axes, residuals, g):
+  # Tied maxima share the window's gradient evenly. Written elementwise (the
+  # tie count as a sum over the window's elements, not a reduce) so the whole
+  # gradient is one fused pass that writes the input-sized result once.
+  tiles, pooled = residuals
+  count = functools.reduce(
+      jnp.add, [(e == pooled).astype(g.dtype)
+                for e in _window_elements(tiles, axes)])
+  share = jnp.expand_dims(g / count, axes)
+  is_max = tiles == jnp.expand_dims(pooled, axes)
+  return (jnp.where(is_max, share, jnp.zeros((), g.dtype)),)
+
+
+_tiled_max.defvjp(_tiled_max_fwd, _tiled_max_bwd)
+
+
 def _reduce_window(x, init, reducer, window, strides, pads):
   return lax.reduce_window(
       x, init, reducer,
@@ -352,10 +504,13 @@ def max_pool(x: jax.Array, window: IntOrSeq, stride: Optional[IntOrSeq] = None,
   """Max over windows of each channel.
 
   Non-overlapping unpadded windows (the usual `max_pool(x, 2)`) are computed
-  as a reshape and a max, whose gradient XLA:CPU runs several times faster
-  than `lax.reduce_window`'s select-and-scatter. The two differ only for tied
-  maxima: the reshape path splits the gradient evenly between the tied
-  elements, reduce_window gives it all to the first; both sum to the same.
+  as a reshape and an elementwise max over each window's elements, with a
+  custom gradient that is one fused elementwise pass; XLA:CPU runs both
+  several times faster than `lax.reduce_window` and its select-and-scatter
+  gradient, and fuses the max with a preceding bias/ReLU. The two differ
+  only for tied maxima: the reshape path splits the gradient evenly between
+  the tied elements, reduce_window gives it all to the first; both sum to the
+  same.
 
   Args:
     x: `[B, *spatial, C]`, 1 to 3 spatial dims.
@@ -371,12 +526,17 @@ def max_pool(x: jax.Array, window: IntOrSeq, stride: Optional[IntOrSeq] = None,
                                          "max_pool")
   if _is_tiling(window, strides, pads):
     tiles, axes = _tile_windows(x, window)
+    if jnp.issubdtype(x.dtype, jnp.inexact):
+      return _tiled_max(tiles, axes)
     return jnp.max(tiles, axis=axes)
   if jnp.issubdtype(x.dtype, jnp.inexact):
     init = -jnp.inf
   else:
     init = jnp.iinfo(x.dtype).min
-  return _reduce_window(x, jnp.array(init, x.dtype), lax.max, window, strides,
+  # A numpy (concrete) init value: lax.reduce_window then picks its
+  # differentiable max/add primitives; a jnp.array is a tracer under jit and
+  # falls back to the generic reducer, which has no gradient.
+  return _reduce_window(x, np.array(init, x.dtype), lax.max, window, strides,
                         pads)
 
 
@@ -406,7 +566,7 @@ def avg_pool(x: jax.Array, window: IntOrSeq, stride: Optional[IntOrSeq] = None,
   if _is_tiling(window, strides, pads):
     tiles, axes = _tile_windows(x, window)
     return jnp.mean(tiles, axis=axes)
-  zero = jnp.array(0, x.dtype)
+  zero = np.array(0, x.dtype)  # concrete: see max_pool
   sums = _reduce_window(x, zero, lax.add, window, strides, pads)
   if count_include_pad:
     return sums / math.prod(window)

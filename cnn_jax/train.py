@@ -1,9 +1,11 @@
 """Training and evaluation: create_model -> create_train_state -> train_step /
 eval_step -> train_and_evaluate. Reads top to bottom like flax/examples."""
 
+import dataclasses
 import functools
 import json
 import os
+import signal
 import time
 
 import jax
@@ -12,9 +14,9 @@ import ml_collections
 import numpy as np
 
 from cnn_jax import checkpoint
-from cnn_jax import losses
-from cnn_jax import metrics as metrics_lib
 from cnn_jax import optim
+from cnn_jax import preemption
+from cnn_jax import transfer
 from cnn_jax import visualize
 from cnn_jax import workdirs
 from cnn_jax import writers
@@ -22,7 +24,11 @@ from cnn_jax.data import augment
 from cnn_jax.data import batching
 from cnn_jax.data import channel_stats
 from cnn_jax.data import load_splits
+from cnn_jax.data import prefetch
 from cnn_jax.models import MODELS
+from cnn_jax.tasks import CLASSIFICATION
+from cnn_jax.tasks import get_task
+from cnn_jax.tasks import task_for_run
 from cnn_jax.train_state import TrainState
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -56,64 +62,124 @@ def initialized(rng, model, example_shape):
   return variables["params"], variables.get("batch_stats", {})
 
 
+def learning_rate_schedule(config, steps_per_epoch):
+  """The learning rate as a function of the step, over the whole run."""
+  total_steps = config.train.num_epochs * steps_per_epoch
+  return optim.make_schedule(config.optim, total_steps, steps_per_epoch)
+
+
 def create_train_state(config, rng, example_shape, steps_per_epoch):
   """A fresh TrainState and the learning-rate schedule it follows."""
   model = create_model(config.model)
   params, batch_stats = initialized(rng, model, example_shape)
-  total_steps = config.train.num_epochs * steps_per_epoch
-  schedule = optim.make_schedule(config.optim, total_steps, steps_per_epoch)
+  schedule = learning_rate_schedule(config, steps_per_epoch)
   tx = optim.make_optimizer(config.optim, schedule)
+  apply_fn = model.apply
+  transfer_config = config.get("transfer")  # configs without it: no transfer
+  if transfer.is_active(transfer_config):
+    # Frozen and per-learning-rate parameter groups, frozen BatchNorm
+    # (cnn_jax/transfer.py); train_and_evaluate restores transfer.init_from.
+    tx, apply_fn = transfer.optimizer_and_apply(
+        transfer_config, config.optim, schedule, steps_per_epoch,
+        model.apply, {"params": params, "batch_stats": batch_stats})
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                      batch_stats=batch_stats, opt_state=tx.init(params),
-                     rng=jax.random.fold_in(rng, 1), apply_fn=model.apply,
+                     rng=jax.random.fold_in(rng, 1), apply_fn=apply_fn,
                      tx=tx)
   return state, schedule
 
 
-def train_step(state, batch, *, mean, std, augment_config=None,
-               label_smoothing=0.0):
-  """One SGD step on batch {'image': [B,H,W,C] uint8/float, 'label': int [B]}.
+def abstract_train_state(config, example_shape, steps_per_epoch):
+  """The shapes and dtypes of create_train_state's TrainState (nothing is
+  computed or compiled): what a checkpoint is restored into."""
+  rng = jax.random.PRNGKey(config.seed)
+  return jax.eval_shape(lambda: create_train_state(
+      config, rng, example_shape, steps_per_epoch)[0])
 
-  Augmentation and normalisation happen here, on device, with keys derived
-  from (state.rng, state.step), so the step is a pure function of its inputs.
-  Returns (new_state, {'loss', 'accuracy'}).
+
+def train_inputs(state, batch, key, *, mean, std, augment_config=None):
+  """(images, soft_targets) for one training step.
+
+  images: batch['image'] augmented with `key` (in pixel units, [0, 255]),
+  then normalised: float32 [B, H, W, C]. soft_targets: [B, K] from
+  mixup/cutmix when the config turns them on, else None.
   """
-  step_key = jax.random.fold_in(state.rng, state.step)
-  augment_key, dropout_key = jax.random.split(step_key)
-  images = augment.normalize(batch["image"], mean, std)
-  images = augment.augment_batch(images, augment_key, augment_config)
+  images = augment.augment_batch(batch["image"].astype(jnp.float32), key,
+                                 augment_config)
+  images = augment.normalize(images, mean, std)
+  if not augment.mixes_labels(augment_config):
+    return images, None
+  # K for the soft targets, from the model's output shape (no compute).
+  logits_shape = jax.eval_shape(lambda x: state.apply_fn(
+      {"params": state.params, "batch_stats": state.batch_stats}, x,
+      train=False), images)
+  return augment.mix_batch(images, batch["label"], jax.random.fold_in(key, 1),
+                           augment_config, num_classes=logits_shape.shape[-1])
+
+
+def gradient_step(state, batch, images, targets, dropout_key, *,
+                  label_smoothing=0.0, task=CLASSIFICATION):
+  """One optimizer step on prepared inputs (train_inputs) for `batch`'s
+  labels -> (new_state, {'loss', **task.train_metrics})."""
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
         {"params": params, "batch_stats": state.batch_stats}, images,
         train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"])
-    loss = jnp.mean(losses.softmax_cross_entropy(
-        logits, batch["label"], label_smoothing))
+    loss_batch = batch if targets is None else {**batch,
+                                                "soft_target": targets}
+    loss = jnp.mean(task.loss(logits, loss_batch, label_smoothing))
     return loss, (logits, updates.get("batch_stats", state.batch_stats))
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
-  accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-  return state.apply_gradients(grads, batch_stats), {"loss": loss,
-                                                     "accuracy": accuracy}
+  # value=loss: for a reduce-on-plateau optimizer (optim.py), ignored else.
+  return state.apply_gradients(grads, batch_stats, value=loss), {
+      "loss": loss, **task.train_metrics(logits, batch)}
 
 
-def eval_step(state, batch, *, mean, std):
-  """Summed metrics over the unmasked examples of a (padded) batch."""
+def train_step(state, batch, *, mean, std, augment_config=None,
+               label_smoothing=0.0, task=CLASSIFICATION):
+  """One SGD step on batch {'image': [B,H,W,C] uint8/float, 'label': int [B]}.
+
+  Augmentation (in pixel units, [0, 255]) and then normalisation happen here,
+  on device, with keys derived from (state.rng, state.step), so the step is a
+  pure function of its inputs. With mixup/cutmix on, the loss uses the soft
+  targets they return; accuracy is always against the unmixed labels.
+  Returns (new_state, {'loss', 'accuracy'}).
+  (cnn_jax/sweep.py vmaps the same two halves, train_inputs and
+  gradient_step, over sweep members.)
+  """
+  step_key = jax.random.fold_in(state.rng, state.step)
+  augment_key, dropout_key = jax.random.split(step_key)
+  images, targets = train_inputs(state, batch, augment_key, mean=mean,
+                                 std=std, augment_config=augment_config)
+  return gradient_step(state, batch, images, targets, dropout_key,
+                       label_smoothing=label_smoothing, task=task)
+
+
+def eval_step(state, batch, *, mean, std, task=CLASSIFICATION):
+  """(sums, per-example outputs) over the unmasked examples of a batch."""
   images = augment.normalize(batch["image"], mean, std)
   logits = state.apply_fn(
       {"params": state.params, "batch_stats": state.batch_stats}, images,
       train=False)
-  return metrics_lib.classification_sums(logits, batch["label"], batch["mask"])
+  examples = task.eval_examples(logits, batch) if task.eval_examples else {}
+  return task.eval_sums(logits, batch), examples
 
 
-def evaluate(eval_fn, state, dataset, batch_size):
+def evaluate(eval_fn, state, dataset, batch_size, task=CLASSIFICATION):
   """Metrics over every example of `dataset` (the last batch padded+masked)."""
-  totals = None
+  totals, kept = None, []
   for batch in batching.eval_batches(dataset, batch_size):
-    sums = eval_fn(state, batch)
+    sums, examples = eval_fn(state, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  return metrics_lib.finalize(jax.device_get(totals))
+    if examples:
+      kept.append(jax.tree.map(lambda x, m=batch["mask"]: np.asarray(x)[m],
+                               examples))
+  examples = (jax.tree.map(lambda *xs: np.concatenate(xs), *kept)
+              if kept else {})
+  return task.finalize(jax.device_get(totals), examples)
 
 
 def normalization_stats(data_config, train_set):
@@ -124,23 +190,79 @@ def normalization_stats(data_config, train_set):
   return channel_stats(train_set.images)
 
 
+class DivergedError(FloatingPointError):
+  """A non-finite loss; `step` is the first step that produced one."""
+
+  def __init__(self, step, loss):
+    super().__init__(
+        f"training diverged: non-finite loss ({loss}) at step {step}; lower "
+        "config.optim.learning_rate or add config.optim.grad_clip_norm")
+    self.step = step
+
+
 def _check_finite(records, first_step):
   for offset, record in enumerate(records):
     if not np.isfinite(record["loss"]):
-      step = first_step + offset + 1
-      raise FloatingPointError(
-          f"training diverged: non-finite loss ({record['loss']}) at step "
-          f"{step}; lower config.optim.learning_rate or add "
-          "config.optim.grad_clip_norm")
+      raise DivergedError(first_step + offset + 1, record["loss"])
+
+
+def _fresh_progress():
+  """Where a new run starts (the same keys as a checkpoint's meta)."""
+  return {"step": 0, "position": {"epoch": 0, "batch": 0},
+          "pending_metrics": [], "test_metrics": None}
+
+
+def _resume(config, workdir, example_shape, steps_per_epoch):
+  """(state, meta) of the latest intact checkpoint in `workdir`.
+
+  The checkpoint's config must match `config` (workdirs.check_resumable).
+  Damaged checkpoints newer than the one used are set aside, so the resumed
+  run can save those steps again.
+  """
+  abstract = abstract_train_state(config, example_shape, steps_per_epoch)
+  manager = checkpoint.make_manager(workdir)
+  state, meta = checkpoint.restore_latest(
+      manager, abstract, check_meta=lambda meta: workdirs.check_resumable(
+          meta["config"], config, meta["step"]))
+  manager.close()
+  checkpoint.set_aside(workdir, [s for s in checkpoint.saved_steps(workdir)
+                                 if s > meta["step"]])
+  return state, meta
+
+
+def _save_checkpoint(manager, state, position, pending, test_metrics,
+                     evaluated, run_meta):
+  """Saves `state` with what resuming needs: the iterator position, the
+  current log window's per-step metrics (so the resumed run logs the same
+  windows), the latest test metrics, and `run_meta` (config, normalization).
+  """
+  records = jax.device_get(pending)
+  step = int(state.step)
+  _check_finite(records, step - len(records))  # names the step of a NaN loss
+  meta = {"step": step, "position": dataclasses.asdict(position),
+          "pending_metrics": [{k: float(v) for k, v in r.items()}
+                              for r in records],
+          "test_metrics": test_metrics, **run_meta}
+  checkpoint.save(manager, state, meta,
+                  metrics=test_metrics if evaluated else None)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
-  """Trains config.model on config.data, writing logs, curves, a checkpoint
-  and summary.json into `workdir`. Returns the summary dict."""
+  """Trains config.model on config.data, writing logs, curves, checkpoints
+  and summary.json into `workdir`. Returns the summary dict.
+
+  Rerunning with the same workdir resumes from the latest intact checkpoint:
+  same step, data order and RNG stream, so the result is bitwise the same as
+  an uninterrupted run (on CPU). On SIGTERM/SIGINT it finishes the step,
+  saves a checkpoint and raises preemption.Preempted. On a non-finite loss it
+  raises FloatingPointError, keeping the last good checkpoint, with status
+  'diverged' in summary.json.
+  """
   start_time = time.time()
-  workdirs.prepare(workdir, config)
+  resuming = workdirs.prepare(workdir, config, checkpoint.saved_steps(workdir))
   splits = load_splits(config.data)
   train_set, test_set = splits["train"], splits["test"]
+  task = task_for_run(config, train_set)  # config.task, fitted to train
   mean, std = normalization_stats(config.data, train_set)
   writers.report(f"{config.data.name}: {len(train_set)} train, "
                  f"{len(test_set)} test examples of shape "
@@ -149,81 +271,194 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   batch_size = config.data.batch_size
   per_epoch = batching.steps_per_epoch(len(train_set), batch_size)
   total_steps = config.train.num_epochs * per_epoch
-  rng = jax.random.PRNGKey(config.seed)
-  state, schedule = create_train_state(config, rng, train_set.example_shape,
-                                       per_epoch)
+  schedule = learning_rate_schedule(config, per_epoch)
+  if resuming:
+    state, progress = _resume(config, workdir, train_set.example_shape,
+                              per_epoch)
+  else:
+    state, _ = create_train_state(config, jax.random.PRNGKey(config.seed),
+                                  train_set.example_shape, per_epoch)
+    state = transfer.restore_init_from(state, config.get("transfer"),
+                                       writers.report)
+    progress = _fresh_progress()
+  run_meta = {"config": config.to_dict(),
+              "normalization": {"mean": mean.tolist(), "std": std.tolist()}}
+  manager = checkpoint.make_manager(workdir, config.checkpoint)
 
   p_train_step = jax.jit(
       functools.partial(train_step, mean=mean, std=std,
                         augment_config=config.data.augment.to_dict(),
-                        label_smoothing=config.train.label_smoothing),
+                        label_smoothing=config.train.label_smoothing,
+                        task=task),
       donate_argnums=0)
-  p_eval_step = jax.jit(functools.partial(eval_step, mean=mean, std=std))
+  p_eval_step = jax.jit(functools.partial(eval_step, mean=mean, std=std,
+                                          task=task))
 
-  writer = writers.MetricWriter(workdir)
-  bar = writers.progress_bar(total_steps)
-  pending, pending_from = [], 0
+  step = progress["step"]
+  position = batching.IteratorPosition(**progress["position"])
+  # float32 again (JSON made them float64), for bitwise-equal window means.
+  pending = [{k: np.float32(v) for k, v in record.items()}
+             for record in progress["pending_metrics"]]
+  test_metrics = progress["test_metrics"]
+  writer = writers.MetricWriter(workdir,
+                                purge_step=step + 1 if resuming else None)
+  if resuming:
+    writer.write(step, "resumed", {"epoch": step / per_epoch})
+    writers.report(f"resuming from the checkpoint of step {step} "
+                   f"(epoch {position.epoch}, batch {position.batch})")
+  bar = writers.progress_bar(total_steps, initial=step)
   window_start, window_images = time.time(), 0
-  train_seconds, train_images = 0.0, 0
-  step = 0
-  batches = batching.train_batches(train_set, batch_size, config.seed)
-  for position, batch in batches:
-    if step >= total_steps:
-      break
-    state, step_metrics = p_train_step(state, batch)
-    pending.append(step_metrics)
-    step += 1
-    window_images += batch_size
-    epoch_done = position.batch == 0
-    if step % config.train.log_every_steps == 0 or epoch_done:
-      records = jax.device_get(pending)
-      _check_finite(records, pending_from)
-      elapsed = time.time() - window_start
-      throughput = window_images / max(elapsed, 1e-9)
-      if pending_from > 0:  # the first window holds the compilation
-        train_seconds += elapsed
-        train_images += window_images
-      summary = {k: float(np.mean([r[k] for r in records])) for k in records[0]}
-      summary.update(learning_rate=float(schedule(step - 1)),
-                     img_per_s=throughput, epoch=step / per_epoch)
-      writer.write(step, "train", summary)
-      bar.set_postfix(epoch=f"{step / per_epoch:.2f}",
-                      loss=f"{summary['loss']:.4f}",
-                      img_s=f"{throughput:.0f}")
-      bar.update(len(records))
-      pending, pending_from = [], step
-      window_start, window_images = time.time(), 0
-    if epoch_done and (position.epoch % config.train.eval_every_epochs == 0
-                       or step == total_steps):
-      test_metrics = evaluate(p_eval_step, state, test_set,
-                              config.data.eval_batch_size)
-      writer.write(step, "test", {**test_metrics, "epoch": position.epoch})
-      writers.report(
-          f"epoch {position.epoch} step {step}: test accuracy "
-          f"{test_metrics['accuracy']:.4f} loss {test_metrics['loss']:.4f}")
-      window_start = time.time()  # evaluation time is not training time
-  bar.close()
+  train_seconds, train_images, first_window = 0.0, 0, True
+  stop, stopping = preemption.StopRequest(), False
+  # Double-buffered: the next batch is drawn and sent while this step runs.
+  batches = prefetch.prefetch_to_device(
+      batching.train_batches(train_set, batch_size, config.seed, position),
+      size=2)
+  try:
+    with stop:
+      for position, batch in batches:
+        if step >= total_steps:
+          break
+        # After transfer.unfreeze_after_epochs: the unfrozen forward pass.
+        state = transfer.at_step(state, step, config.get("transfer"),
+                                 per_epoch)
+        state, step_metrics = p_train_step(state, batch)
+        pending.append(step_metrics)
+        step += 1
+        window_images += batch_size
+        epoch_done = position.batch == 0
+        if step % config.train.log_every_steps == 0 or epoch_done:
+          records = jax.device_get(pending)
+          _check_finite(records, step - len(records))
+          elapsed = time.time() - window_start
+          throughput = window_images / max(elapsed, 1e-9)
+          if not first_window:  # the first window holds the compilation
+            train_seconds += elapsed
+            train_images += window_images
+          summary = {k: float(np.mean([r[k] for r in records]))
+                     for k in records[0]}
+          summary.update(learning_rate=float(schedule(step - 1)),
+                         img_per_s=throughput, epoch=step / per_epoch)
+          writer.write(step, "train", summary)
+          bar.set_postfix(epoch=f"{step / per_epoch:.2f}",
+                          loss=f"{summary['loss']:.4f}",
+                          img_s=f"{throughput:.0f}")
+          bar.update(step - bar.n)
+          pending, first_window = [], False
+          window_start, window_images = time.time(), 0
+        evaluated = epoch_done and (
+            position.epoch % config.train.eval_every_epochs == 0
+            or step == total_steps)
+        if evaluated:
+          test_metrics = evaluate(p_eval_step, state, test_set,
+                                  config.data.eval_batch_size, task)
+          writer.write(step, "test", {**test_metrics, "epoch": position.epoch})
+          headline = ("" if task.headline == "accuracy" else
+                      f"{task.headline} {test_metrics[task.headline]:.4f} ")
+          writers.report(
+              f"epoch {position.epoch} step {step}: test {headline}accuracy "
+              f"{test_metrics['accuracy']:.4f} loss {test_metrics['loss']:.4f}")
+          window_start = time.time()  # evaluation time is not training time
+        if step == config.train.stop_after_steps:
+          stop.request()
+        # Read once: a signal arriving later is handled after the next step.
+        stopping = stop.signum is not None
+        if (stopping or step == total_steps or manager.should_save(step)
+            or (evaluated and config.checkpoint.keep_best_metric)):
+          _save_checkpoint(manager, state, position, pending, test_metrics,
+                           evaluated, run_meta)
+        if stopping:
+          break
+  except FloatingPointError as e:
+    # The last checkpoint predates the NaN (a poisoned state is never saved).
+    manager.wait_until_finished()
+    workdirs.write_summary(workdir, {
+        "status": "diverged",
+        "step": e.step if isinstance(e, DivergedError) else step,
+        "error": str(e), "last_checkpoint": manager.latest_step(),
+        "wall_seconds": time.time() - start_time, "config": config.to_dict()})
+    raise
+  finally:
+    batches.close()
+    bar.close()
+    writer.close()
+    manager.wait_until_finished()
+    manager.close()
 
-  manager = checkpoint.make_manager(workdir)
-  checkpoint.save(manager, state, {"epoch": total_steps // per_epoch,
-                                   "batch": 0, "config": config.to_dict()})
-  manager.close()
-  writer.close()
-  visualize.plot_learning_curves(writers.read_metrics(workdir),
-                                 os.path.join(workdir, "learning_curves.png"))
+  if stopping:
+    workdirs.write_summary(workdir, {
+        "status": "preempted", "step": step,
+        "signal": signal.Signals(stop.signum).name,
+        "wall_seconds": time.time() - start_time, "config": config.to_dict()})
+    raise preemption.Preempted(stop.signum, step, workdir)
+
+  visualize.plot_learning_curves(
+      writers.drop_superseded(writers.read_metrics(workdir)),
+      os.path.join(workdir, "learning_curves.png"))
   summary = {
       "status": "finished",
       "test_accuracy": test_metrics["accuracy"],
       "test_loss": test_metrics["loss"],
       "test_examples": test_metrics["count"],
+      # Every metric of the task (config.task), e.g. mean_auroc, mean_iou.
+      "task": task.name,
+      "test_metrics": test_metrics,
       "steps": step,
       "epochs": config.train.num_epochs,
+      "resumed_from_step": progress["step"] if resuming else None,
       "wall_seconds": time.time() - start_time,
       "train_img_per_s": train_images / train_seconds if train_seconds else None,
-      "normalization": {"mean": mean.tolist(), "std": std.tolist()},
+      "normalization": run_meta["normalization"],
       "device": jax.devices()[0].device_kind,
       "config": config.to_dict(),
   }
-  with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
-    json.dump(summary, f, indent=2)
+  workdirs.write_summary(workdir, summary)
   return summary
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        step=None):
+  """Evaluates a checkpoint of `workdir` on the whole test split.
+
+  Args:
+    config: the run's config (it must match the checkpoint's, as for
+      resuming).
+    workdir: the run folder.
+    step: the checkpoint's step; None: the latest intact one.
+  Returns:
+    (results dict, path): written to eval.json, or to eval_step<N>.json when
+    eval.json exists (an existing result is never overwritten).
+  """
+  splits = load_splits(config.data)
+  train_set, test_set = splits["train"], splits["test"]
+  per_epoch = batching.steps_per_epoch(len(train_set), config.data.batch_size)
+  abstract = abstract_train_state(config, train_set.example_shape, per_epoch)
+  check = lambda meta: workdirs.check_resumable(meta["config"], config,
+                                                meta.get("step"))
+  manager = checkpoint.make_manager(workdir)
+  if step is None:
+    state, meta = checkpoint.restore_latest(manager, abstract, check)
+  else:
+    state, meta = checkpoint.restore(manager, abstract, step, check)
+  manager.close()
+  # The statistics the run normalised with.
+  if "normalization" in meta:
+    mean = np.asarray(meta["normalization"]["mean"], np.float32)
+    std = np.asarray(meta["normalization"]["std"], np.float32)
+  else:
+    mean, std = normalization_stats(config.data, train_set)
+  task = task_for_run(config, train_set)
+  p_eval_step = jax.jit(functools.partial(eval_step, mean=mean, std=std,
+                                          task=task))
+  metrics = evaluate(p_eval_step, state, test_set, config.data.eval_batch_size,
+                     task)
+  step = int(state.step)
+  results = {"step": step, "test_accuracy": metrics["accuracy"],
+             "test_loss": metrics["loss"], "test_examples": metrics["count"],
+             "task": task.name, "test_metrics": metrics,
+             "device": jax.devices()[0].device_kind,
+             "config": config.to_dict()}
+  path = workdirs.new_result_path(workdir, "eval.json", f"eval_step{step}.json")
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(results, f, indent=2)
+  return results, path

@@ -22,8 +22,13 @@ class TrainState(flax.struct.PyTreeNode):
   apply_fn: Any = flax.struct.field(pytree_node=False)
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
-  def apply_gradients(self, grads, batch_stats):
-    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+  def apply_gradients(self, grads, batch_stats, **extra_args):
+    """One optimizer update. `extra_args` (train_step passes value=loss)
+    reach the transformations that take them, e.g.
+    optax.contrib.reduce_on_plateau; the others ignore them."""
+    tx = optax.with_extra_args_support(self.tx)
+    updates, opt_state = tx.update(grads, self.opt_state, self.params,
+                                   **extra_args)
     return self.replace(step=self.step + 1,
                         params=optax.apply_updates(self.params, updates),
                         batch_stats=batch_stats, opt_state=opt_state)

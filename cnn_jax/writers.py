@@ -18,13 +18,19 @@ def _plain(value):
 
 class MetricWriter:
   """Appends one JSON object per record to metrics.jsonl and mirrors scalars
-  to TensorBoard (tensorboardX: event files without TensorFlow)."""
+  to TensorBoard (tensorboardX: event files without TensorFlow).
 
-  def __init__(self, workdir):
+  A resumed run passes `purge_step` (the step after its checkpoint's):
+  TensorBoard then hides the earlier run's events from that step on, which
+  the resumed run logs again.
+  """
+
+  def __init__(self, workdir, purge_step=None):
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._file = open(self.path, "a", encoding="utf-8")
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                             purge_step=purge_step)
 
   def write(self, step, split, metrics):
     record = {"step": int(step), "split": split}
@@ -48,6 +54,19 @@ def read_metrics(workdir):
   """All records of a run's metrics.jsonl, in order."""
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def drop_superseded(records):
+  """The records of the run as it finally went: a 'resumed' record at step N
+  (written when a run resumes from its checkpoint of step N) supersedes the
+  earlier records after step N, which the resumed run logs again. Nothing is
+  deleted from metrics.jsonl; readers call this."""
+  kept = []
+  for record in records:
+    if record["split"] == "resumed":
+      kept = [r for r in kept if r["step"] <= record["step"]]
+    kept.append(record)
+  return kept
 
 
 def progress_bar(total, initial=0):

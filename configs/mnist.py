@@ -27,12 +27,22 @@ def get_config():
   config.data.data_dir = ""  # empty: the copy bundled in data/mnist
   config.data.batch_size = 128
   config.data.eval_batch_size = 1000
+  config.data.val_fraction = 0.0  # >0: hold out this fraction of train as 'val'
   # Per-channel normalisation in [0, 1] units; empty: measured on train.
   config.data.mean = ()
   config.data.std = ()
   config.data.augment = ml_collections.ConfigDict()
+  # On-device augmentation (cnn_jax/data/augment.py), all off for digits.
   config.data.augment.crop_padding = 0  # random translation, in pixels
   config.data.augment.flip = False  # digits must not be mirrored
+  config.data.augment.translate = 0.0  # max shift, fraction of H and W
+  config.data.augment.resized_crop_min_scale = 0.0  # >0: random resized crop
+  config.data.augment.brightness = 0.0  # colour jitter: factor in [1-s, 1+s]
+  config.data.augment.contrast = 0.0
+  config.data.augment.saturation = 0.0
+  config.data.augment.cutout = 0  # side of a zeroed square, in pixels
+  config.data.augment.mixup_alpha = 0.0  # >0: mixup (soft targets)
+  config.data.augment.cutmix_alpha = 0.0  # >0: cutmix (soft targets)
 
   config.optim = ml_collections.ConfigDict()
   config.optim.name = "adamw"
@@ -51,4 +61,17 @@ def get_config():
   config.train.label_smoothing = 0.0
   config.train.log_every_steps = 50
   config.train.eval_every_epochs = 1
+  # >0: after this step, stop as if SIGTERM had arrived (checkpoint, exit
+  # status 143); the next launch resumes. For tests and time-boxed jobs.
+  config.train.stop_after_steps = 0
+
+  # Checkpoints in <workdir>/checkpoints; rerunning the same command resumes.
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.every_steps = 500  # 0: no step-based saves
+  config.checkpoint.every_seconds = 600.0  # 0: no time-based saves
+  config.checkpoint.keep = 3  # the newest N are kept
+  # 'accuracy' or 'loss' of the latest test evaluation: also keep the best
+  # checkpoint by it (a checkpoint is then saved after every evaluation).
+  config.checkpoint.keep_best_metric = ""  # '': off
+  config.checkpoint.async_save = True  # write files while training goes on
   return config

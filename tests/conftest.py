@@ -18,9 +18,9 @@ def write_idx(path, array):
     f.write(header + np.ascontiguousarray(array, np.uint8).tobytes())
 
 
-@pytest.fixture
-def tiny_mnist_dir(tmp_path):
-  """A learnable 28x28 'MNIST' of 256 train / 100 test images in IDX files.
+def write_tiny_mnist(path):
+  """Writes a learnable 28x28 'MNIST' of 256 train / 100 test images as IDX
+  files into `path` (the same images on every call) and returns `path`.
 
   Class k lights up a bright 6x6 square at a class-specific position, so a
   small CNN separates the classes in a few steps.
@@ -37,6 +37,12 @@ def tiny_mnist_dir(tmp_path):
 
   for prefix, n in (("train", 256), ("t10k", 100)):
     images, labels = make(n)
-    write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", images)
-    write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", labels)
-  return tmp_path
+    write_idx(path / f"{prefix}-images-idx3-ubyte.gz", images)
+    write_idx(path / f"{prefix}-labels-idx1-ubyte.gz", labels)
+  return path
+
+
+@pytest.fixture
+def tiny_mnist_dir(tmp_path):
+  """write_tiny_mnist in the test's temporary folder."""
+  return write_tiny_mnist(tmp_path)

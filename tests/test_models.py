@@ -53,6 +53,7 @@ SMALL_INPUTS.update({
     "resnet1d": (50, 3),
     "r3d18": (8, 32, 32, 3),
     "c3d_small": (8, 32, 32, 3),
+    "centernet": (64, 64, 3),
 })
 NUM_CLASSES = 7
 BATCH = 2
@@ -113,6 +114,8 @@ def test_params_are_float32(name):
 def expected_output_shape(name, input_shape):
   if name == "unet":
     return (BATCH, *input_shape[:-1], NUM_CLASSES)
+  if name == "centernet":  # K heat maps + 4 box channels at stride 4
+    return (BATCH, input_shape[0] // 4, input_shape[1] // 4, NUM_CLASSES + 4)
   return (BATCH, NUM_CLASSES)
 
 

@@ -7,6 +7,7 @@ Every module is called as `module.init(rngs, x, train=False)` and
 import functools
 
 from cnn_jax.models import alexnet
+from cnn_jax.models import centernet
 from cnn_jax.models import cnn1d
 from cnn_jax.models import cnn3d
 from cnn_jax.models import densenet
@@ -43,4 +44,6 @@ MODELS = {
     "resnet1d": cnn1d.ResNet1D,
     "r3d18": cnn3d.R3D18,
     "c3d_small": cnn3d.C3DSmall,
+    # Detector: [B, H, W, C] -> [B, H/4, W/4, K + 4] heat maps + boxes.
+    "centernet": centernet.CenterNet,
 }

@@ -1,0 +1,46 @@
+"""MNIST: six simple CNNs trained at once in one vmapped program (3 learning
+rates x 2 seeds of configs/mnist.py).
+
+Run (from the repository root, bundled data, offline):
+  python launch.py --config configs/mnist_sweep.py --workdir runs/mnist_sweep
+
+Writes runs/mnist_sweep/summary.md (members ranked by test accuracy, on all
+10,000 test images), summary.json, metrics.jsonl (every member, with a
+'member' field) and members/<k>/, each an ordinary run folder (summary.json
+with the member's resolved config, metrics.jsonl, tensorboard/,
+checkpoints/). Evaluate member k as the single run it stands for:
+  python launch.py --config configs/mnist_sweep.py --mode=evaluate \
+      --workdir runs/mnist_sweep/members/<k>
+
+Axes are config keys, nested as in the config; override them from the
+command line, e.g. --config.sweep.axes.seed="(0,1,2)". Members may differ in
+cnn_jax/sweep.py's VARYING keys (seed, optimizer hyperparameters, dropout
+rate, label smoothing, data.augment.*); `sweep.chunk` bounds how many train
+at once (memory).
+
+The six members take about as long as six single runs of configs/mnist.py
+on a 2-core CPU (see experiments/bench_sweep.py for the throughput ratio);
+on a GPU they share the device in one program.
+"""
+
+import ml_collections
+
+from configs import mnist
+
+
+def get_config():
+  config = mnist.get_config()
+  config.train.num_epochs = 2
+
+  config.sweep = ml_collections.ConfigDict()
+  config.sweep.axes = ml_collections.ConfigDict()
+  config.sweep.axes.optim = ml_collections.ConfigDict(
+      {"learning_rate": (1e-3, 3e-3, 1e-2)})
+  config.sweep.axes.seed = (0, 1)
+  config.sweep.mode = "grid"  # 'grid': every combination; 'zip': i-th values
+  config.sweep.chunk = 0  # members trained at once; 0: all of them
+  config.sweep.member_devices = 1  # >1: members split over devices too
+  # Members computed by one vectorized op; the rest of a chunk loops inside
+  # the same program (lax.map). 0: the whole chunk in one vmap.
+  config.sweep.vmap_width = 0
+  return config

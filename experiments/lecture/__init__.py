@@ -1,0 +1,1 @@
+"""The lecture experiments: one module per idea (see common.py)."""

@@ -1,0 +1,220 @@
+"""Sweeps: member configs, member k == its single run, isolation of a
+diverging member, and the sweep's outputs (per-member checkpoints restore as
+single runs)."""
+
+import functools
+import json
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from cnn_jax import sweep
+from cnn_jax import train
+from cnn_jax.data import batching
+from cnn_jax.data import load_splits
+from configs import mnist as mnist_config
+from configs import mnist_sweep as mnist_sweep_config
+
+
+def _axes(**nested):
+  return ml_collections.ConfigDict(nested)
+
+
+def _sweep_config(data_dir=None, mode="grid", **axes):
+  """configs/mnist.py shrunk (small CNN, batch 16) plus a sweep section."""
+  config = mnist_config.get_config()
+  config.model.features = (8, 16)
+  config.model.hidden = 32
+  config.optim.name = "momentum"
+  config.optim.schedule = "constant"
+  config.data.batch_size = 16
+  config.data.eval_batch_size = 64  # 100 test images: last batch padded
+  if data_dir is not None:
+    config.data.data_dir = str(data_dir)
+  config.sweep = ml_collections.ConfigDict(
+      {"axes": _axes(**axes), "mode": mode, "chunk": 0, "member_devices": 1,
+       "vmap_width": 0})
+  return config
+
+
+def test_grid_and_zip_members():
+  config = _sweep_config(seed=(0, 1), optim={"learning_rate": (0.1, 0.3, 1)})
+  overrides, configs = sweep.member_configs(config)
+  assert len(configs) == 6
+  assert overrides[1] == {"optim.learning_rate": 0.1, "seed": 1}
+  assert overrides[5] == {"optim.learning_rate": 1.0, "seed": 1}
+  assert isinstance(configs[5].optim.learning_rate, float)
+  assert "sweep" not in configs[0]  # each member is a plain single-run config
+  assert configs[3].seed == 1 and configs[3].optim.learning_rate == 0.3
+  config.sweep.mode = "zip"
+  with pytest.raises(ValueError, match="equal length"):
+    sweep.member_configs(config)
+  config.sweep.axes.seed = (0, 1, 2)
+  _, configs = sweep.member_configs(config)
+  assert [(c.seed, c.optim.learning_rate) for c in configs] == [
+      (0, 0.1), (1, 0.3), (2, 1.0)]
+  # The shipped config builds and is a sweep of 3 x 2.
+  assert len(sweep.member_configs(mnist_sweep_config.get_config())[1]) == 6
+
+
+@pytest.mark.parametrize("axes, message", [
+    ({"optim": {"learnig_rate": (0.1,)}}, "does not have: optim.learnig_rate"),
+    ({"model": {"features": ((8,), (16,))}}, "model.features cannot differ"),
+    ({"data": {"batch_size": (16, 32)}}, "data.batch_size cannot differ"),
+    ({"optim": {"b1": (0.8, 0.9)}}, "optim.b1 has no effect"),
+    ({"seed": 3}, "seed must be a non-empty tuple"),
+    ({"seed": (0.5,)}, "seed: value 0.5 is not of the type"),
+    ({"model": {"dropout_rate": (0.2, 1.0)}}, r"\[1.0\] not in \[0, 1\)"),
+])
+def test_invalid_axes_are_errors_naming_them(axes, message):
+  with pytest.raises(ValueError, match=message):
+    sweep.member_configs(_sweep_config(**axes))
+
+
+def test_unknown_mode_and_option_are_errors():
+  config = _sweep_config(seed=(0, 1))
+  config.sweep.mode = "random"
+  with pytest.raises(ValueError, match="config.sweep.mode='random'"):
+    sweep.member_configs(config)
+  config = _sweep_config(seed=(0, 1))
+  config.sweep.chunks = 2
+  with pytest.raises(ValueError, match="unknown keys: chunks"):
+    sweep.member_configs(config)
+
+
+def _data(config):
+  splits = load_splits(config.data)
+  train_set = splits["train"]
+  mean, std = train.normalization_stats(config.data, train_set)
+  per_epoch = batching.steps_per_epoch(len(train_set), config.data.batch_size)
+  return train_set, mean, std, per_epoch
+
+
+def _run_sweep(configs, train_set, mean, std, per_epoch, steps, step_fn=None):
+  states, program = sweep.init_members(configs, train_set.example_shape,
+                                       per_epoch)
+  augments = sweep.distinct_augmentations(configs)
+  if step_fn is None:
+    step_fn = jax.jit(sweep.make_train_step(
+        program.model, augments, mean=mean, std=std, member_count=len(configs),
+        vary_dropout=True))
+  hparams = sweep.hyperparameter_arrays(configs, augments)
+  alive = jnp.ones(len(configs), bool)
+  batches = sweep._member_batches(  # pylint: disable=protected-access
+      train_set, configs[0].data.batch_size, [c.seed for c in configs])
+  for _ in range(steps):
+    _, batch = next(batches)
+    states, alive, metrics = step_fn(states, alive, batch, hparams)
+  return states, alive, metrics, step_fn
+
+
+def test_each_member_equals_its_single_run(tiny_mnist_dir):
+  # Members 0 and 1 differ in seed and learning rate; member 2 also in
+  # dropout, label smoothing, crop augmentation, momentum and weight decay.
+  config = _sweep_config(
+      tiny_mnist_dir, mode="zip", seed=(0, 1, 2),
+      optim={"learning_rate": (0.02, 0.05, 0.1), "momentum": (0.9, 0.9, 0.8),
+             "weight_decay": (1e-4, 1e-4, 0.0)},
+      model={"dropout_rate": (0.0, 0.0, 0.3)},
+      train={"label_smoothing": (0.0, 0.0, 0.1)},
+      data={"augment": {"crop_padding": (0, 0, 2)}})
+  _, configs = sweep.member_configs(config)
+  train_set, mean, std, per_epoch = _data(configs[0])
+  steps = 20
+  states, alive, _, _ = _run_sweep(configs, train_set, mean, std, per_epoch,
+                                   steps)
+  assert bool(jnp.all(alive))
+  single_steps = {}
+  for k, member in enumerate(configs):
+    state, _ = train.create_train_state(
+        member, jax.random.PRNGKey(member.seed), train_set.example_shape,
+        per_epoch)
+    statics = (json.dumps(member.data.augment.to_dict()),
+               member.train.label_smoothing, member.model.dropout_rate)
+    if statics not in single_steps:  # members 0 and 1 share one compile
+      single_steps[statics] = jax.jit(functools.partial(
+          train.train_step, mean=mean, std=std,
+          augment_config=member.data.augment.to_dict(),
+          label_smoothing=member.train.label_smoothing))
+    batches = batching.train_batches(train_set, member.data.batch_size,
+                                     member.seed)
+    for _ in range(steps):
+      _, batch = next(batches)
+      state, _ = single_steps[statics](state, batch)
+    got = sweep.member_state(states, k)
+    assert int(got.step) == steps
+    chex.assert_trees_all_close(got.params, state.params, rtol=1e-5,
+                                atol=1e-7)
+    chex.assert_trees_all_close(got.opt_state.hyperparams,
+                                state.opt_state.hyperparams)
+
+
+def test_a_diverging_member_does_not_change_the_others(tiny_mnist_dir):
+  lrs = (0.05, 1e9, 0.1)  # member 1 blows up
+  config = _sweep_config(tiny_mnist_dir, mode="zip", seed=(0, 1, 2),
+                         optim={"learning_rate": lrs})
+  _, configs = sweep.member_configs(config)
+  train_set, mean, std, per_epoch = _data(configs[0])
+  diverged, alive, metrics, step_fn = _run_sweep(configs, train_set, mean,
+                                                 std, per_epoch, steps=8)
+  assert alive.tolist() == [True, False, True]
+  assert not bool(metrics["updated"][1])
+  chex.assert_tree_all_finite(sweep.member_state(diverged, 1).params)
+  assert int(sweep.member_state(diverged, 1).step) < 8  # frozen when it blew
+  config.sweep.axes.optim.learning_rate = (0.05, 0.07, 0.1)
+  _, calm_configs = sweep.member_configs(config)
+  calm, alive, _, _ = _run_sweep(calm_configs, train_set, mean, std,
+                                 per_epoch, steps=8, step_fn=step_fn)
+  assert bool(jnp.all(alive))
+  for k in (0, 2):
+    chex.assert_trees_all_equal(sweep.member_state(diverged, k).params,
+                                sweep.member_state(calm, k).params)
+
+
+def test_sweep_run_writes_members_that_restore_as_single_runs(
+    tiny_mnist_dir, tmp_path):
+  config = _sweep_config(tiny_mnist_dir,
+                         optim={"learning_rate": (0.05, 0.1, 1e9)})
+  config.data.batch_size = 64  # 4 steps per epoch
+  config.train.num_epochs = 1
+  config.sweep.chunk = 2  # members 0-1, then 2 and a masked-out pad
+  workdir = str(tmp_path / "sweep")
+  summary = sweep.train_and_evaluate(config, workdir)
+  assert summary["members"] == 3 and summary["chunk"] == 2
+  ranking = summary["ranking"]  # member 2 (lr 1e9) diverges: ranked last
+  assert [r["status"] for r in ranking] == ["finished", "finished",
+                                            "diverged"]
+  assert ranking[-1]["member"] == 2 and summary["diverged"] == [2]
+  assert ranking[0]["test_accuracy"] >= ranking[1]["test_accuracy"]
+  with open(os.path.join(workdir, "summary.md")) as f:
+    assert "| rank | member | optim.learning_rate |" in f.read()
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  assert {r["member"] for r in records} == {0, 1, 2}
+  assert [r["member"] for r in records if r["split"] == "diverged"] == [2]
+  for k in range(3):
+    member_dir = os.path.join(workdir, "members", str(k))
+    assert os.listdir(os.path.join(member_dir, "tensorboard"))
+    with open(os.path.join(member_dir, "summary.json")) as f:
+      member_summary = json.load(f)
+    assert "sweep" not in member_summary["config"]
+    assert member_summary["sweep"]["member"] == k
+  # A member's checkpoint is an ordinary run's: evaluate it as launch.py's
+  # --mode=evaluate does, with the member's config resolved from the sweep.
+  best = ranking[0]
+  member_dir = os.path.join(workdir, "members", str(best["member"]))
+  member = sweep.config_for_workdir(config, member_dir)
+  assert member.optim.learning_rate == best["overrides"]["optim.learning_rate"]
+  results, _ = train.evaluate_checkpoint(member, member_dir)
+  assert results["step"] == 4
+  assert results["test_accuracy"] == best["test_accuracy"]
+  assert results["test_loss"] == pytest.approx(best["test_loss"], rel=1e-5)
+  with pytest.raises(ValueError, match="not a sweep member's folder"):
+    sweep.config_for_workdir(config, workdir)
+  with pytest.raises(train.workdirs.WorkdirInUseError, match="already holds"):
+    sweep.train_and_evaluate(config, workdir)
