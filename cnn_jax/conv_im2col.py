@@ -1,20 +1,28 @@
-"""Convolution as one matrix multiply (im2col by slicing), with its own VJP.
+"""Convolution passes as matrix multiplies (im2col), for XLA:CPU.
 
-XLA:CPU's generic convolution runs a small CNN's layers several times slower
-than its matrix multiply reaches on the same FLOPs (see
-experiments/bench_cpu.py). Here a channels-last convolution is written as
+A channels-last convolution is a matrix multiply with the patch matrix
 
-  patches = concat_j(x_padded[:, j*d : ... : s, :])   # [B, *out, T * C_in]
-  y = patches @ kernel.reshape(T * C_in, C_out)        # T = prod(window)
+  patches[b, *o, (j, c)] = x_padded[b, *(o * s + j * d), c]    # T = prod(window)
+  y = patches @ kernel.reshape(T * C_in, C_out)
 
-and its gradients as two more large matrix multiplies:
+and its gradients are two more:
 
-  dkernel = patches^T @ dy                  # patches recomputed, never stored
-  dx      = col2im(dy @ kernel^T)           # shifted adds, fused by XLA
+  dkernel = patches^T @ dy
+  dx      = col2im(dy @ kernel^T)        # the transpose of the slicing
 
-The custom VJP keeps only (x, kernel) alive between the passes, not the
-T-times larger patch matrix, and puts the kernel gradient in one well-shaped
-matmul instead of whatever autodiff of the slices would produce.
+The patch matrix is T times the size of the input, and writing it out to
+memory costs more than XLA's own convolution on this kind of machine. So
+every pass here runs over the batch in chunks (a `lax.scan`) small enough
+for a chunk's patches to stay in the core's cache, and the custom VJP keeps
+only (x, kernel) between the passes, never the patches.
+
+Two modes (see `conv_general_dilated`):
+  'im2col': all three passes as chunked matrix multiplies;
+  'mixed':  forward and input gradient by XLA's convolution, kernel gradient
+            as a chunked matrix multiply. XLA:CPU (jaxlib 0.10) runs the
+            kernel gradient of a 2D float32 convolution through YNNPACK as a
+            convolution with a [H, W] window, which is several times slower
+            than its forward pass; the matrix multiply is not.
 
 Same signature and numerics (up to float summation order) as
 `lax.conv_general_dilated` for channels-last inputs ([B, *spatial, C]),
@@ -22,19 +30,26 @@ kernels [*window, C_in, C_out] (flax's layout) and outputs, any stride,
 padding (also negative) and kernel dilation, 1 to 3 spatial dims and one
 feature group. Other cases (input dilation, i.e. transposed convolution;
 feature or batch groups; other layouts) are delegated to XLA; `supported`
-says which.
+says which. The custom VJP supports reverse-mode differentiation only
+(`jax.grad`, `jax.vjp`); forward mode (`jax.jvp`) needs conv_impl='xla'.
 """
 
 import functools
 import itertools
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import jax
 from jax import lax
 import jax.numpy as jnp
 
-Pads = Tuple[Tuple[int, int], ...]
+MODES = ("im2col", "mixed")
+
+# Bytes of patches per batch chunk: about what one core's L2 cache holds
+# (2 MiB on the machines of experiments/bench_cpu.py). Measured on the MNIST
+# CNN's 14x14x32 -> 64 layer: 4 images (0.9 MiB) per chunk ran the kernel
+# gradient 2.3x faster than 128 at once.
+_CHUNK_BYTES = 1 << 20
 
 
 def _channels_last_numbers(ndim: int) -> lax.ConvDimensionNumbers:
@@ -74,16 +89,17 @@ def _out_sizes(in_sizes, window, strides, pads, dilations):
                                                dilations))
 
 
+def _pad(x, pads):
+  """Zero-pads (or, for negative pads, crops) the spatial dims of x."""
+  return lax.pad(x, jnp.zeros((), x.dtype),
+                 ((0, 0, 0),) + tuple((lo, hi, 0) for lo, hi in pads)
+                 + ((0, 0, 0),))
+
+
 def _patches(x, window, strides, pads, dilations):
   """[B, *S, C] -> [B, *out, T * C], taps in the kernel's row-major order."""
-  n = x.ndim - 2
-  xp = lax.pad(x, jnp.zeros((), x.dtype),
-               ((0, 0, 0),) + tuple((lo, hi, 0) for lo, hi in pads)
-               + ((0, 0, 0),))
+  xp = _pad(x, pads)
   out = _out_sizes(x.shape[1:-1], window, strides, pads, dilations)
-  if all(m == 1 for m in window):
-    if all(s == 1 for s in strides):
-      return xp
   taps = []
   for tap in itertools.product(*(range(m) for m in window)):
     start = tuple(j * d for j, d in zip(tap, dilations))
@@ -96,80 +112,179 @@ def _patches(x, window, strides, pads, dilations):
 
 
 def _col2im(dpatches, x_shape, window, strides, pads, dilations):
-  """Transpose of `_patches`: sums each tap's slice back into [B, *S, C]."""
-  n = len(window)
+  """Transpose of `_patches`: adds each tap's slice back into [B, *S, C]."""
   c = x_shape[-1]
-  in_sizes = x_shape[1:-1]
-  padded = tuple(sz + lo + hi for sz, (lo, hi) in zip(in_sizes, pads))
+  padded = tuple(n + lo + hi for n, (lo, hi) in zip(x_shape[1:-1], pads))
   out = dpatches.shape[1:-1]
   zero = jnp.zeros((), dpatches.dtype)
   total = None
   for t, tap in enumerate(itertools.product(*(range(m) for m in window))):
-    piece = dpatches[..., t * c:(t + 1) * c]
     config = [(0, 0, 0)]
     for j, d, s, o, p in zip(tap, dilations, strides, out, padded):
       lo = j * d
-      hi = p - (lo + s * (o - 1) + 1)
-      config.append((lo, hi, s - 1))
+      config.append((lo, p - (lo + s * (o - 1) + 1), s - 1))
     config.append((0, 0, 0))
-    piece = lax.pad(piece, zero, config)
+    piece = lax.pad(dpatches[..., t * c:(t + 1) * c], zero, config)
     total = piece if total is None else total + piece
-  # Drop the zero padding (negative padding pads the gradient with zeros).
-  unpad = ((0, 0, 0),) + tuple((-lo, -hi, 0) for lo, hi in pads) + (
-      (0, 0, 0),)
-  del n
-  return lax.pad(total, zero, unpad)
+  # Drop the padding again (negative padding of the gradient: zeros).
+  return _pad(total, tuple((-lo, -hi) for lo, hi in pads))
 
 
-def _matmul(a, b, contract_a, contract_b, precision, preferred):
-  return lax.dot_general(a, b, ((contract_a, contract_b), ((), ())),
-                         precision=precision,
-                         preferred_element_type=preferred)
+def _matmul(a, b, contract, precision, out_dtype):
+  """dot_general over one contracted dim each, result in out_dtype.
+
+  XLA:CPU multiplies bfloat16 into float32 only in YNNPACK, which skips
+  matrix-vector and tiny products; those are computed in float32 here.
+  """
+  m = math.prod(a.shape) // a.shape[contract[0]]
+  n = math.prod(b.shape) // b.shape[contract[1]]
+  k = a.shape[contract[0]]
+  if a.dtype != jnp.float32 and (min(m, n) == 1 or max(m, n, k) < 8):
+    a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+  y = lax.dot_general(a, b, (((contract[0],), (contract[1],)), ((), ())),
+                      precision=precision, preferred_element_type=out_dtype)
+  return y.astype(out_dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
-def _conv(x, kernel, strides, pads, dilations, precision, preferred):
-  return _conv_fwd(x, kernel, strides, pads, dilations, precision,
-                   preferred)[0]
+def _chunks(batch: int, bytes_per_example: int) -> int:
+  """Images per chunk: the largest divisor of `batch` within _CHUNK_BYTES."""
+  target = max(1, _CHUNK_BYTES // max(1, bytes_per_example))
+  return max(d for d in range(1, min(batch, target) + 1) if batch % d == 0)
 
 
-def _conv_fwd(x, kernel, strides, pads, dilations, precision, preferred):
+def _patch_bytes(x_shape, kernel_shape, out_sizes, dtype):
+  taps = math.prod(kernel_shape[:-2])
+  return math.prod(out_sizes) * taps * x_shape[-1] * jnp.dtype(dtype).itemsize
+
+
+def _batched(fn, xs, chunk):
+  """Runs fn over the leading axis of every array in xs in chunks of `chunk`
+  examples (a lax.scan), stacking the per-chunk results back to [B, ...]."""
+  batch = xs[0].shape[0]
+  if chunk == batch:
+    return fn(*xs)
+  split = [x.reshape(batch // chunk, chunk, *x.shape[1:]) for x in xs]
+  _, ys = lax.scan(lambda carry, xs: (carry, fn(*xs)), None, split)
+  return ys.reshape(batch, *ys.shape[2:])
+
+
+def _forward(x, kernel, geometry):
+  """y = patches(x) @ kernel, chunked over the batch."""
+  strides, pads, dilations, precision = geometry
   n = x.ndim - 2
   window = kernel.shape[:n]
-  patches = _patches(x, window, strides, pads, dilations)
   kernel2d = kernel.reshape(-1, kernel.shape[-1])
-  y = _matmul(patches, kernel2d, (n + 1,), (0,), precision, preferred)
-  return y, (x, kernel)
+  out = _out_sizes(x.shape[1:-1], window, strides, pads, dilations)
+
+  def chunk_fn(xc):
+    patches = _patches(xc, window, strides, pads, dilations)
+    return _matmul(patches, kernel2d, (n + 1, 0), precision, x.dtype)
+
+  chunk = _chunks(x.shape[0], _patch_bytes(x.shape, kernel.shape, out,
+                                           x.dtype))
+  return _batched(chunk_fn, (x,), chunk)
 
 
-def _conv_bwd(strides, pads, dilations, precision, preferred, residuals, dy):
-  del preferred
+def _kernel_grad(x, dy, kernel_shape, geometry):
+  """dkernel = patches(x)^T @ dy, accumulated over batch chunks in float32."""
+  strides, pads, dilations, precision = geometry
+  n = x.ndim - 2
+  window = kernel_shape[:n]
+  c_out = kernel_shape[-1]
+  out = dy.shape[1:-1]
+
+  def chunk_fn(xc, dyc):
+    patches = _patches(xc, window, strides, pads, dilations)
+    patches = patches.reshape(-1, patches.shape[-1])
+    # [C_out, T * C_in]: the small dy chunk is the operand XLA transposes.
+    return _matmul(dyc.reshape(-1, c_out), patches, (0, 0), precision,
+                   jnp.float32)
+
+  batch = x.shape[0]
+  chunk = _chunks(batch, _patch_bytes(x.shape, kernel_shape, out, x.dtype))
+  if chunk == batch:
+    total = chunk_fn(x, dy)
+  else:
+    split = lambda a: a.reshape(batch // chunk, chunk, *a.shape[1:])
+
+    def step(acc, xs):
+      return acc + chunk_fn(*xs), None
+
+    total, _ = lax.scan(step, jnp.zeros((c_out, math.prod(kernel_shape[:-1])),
+                                        jnp.float32), (split(x), split(dy)))
+  return total.T.reshape(kernel_shape)
+
+
+def _input_grad(dy, kernel, x_shape, geometry):
+  """dx = col2im(dy @ kernel^T), chunked over the batch."""
+  strides, pads, dilations, precision = geometry
+  n = dy.ndim - 2
+  window = kernel.shape[:n]
+  kernel2d = kernel.reshape(-1, kernel.shape[-1])
+
+  def chunk_fn(dyc):
+    dpatches = _matmul(dyc, kernel2d, (n + 1, 1), precision, dy.dtype)
+    return _col2im(dpatches, (dyc.shape[0], *x_shape[1:]), window, strides,
+                   pads, dilations)
+
+  chunk = _chunks(dy.shape[0], _patch_bytes(x_shape, kernel.shape,
+                                            dy.shape[1:-1], dy.dtype))
+  return _batched(chunk_fn, (dy,), chunk)
+
+
+def _xla_conv(x, kernel, geometry):
+  strides, pads, dilations, precision = geometry
+  return lax.conv_general_dilated(
+      x, kernel, strides, pads, rhs_dilation=dilations,
+      dimension_numbers=_channels_last_numbers(x.ndim), precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv(x, kernel, geometry, mode):
+  if mode == "mixed":
+    return _xla_conv(x, kernel, geometry)
+  return _forward(x, kernel, geometry)
+
+
+def _conv_fwd(x, kernel, geometry, mode):
+  return _conv(x, kernel, geometry, mode), (x, kernel)
+
+
+def _conv_bwd(geometry, mode, residuals, dy):
   x, kernel = residuals
-  n = x.ndim - 2
-  window = kernel.shape[:n]
-  patches = _patches(x, window, strides, pads, dilations)
-  batch_axes = tuple(range(n + 1))
-  dkernel = _matmul(patches, dy.astype(patches.dtype), batch_axes, batch_axes,
-                    precision, jnp.float32)
-  dkernel = dkernel.reshape(kernel.shape).astype(kernel.dtype)
-  kernel2d = kernel.reshape(-1, kernel.shape[-1])
-  dpatches = _matmul(dy.astype(kernel.dtype), kernel2d, (n + 1,), (1,),
-                     precision, jnp.float32).astype(x.dtype)
-  dx = _col2im(dpatches, x.shape, window, strides, pads, dilations)
-  return dx, dkernel
+  dy = dy.astype(x.dtype)
+  if mode == "mixed":
+    _, input_vjp = jax.vjp(lambda x: _xla_conv(x, kernel, geometry), x)
+    (dx,) = input_vjp(dy)
+  else:
+    dx = _input_grad(dy, kernel, x.shape, geometry)
+  dkernel = _kernel_grad(x, dy, kernel.shape, geometry)
+  return dx, dkernel.astype(kernel.dtype)
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
+def _canonical_pads(padding, in_sizes, window, strides, dilations):
+  if isinstance(padding, str):
+    effective = tuple(d * (m - 1) + 1 for m, d in zip(window, dilations))
+    padding = lax.padtype_to_pads(in_sizes, effective, strides, padding)
+  return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None,
                          feature_group_count=1, batch_group_count=1,
-                         precision=None, preferred_element_type=None):
-  """`lax.conv_general_dilated` computed as im2col + matmul where supported.
+                         precision=None, preferred_element_type=None, *,
+                         mode: str = "im2col"):
+  """`lax.conv_general_dilated` with its passes as chunked matrix multiplies.
 
-  Unsupported cases (see `supported`) run `lax.conv_general_dilated` itself.
+  `mode` is 'im2col' (forward, input and kernel gradients as matmuls) or
+  'mixed' (only the kernel gradient). Unsupported cases (see `supported`)
+  run `lax.conv_general_dilated` itself.
   """
+  if mode not in MODES:
+    raise ValueError(f"mode={mode!r} is not one of: {', '.join(MODES)}")
   lhs = jnp.asarray(lhs)
   rhs = jnp.asarray(rhs)
   reason = supported(lhs.shape, rhs.shape, dimension_numbers, lhs_dilation,
@@ -186,19 +301,12 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   strides = tuple(int(s) for s in window_strides)
   dilations = (1,) * n if rhs_dilation is None else tuple(
       int(d) for d in rhs_dilation)
-  if isinstance(padding, str):
-    effective = tuple(d * (m - 1) + 1 for m, d in zip(window, dilations))
-    pads = tuple(lax.padtype_to_pads(lhs.shape[1:-1], effective, strides,
-                                     padding))
-  else:
-    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-  pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+  pads = _canonical_pads(padding, lhs.shape[1:-1], window, strides, dilations)
   dtype = jnp.result_type(lhs, rhs)
-  if preferred_element_type is not None:
-    preferred = jnp.dtype(preferred_element_type)
-  else:
-    preferred = None
   if precision is not None and not isinstance(precision, (str, tuple)):
     precision = lax.Precision(precision)
-  return _conv(lhs.astype(dtype), rhs.astype(dtype), strides, pads, dilations,
-               precision, preferred)
+  y = _conv(lhs.astype(dtype), rhs.astype(dtype),
+            (strides, pads, dilations, precision), mode)
+  if preferred_element_type is not None:
+    y = y.astype(preferred_element_type)
+  return y

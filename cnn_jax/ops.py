@@ -170,12 +170,15 @@ def _compute_dtype(*arrays):
 
 # --- Convolution implementations ------------------------------------------
 #
-# 'xla': lax.conv_general_dilated, XLA's own convolution (cuDNN on GPU).
-# 'im2col': patches by slicing + one matmul, gradients as matmuls
-#   (cnn_jax/conv_im2col.py); unsupported cases fall back to 'xla'.
-# 'auto': 'xla' on GPU/TPU; on CPU the faster of the two for the layer's
-#   shape, from the measurements in experiments/bench_cpu.py.
-CONV_IMPLS = ("auto", "xla", "im2col")
+# 'xla':    lax.conv_general_dilated, XLA's own convolution (cuDNN on GPU).
+# 'im2col': forward and both gradients as batch-chunked matrix multiplies
+#           (cnn_jax/conv_im2col.py).
+# 'mixed':  XLA's forward and input gradient, im2col's kernel gradient.
+# 'auto':   'xla' on GPU/TPU; on CPU the fastest of the three for the layer's
+#           shape and dtype, from the measurements in experiments/bench_cpu.py.
+# 'im2col' and 'mixed' fall back to 'xla' where im2col does not apply
+# (conv_im2col.supported).
+CONV_IMPLS = ("auto", "xla", "im2col", "mixed")
 
 # Read when a convolution is traced, so a jitted function keeps the choice it
 # was compiled with. Set from the environment (CNN_JAX_CONV_IMPL=xla) or with
@@ -204,22 +207,24 @@ def default_conv_impl() -> str:
   return _check_conv_impl(_default_conv_impl, "CNN_JAX_CONV_IMPL")
 
 
-def _im2col_wins_on_cpu(lhs_shape, rhs_shape) -> bool:
-  """Whether im2col beats XLA:CPU for a channels-last conv of these shapes."""
-  del lhs_shape, rhs_shape
-  return True
+def _cpu_conv_impl(lhs_shape, rhs_shape, dtype) -> str:
+  """The fastest implementation on XLA:CPU for a channels-last convolution."""
+  del lhs_shape, rhs_shape, dtype
+  return "mixed"
 
 
 def resolve_conv_impl(impl: Optional[str], lhs_shape, rhs_shape,
                       dimension_numbers=None, lhs_dilation=None,
                       feature_group_count: int = 1,
                       batch_group_count: int = 1,
+                      dtype=jnp.float32,
                       backend: Optional[str] = None) -> str:
-  """'xla' or 'im2col': what `conv_general_dilated(..., impl=impl)` runs.
+  """'xla', 'im2col' or 'mixed': what `conv_general_dilated(..., impl=impl)`
+  runs for these shapes.
 
-  `impl=None` means `default_conv_impl()`; 'im2col' resolves to 'xla' where
-  im2col does not apply (`conv_im2col.supported`); 'auto' picks by backend
-  (default: `jax.default_backend()`) and shape.
+  `impl=None` means `default_conv_impl()`; 'im2col' and 'mixed' resolve to
+  'xla' where im2col does not apply (`conv_im2col.supported`); 'auto' picks
+  by backend (default: `jax.default_backend()`), shape and dtype.
   """
   impl = _check_conv_impl(default_conv_impl() if impl is None else impl)
   if impl == "xla":
@@ -228,11 +233,12 @@ def resolve_conv_impl(impl: Optional[str], lhs_shape, rhs_shape,
                            lhs_dilation, feature_group_count,
                            batch_group_count) is not None:
     return "xla"
-  if impl == "im2col":
-    return "im2col"
+  if impl != "auto":
+    return impl
   backend = jax.default_backend() if backend is None else backend
-  if backend == "cpu" and _im2col_wins_on_cpu(lhs_shape, rhs_shape):
-    return "im2col"
+  if backend == "cpu":
+    return _cpu_conv_impl(tuple(lhs_shape), tuple(rhs_shape),
+                          jnp.dtype(dtype))
   return "xla"
 
 
@@ -244,8 +250,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   """`lax.conv_general_dilated` with a choice of implementation.
 
   Same arguments, result and gradients as `lax.conv_general_dilated` (up to
-  float summation order); `impl` is 'auto', 'xla', 'im2col' or None (the
-  process default), resolved by `resolve_conv_impl`. This is the function
+  float summation order); `impl` is 'auto', 'xla', 'im2col', 'mixed' or None
+  (the process default), resolved by `resolve_conv_impl`. 'im2col' and
+  'mixed' have a custom VJP: reverse-mode differentiation only. This is the function
   `layers.Conv` hands to `flax.linen.Conv`, so parameters keep nn.Conv's
   layout whichever implementation runs.
   """
@@ -253,14 +260,18 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   rhs = jnp.asarray(rhs)
   chosen = resolve_conv_impl(impl, lhs.shape, rhs.shape, dimension_numbers,
                              lhs_dilation, feature_group_count,
-                             batch_group_count)
-  fn = (conv_im2col.conv_general_dilated if chosen == "im2col"
-        else lax.conv_general_dilated)
-  return fn(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-            rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-            feature_group_count=feature_group_count,
-            batch_group_count=batch_group_count, precision=precision,
-            preferred_element_type=preferred_element_type)
+                             batch_group_count,
+                             dtype=jnp.result_type(lhs, rhs))
+  kwargs = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+                dimension_numbers=dimension_numbers,
+                feature_group_count=feature_group_count,
+                batch_group_count=batch_group_count, precision=precision,
+                preferred_element_type=preferred_element_type)
+  if chosen == "xla":
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding,
+                                    **kwargs)
+  return conv_im2col.conv_general_dilated(lhs, rhs, window_strides, padding,
+                                          mode=chosen, **kwargs)
 
 
 @functools.lru_cache(maxsize=None)
@@ -295,8 +306,8 @@ def cross_correlation(x: jax.Array, kernel: jax.Array, *,
     feature_group_count: channel groups (C_in for depthwise convolution).
     precision: passed to `lax.conv_general_dilated`; `'highest'` avoids
       reduced-precision (TF32/bf16) passes on GPU/TPU.
-    impl: 'auto', 'xla', 'im2col' or None (the process default); see
-      `conv_general_dilated`.
+    impl: 'auto', 'xla', 'im2col', 'mixed' or None (the process default);
+      see `conv_general_dilated`.
 
   Returns:
     `[B, *spatial_out, C_out]`, `spatial_out` given by `output_size`; float32

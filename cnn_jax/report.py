@@ -288,9 +288,9 @@ def _data_section(run):
   class_names = run.splits["train"].class_names
   lines = ["## Data", "",
            markdown_table(("split", "examples", "example shape"), rows), "",
-           f"- normalisation (per channel, [0, 1] units): mean "
-           f"{np.round(run.mean, 4).tolist()}, std "
-           f"{np.round(run.std, 4).tolist()}",
+           "- normalisation (per channel, [0, 1] units): mean "
+           f"({', '.join(f'{m:.4f}' for m in np.ravel(run.mean))}), std "
+           f"({', '.join(f'{v:.4f}' for v in np.ravel(run.std))})",
            f"- augmentation: {augment or 'none'}"]
   if class_names:
     lines.append(f"- classes: {', '.join(class_names)}")
@@ -361,7 +361,7 @@ def _timing_section(summary):
   if summary.get("resumed_from_step"):
     rows.append(("resumed from step", summary["resumed_from_step"]))
   return ["## Timing and hardware", "",
-          markdown_table(("", "value"), rows), ""]
+          markdown_table(("measure", "value"), rows), ""]
 
 
 def _figures(run, logits, layer_rows, out_dir):
@@ -384,11 +384,12 @@ def _figures(run, logits, layer_rows, out_dir):
   worst = int(np.nanargmin(recall))
   off = matrix - np.diag(np.diag(matrix))
   true_c, pred_c = np.unravel_index(off.argmax(), off.shape)
+  confusion = (f"most frequent confusion: {names_or_ids[true_c]} predicted "
+               f"as {names_or_ids[pred_c]} ({off[true_c, pred_c]} times)"
+               if off.any() else "no test example is misclassified")
   lines = ["## Errors", "",
            f"Lowest per-class accuracy: class {names_or_ids[worst]} "
-           f"({recall[worst]:.2%}); most frequent confusion: "
-           f"{names_or_ids[true_c]} predicted as {names_or_ids[pred_c]} "
-           f"({off[true_c, pred_c]} times).", "",
+           f"({recall[worst]:.2%}); {confusion}.", "",
            _image("confusion_matrix.png", "confusion matrix"), "",
            _image("per_class_accuracy.png", "per-class accuracy"), "",
            _image("misclassified.png", "misclassified examples"), ""]
@@ -440,8 +441,10 @@ def run_report(workdir, out_dir):
     lines += [f"**Test accuracy {accuracy:.2%}** on "
               f"{summary.get('test_examples', 0):,} test images, test loss "
               f"{summary.get('test_loss', float('nan')):.4f}, after "
-              f"{summary.get('epochs')} epochs ({_fmt_seconds(summary.get('wall_seconds'))} "
-              f"on {summary.get('device', '?')}).", ""]
+              f"{summary.get('epochs')} epoch"
+              f"{'' if summary.get('epochs') == 1 else 's'} "
+              f"({_fmt_seconds(summary.get('wall_seconds'))} on "
+              f"{summary.get('device', '?')}).", ""]
   lines += _config_section(run.config)
   lines += _data_section(run)
   model_lines, layer_rows = _model_section(run)
@@ -492,7 +495,8 @@ def _member_result(member_dir):
 
 
 def sweep_report(workdir, out_dir):
-  """Writes the sweep's figures into `out_dir`; returns the markdown text."""
+  """Writes the sweep's figures into `out_dir` (and the best member's run
+  report into `out_dir`/best_member/); returns the markdown text."""
   members = []
   for member_dir in _member_dirs(workdir):
     result = _member_result(member_dir)
@@ -505,27 +509,32 @@ def sweep_report(workdir, out_dir):
   keys = sorted(set().union(*configs))
   varying = [k for k in keys
              if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+  finished = [m[2].get("status", "finished") == "finished" for m in members]
   title = os.path.basename(os.path.normpath(os.path.abspath(workdir)))
   lines = [f"# Sweep report: {title}", "",
            f"Sweep folder: `{os.path.abspath(workdir)}`; {len(members)} "
-           f"members (results in members/<k>/). Config keys that vary: "
+           f"members (results in members/<k>/), {sum(finished)} finished. "
+           "Config keys that vary: "
            f"{', '.join(f'`{k}`' for k in varying) or 'none'}.", ""]
-  shown = [k for k in varying][:6]
+  shown = varying[:6]
   rows = []
   for (name, _, result), flat in zip(members, configs):
     rows.append([name] + [flat.get(k, "") for k in shown] + [
         f"{result.get('test_accuracy', float('nan')):.4f}",
-        f"{result.get('test_loss', float('nan')):.4f}"])
-  rows.sort(key=lambda r: -float(r[-2]) if _is_number(r[-2]) else 0)
+        f"{result.get('test_loss', float('nan')):.4f}",
+        result.get("status", "finished")])
+  rows.sort(key=lambda r: (r[-1] != "finished",
+                           -float(r[-3]) if _is_number(r[-3]) else 0))
   lines += ["## Members (best first)", "",
-            markdown_table(["member"] + shown + ["test accuracy",
-                                                 "test loss"], rows), ""]
-  # Members whose configs agree except for the seed: mean and CI.
+            markdown_table(["member"] + shown + ["test accuracy", "test loss",
+                                                 "status"], rows), ""]
+  # Finished members whose configs agree except for the seed: mean and CI.
   groups = {}
-  for (name, _, result), flat in zip(members, configs):
-    setting = tuple((k, json.dumps(flat.get(k), sort_keys=True))
-                    for k in varying if k != "seed")
-    groups.setdefault(setting, []).append(result)
+  for (name, _, result), flat, ok in zip(members, configs, finished):
+    if ok:
+      setting = tuple((k, json.dumps(flat.get(k), sort_keys=True))
+                      for k in varying if k != "seed")
+      groups.setdefault(setting, []).append(result)
   group_rows = []
   for setting, results in groups.items():
     label = ", ".join(f"{k}={json.loads(v)}" for k, v in setting) or "all"
@@ -539,15 +548,16 @@ def sweep_report(workdir, out_dir):
             markdown_table(("setting", "seeds", "test accuracy (mean ± 95% "
                             "CI)", "test loss (mean ± 95% CI)"), group_rows),
             "", "Intervals: Student t over the seeds of each setting (mean ± "
-            "t(0.975, n-1) s / sqrt(n)); a single seed has none.", ""]
+            "t(0.975, n-1) s / sqrt(n)); a single seed has none. Diverged "
+            "members are left out.", ""]
   curves = {}
   for name, member_dir, _ in members:
     if os.path.exists(os.path.join(member_dir, "metrics.jsonl")):
-      rows = [r for r in writers.drop_superseded(
+      records = [r for r in writers.drop_superseded(
           writers.read_metrics(member_dir)) if r["split"] == "test"]
-      if rows:
-        curves[f"member {name} test"] = ([r["step"] for r in rows],
-                                         [r["accuracy"] for r in rows])
+      if records:
+        curves[f"member {name} test"] = ([r["step"] for r in records],
+                                         [r["accuracy"] for r in records])
   if curves:
     visualize.plot_curve_comparison(
         curves, os.path.join(out_dir, "sweep_test_accuracy.png"),
@@ -562,14 +572,40 @@ def sweep_report(workdir, out_dir):
   if top:
     lines += ["## Sweep files", ""] + [f"- [{name}](../{name})"
                                        for name in top] + [""]
-  timing = [r.get("wall_seconds") for _, _, r in members
-            if r.get("wall_seconds")]
+  sweep_summary = workdirs.read_summary(workdir) or {}
+  wall = sweep_summary.get("wall_seconds")
+  img_s = sweep_summary.get("train_img_per_s")
   devices = sorted({str(r.get("device")) for _, _, r in members
-                    if r.get("device")})
+                    if r.get("device")} | ({sweep_summary["device"]}
+                                           if "device" in sweep_summary
+                                           else set()))
   lines += ["## Timing and hardware", "",
-            f"- wall time per member (as recorded): "
-            f"{_fmt_seconds(max(timing)) if timing else 'n/a'} (max)",
+            f"- wall time of the sweep: {_fmt_seconds(wall)}" if wall else
+            "- wall time of the sweep: n/a (no top-level summary.json)",
+            f"- training throughput: {img_s:,.0f} img/s" if img_s else
+            "- training throughput: n/a",
             f"- device: {', '.join(devices) or 'n/a'}", ""]
+  # The best finished member as a single run: predictions and figures.
+  best = next((m for m, _ in sorted(
+      zip(members, finished), key=lambda mf: (not mf[1], -mf[0][2].get(
+          "test_accuracy", 0.0))) if _), None)
+  if best is not None and checkpoint.saved_steps(best[1]):
+    best_dir = os.path.join(out_dir, "best_member")
+    os.makedirs(best_dir, exist_ok=True)
+    try:
+      text = run_report(best[1], best_dir)
+    except (checkpoint.CheckpointError, FileNotFoundError, ValueError) as e:
+      lines += [f"Best member {best[0]}: no run report ({e}).", ""]
+    else:
+      with open(os.path.join(best_dir, "report.md"), "w",
+                encoding="utf-8") as f:
+        f.write(_sealed(text))
+      lines += ["## Best member", "",
+                f"Member {best[0]} as a single run (config, model, "
+                "confusion matrix, filters, feature maps, saliency): "
+                "[best_member/report.md](best_member/report.md)", "",
+                _image("best_member/confusion_matrix.png",
+                       "confusion matrix of the best member"), ""]
   return "\n".join(lines)
 
 

@@ -309,13 +309,20 @@ class Program:
   model: Any
   schedule: optim.ScaledSchedule
   tx: Any
+  # keys [K, 2], dummy input [1, ...] -> variables [K, ...]: train.initialized
+  # vmapped over the members' keys (compiled once per chunk size).
+  init: Any
 
 
 def shared_program(config, steps_per_epoch):
   """The Program of a sweep whose members' configs look like `config`."""
   model = train.create_model(config.model)
   schedule = train.learning_rate_schedule(config, steps_per_epoch)
-  return Program(model, schedule, optim.make_optimizer(config.optim, schedule))
+  init = jax.jit(jax.vmap(
+      lambda key, dummy: model.init({"params": key, "dropout": key}, dummy,
+                                    train=False), in_axes=(0, None)))
+  return Program(model, schedule, optim.make_optimizer(config.optim, schedule),
+                 init)
 
 
 def init_members(configs, example_shape, steps_per_epoch, program=None):
@@ -328,8 +335,8 @@ def init_members(configs, example_shape, steps_per_epoch, program=None):
   base = configs[0]
   program = program or shared_program(base, steps_per_epoch)
   keys = jnp.stack([jax.random.PRNGKey(c.seed) for c in configs])
-  params, batch_stats = jax.vmap(
-      lambda key: train.initialized(key, program.model, example_shape))(keys)
+  variables = program.init(keys, jnp.zeros((1, *example_shape), jnp.float32))
+  params, batch_stats = variables["params"], variables.get("batch_stats", {})
   opt_state = jax.vmap(program.tx.init)(params)
   hyperparams = dict(opt_state.hyperparams)
   for name in optim.HYPERPARAMS[base.optim.name]:

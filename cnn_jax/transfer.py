@@ -360,6 +360,13 @@ def _starting_at(inner, start_step):
 
 
 def _schedule_times(schedule, scale, offset=0):
+  """scale * schedule(count + offset), keeping optim's ScaledSchedule form
+  (its peak stays a hyperparameter in the optimizer state)."""
+  if isinstance(schedule, optim.ScaledSchedule):
+    shape = schedule.shape
+    return optim.ScaledSchedule(
+        schedule.peak * scale,
+        (lambda count: shape(count + offset)) if offset else shape)
   if callable(schedule):
     return lambda count: scale * schedule(count + offset)
   return scale * schedule

@@ -53,8 +53,10 @@ def _class_names(class_names, num_classes):
   return [str(k) for k in range(num_classes)]
 
 
-def _displayable(image):
-  """[H, W] or [H, W, 3] floats in [0, 1] for imshow, from [H, W(, C)]."""
+def displayable(image):
+  """[H, W] or [H, W, 3] floats in [0, 1] for imshow, from [H, W(, C)]:
+  uint8-range pixels are divided by 255, [0, 1] floats kept, anything else
+  min-max scaled."""
   image = np.asarray(image, np.float32)
   if image.ndim == 3 and image.shape[-1] == 1:
     image = image[..., 0]
@@ -71,8 +73,11 @@ def _displayable(image):
   return (image - lo) / max(hi - lo, 1e-12)
 
 
+_displayable = displayable  # the earlier private name, still used
+
+
 def _show_image(ax, image, title=None):
-  shown = _displayable(image)
+  shown = displayable(image)
   ax.imshow(shown, cmap="gray" if shown.ndim == 2 else None, vmin=0.0,
             vmax=1.0, interpolation="nearest")
   ax.set_xticks([])
@@ -296,7 +301,7 @@ def plot_misclassified(images, labels, predictions, path, class_names=None,
   how = ("true -> predicted (probability), most confident first"
          if confidence is not None else "true -> predicted")
   fig.suptitle(title or f"Misclassified: {len(wrong)} of {len(labels)} "
-               f"test examples; {how}")
+               f"examples; {how}")
   fig.tight_layout()
   return _save(fig, path)
 
@@ -443,7 +448,8 @@ def feature_maps(apply_fn, variables, image, layer):
 def plot_feature_maps(maps, path, image=None, layer="", max_maps=32,
                       title=None):
   """The channels of a feature map [H', W', C'] (the first `max_maps`) next
-  to the input image, on one shared colour scale with a colorbar.
+  to the input image, on one shared colour scale with a colorbar (diverging
+  and centred on 0 when the maps take both signs).
 
   Size: (1.5 * columns + 3.5) x (1.5 * rows + 1) inches on a near-square
   grid: 1250 x 1000 pixels for 32 maps (6 x 6 grid).
@@ -459,10 +465,14 @@ def plot_feature_maps(maps, path, image=None, layer="", max_maps=32,
   if image is not None:
     _show_image(fig.add_subplot(grid[0:min(rows, 2), 0]), image, "input")
   low, high = float(maps[..., :shown].min()), float(maps[..., :shown].max())
+  cmap = "viridis"
+  if low < 0 < high:  # e.g. before the ReLU: the sign matters, 0 is white
+    cmap, high = "RdBu_r", max(-low, high)
+    low = -high
   picture = None
   for index in range(shown):
     ax = fig.add_subplot(grid[index // columns, 2 + index % columns])
-    picture = ax.imshow(maps[..., index], cmap="viridis", vmin=low,
+    picture = ax.imshow(maps[..., index], cmap=cmap, vmin=low,
                         vmax=high, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
@@ -521,7 +531,7 @@ def overlay_heatmap(image, heatmap, alpha=0.5, cmap="jet", vmin=None,
     image: [H, W], [H, W, 1] or [H, W, 3]; uint8 pixels or floats.
     heatmap: [H', W'] floats.
   """
-  base = _displayable(image)
+  base = displayable(image)
   if base.ndim == 2:
     base = np.repeat(base[..., None], 3, axis=-1)
   heatmap = np.asarray(heatmap, np.float32)

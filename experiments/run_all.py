@@ -56,11 +56,16 @@ def write_index(out, results, smoke, seconds):
   for name, result in results.items():
     if isinstance(result, common.Result):
       link = f"[{result.title}]({os.path.relpath(result.path, out)})"
-      status = "skipped" if result.skipped else f"{result.seconds:.0f} s"
+      status = ("skipped" if result.skipped else
+                f"{result.seconds:.0f} s ({result.cpu_seconds:.0f} s CPU)")
       rows.append((link, result.finding, status))
     else:
       rows.append((name, f"FAILED: {result}", "-"))
-  lines += [common.markdown_table(("experiment", "finding", "time"), rows), ""]
+  lines += [common.markdown_table(("experiment", "finding",
+                                   "wall time (CPU time)"), rows), "",
+            "CPU time is this process's (transfer: its subprocess is not "
+            "counted); trained runs reused from an earlier call cost "
+            "nothing here.", ""]
   path = os.path.join(out, "index.md")
   with open(path, "w", encoding="utf-8") as f:
     f.write("\n".join(lines))

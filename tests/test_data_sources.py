@@ -64,9 +64,9 @@ def toy(tmp_path_factory):
   return root, write_all_layouts(root)
 
 
-def test_sources_table_holds_every_source():
-  assert set(SOURCES) == {"mnist", "cifar10", "npz", "image_folder", "csv",
-                          "tfds"}
+def test_sources_table_holds_the_image_sources():
+  assert {"mnist", "cifar10", "npz", "image_folder", "csv",
+          "tfds"} <= set(SOURCES)
 
 
 def test_npz_folder_and_csv_give_identical_batches(toy):

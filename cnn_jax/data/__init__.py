@@ -18,6 +18,7 @@ from cnn_jax.data import moving_digits
 from cnn_jax.data import npz
 from cnn_jax.data import pneumonia
 from cnn_jax.data import splits as splits_lib
+from cnn_jax.data import tfds_segmentation
 from cnn_jax.data import tfds_source
 from cnn_jax.data import ucr
 from cnn_jax.data.dataset import ArrayDataset
@@ -31,6 +32,9 @@ SOURCES = {
     "image_folder": folder.from_config,
     "csv": csv_labels.from_config,
     "tfds": tfds_source.from_config,
+    # TFDS image + mask pairs (e.g. oxford_iiit_pet), resized; labels
+    # [N, H, W] class ids.
+    "tfds_segmentation": tfds_segmentation.from_config,
     # bundled: data/ucr (float32 z-normalised series [N, T, C])
     "ucr": ucr.from_config,
     # Real MNIST digits on 64x64 canvases (canvas.py; data_dir: MNIST, empty:

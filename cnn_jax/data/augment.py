@@ -70,9 +70,18 @@ def random_translate(images, key, fraction):
 
 
 def random_flip(images, key):
-  """Mirrors each image left-right with probability 1/2."""
-  flip = jax.random.bernoulli(key, 0.5, (images.shape[0], 1, 1, 1))
-  return jnp.where(flip, images[:, :, ::-1, :], images)
+  """Mirrors each image left-right with probability 1/2.
+
+  A gather of each image's columns (reversed or not) rather than a select
+  between the image and its mirror: after the resized crop, XLA:CPU runs the
+  select about 15x slower at 224x224.
+  """
+  flip = jax.random.bernoulli(key, 0.5, (images.shape[0],))
+  width = images.shape[2]
+  columns = jnp.where(flip[:, None], jnp.arange(width - 1, -1, -1),
+                      jnp.arange(width))
+  return jax.vmap(lambda image, cols: jnp.take(image, cols, axis=1))(
+      images, columns)
 
 
 def _linear_sample(image, coords, axis):
@@ -120,30 +129,43 @@ def random_resized_crop(images, key, min_scale=0.08,
 
 
 def _grayscale(images):
+  """Luma [B, H, W, 1] (ITU-R 601 weights, as PIL and torchvision)."""
   if images.shape[-1] != 3:
     return jnp.mean(images, axis=-1, keepdims=True)
-  weights = jnp.asarray([0.299, 0.587, 0.114], images.dtype)
-  return jnp.sum(images * weights, axis=-1, keepdims=True)
+  # Written out: a sum over the size-3 channel axis is a slow reduction on
+  # XLA:CPU (about 10x this).
+  return (0.299 * images[..., 0:1] + 0.587 * images[..., 1:2]
+          + 0.114 * images[..., 2:3])
 
 
 def color_jitter(images, key, brightness=0.0, contrast=0.0, saturation=0.0):
   """Scales brightness, contrast and saturation of each image by factors
   drawn uniformly from [1 - s, 1 + s] (torchvision's ColorJitter, fixed
-  order), clipped to [0, 255]. Saturation leaves 1-channel images alone."""
-  b = images.shape[0]
+  order), clipped to [0, 255]. Saturation leaves 1-channel images alone.
+
+  Luma is linear in the pixels, so the luma of each stage follows from the
+  input's by the same factors: one luma image and one mean per example
+  instead of one per stage (4x faster on XLA:CPU at 224x224).
+  """
+  b, _, _, c = images.shape
   kb, kc, ks = jax.random.split(key, 3)
 
   def factors(k, strength):
     return jax.random.uniform(k, (b, 1, 1, 1), images.dtype,
                               max(0.0, 1.0 - strength), 1.0 + strength)
 
+  saturate = saturation and c == 3
+  gray = _grayscale(images) if (contrast or saturate) else None
   if brightness:
-    images = images * factors(kb, brightness)
+    scale = factors(kb, brightness)
+    images = images * scale
+    gray = None if gray is None else gray * scale
   if contrast:
-    mean = jnp.mean(_grayscale(images), axis=(1, 2, 3), keepdims=True)
-    images = mean + factors(kc, contrast) * (images - mean)
-  if saturation and images.shape[-1] == 3:
-    gray = _grayscale(images)
+    mean = jnp.mean(gray, axis=(1, 2, 3), keepdims=True)
+    scale = factors(kc, contrast)
+    images = mean + scale * (images - mean)
+    gray = mean + scale * (gray - mean)
+  if saturate:
     images = gray + factors(ks, saturation) * (images - gray)
   return jnp.clip(images, 0.0, _MAX_PIXEL)
 
@@ -243,8 +265,10 @@ def mixes_labels(augment_config):
 def augment_batch(images, key, augment_config=None):
   """The label-preserving augmentation selected by `data.augment`.
 
-  Order: colour jitter, random resized crop, crop with padding, translate,
-  flip, cutout.
+  Order: random resized crop, crop with padding, translate, flip, colour
+  jitter, cutout. Geometry before colour, as torchvision pipelines do; on
+  XLA:CPU colour jitter before the (gather-based) resized crop is also about
+  8x slower at 224x224.
 
   Args:
     images: float [B, H, W, C], pixel values in [0, 255].
@@ -254,10 +278,6 @@ def augment_batch(images, key, augment_config=None):
   """
   options = _options(augment_config)
   crop_key, flip_key = jax.random.split(key)
-  if options["brightness"] or options["contrast"] or options["saturation"]:
-    images = color_jitter(images, jax.random.fold_in(key, 1),
-                          options["brightness"], options["contrast"],
-                          options["saturation"])
   if options["resized_crop_min_scale"]:
     images = random_resized_crop(images, jax.random.fold_in(key, 2),
                                  options["resized_crop_min_scale"])
@@ -267,6 +287,10 @@ def augment_batch(images, key, augment_config=None):
                               options["translate"])
   if options["flip"]:
     images = random_flip(images, flip_key)
+  if options["brightness"] or options["contrast"] or options["saturation"]:
+    images = color_jitter(images, jax.random.fold_in(key, 1),
+                          options["brightness"], options["contrast"],
+                          options["saturation"])
   if options["cutout"]:
     images = cutout(images, jax.random.fold_in(key, 4), options["cutout"])
   return images

@@ -13,7 +13,6 @@ how much augmentation reduces it. A few minutes on 2 CPU cores.
 """
 
 import os
-import time
 
 import jax
 import numpy as np
@@ -77,7 +76,7 @@ def plot_augmented_examples(images, labels, path, copies=7):
 
 
 def run(out, smoke=False):
-  started = time.time()
+  started = common.clock()
   os.makedirs(out, exist_ok=True)
   epochs = 2 if smoke else EPOCHS
   results = {}

@@ -7,7 +7,6 @@ Writes worked_example.png, digit_edges.png and result.md. Runs in seconds.
 """
 
 import os
-import time
 
 import matplotlib
 
@@ -103,7 +102,7 @@ def plot_digit_edges(images, labels, path):
 
 
 def run(out, smoke=False):
-  started = time.time()
+  started = common.clock()
   os.makedirs(out, exist_ok=True)
   correlated = np.asarray(ops.correlate(X, K))
   convolved = np.asarray(ops.convolve(X, K))

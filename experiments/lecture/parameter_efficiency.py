@@ -13,7 +13,6 @@ cnn_jax.train.train_and_evaluate (4 runs, a few minutes on 2 CPU cores).
 """
 
 import os
-import time
 
 import flax.linen as nn
 import jax
@@ -88,25 +87,34 @@ def plot_counts(sides, path):
 
 def plot_budgets(results, path):
   fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-  for kind, marker in (("CNN", "s-"), ("MLP", "o-")):
+  budgets = sorted({r["params"] // 1000 for r in results if r["kind"] == "CNN"})
+  for kind, colour, marker in (("CNN", "C0", "s"), ("MLP", "C1", "o")):
     rows = [r for r in results if r["kind"] == kind]
     axes[0].plot([r["params"] for r in rows],
-                 [100 * r["test_accuracy"] for r in rows], marker,
-                 label=kind)
-    for r in rows:
+                 [100 * r["test_accuracy"] for r in rows], f"{marker}-",
+                 color=colour, label=kind)
+    for i, r in enumerate(rows):
       axes[1].plot(r["curves"]["test"]["epoch"],
                    [100 * a for a in r["curves"]["test"]["accuracy"]],
-                   marker, label=f"{kind}, {r['params']:,} params")
+                   marker=marker, color=colour,
+                   linestyle="-" if i == len(rows) - 1 else "--",
+                   label=f"{kind}, {r['params']:,} params")
+  params = sorted({r["params"] for r in results})
   axes[0].set_xscale("log")
+  axes[0].set_xticks(params)
+  axes[0].set_xticklabels([f"{p / 1000:.1f}k" for p in params])
+  axes[0].minorticks_off()
   axes[0].set_xlabel("parameters")
   axes[0].set_ylabel("test accuracy (%)")
   axes[0].set_title(f"MNIST test accuracy after {results[0]['epochs']} "
-                    "epochs, equal budgets")
+                    f"epoch(s), equal budgets (~{', ~'.join(map(str, budgets))}k)")
+  epochs = results[0]["curves"]["test"]["epoch"]
+  axes[1].set_xticks(epochs)
   axes[1].set_xlabel("epoch")
   axes[1].set_ylabel("test accuracy (%)")
-  axes[1].set_title("Test accuracy during training")
+  axes[1].set_title("Test accuracy after each epoch")
   for ax in axes:
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
@@ -115,7 +123,7 @@ def plot_budgets(results, path):
 
 
 def run(out, smoke=False):
-  started = time.time()
+  started = common.clock()
   os.makedirs(out, exist_ok=True)
   counts = summary.parameter_efficiency(1000, 1000, 1, 100, 3)
   flax_dense, flax_conv = flax_counts(1000, 1000)

@@ -14,7 +14,6 @@ stability = the fraction of predictions unchanged from the unshifted digit.
 """
 
 import os
-import time
 
 import matplotlib
 
@@ -119,7 +118,7 @@ def plot_examples(images, labels, results, keys, shifts, path, index):
 
 
 def run(out, smoke=False):
-  started = time.time()
+  started = common.clock()
   os.makedirs(out, exist_ok=True)
   epochs = 1 if smoke else EPOCHS
   base = common.mnist_config(out, smoke, epochs)

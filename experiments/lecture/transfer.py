@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -70,7 +69,7 @@ def _finding_from_results(path):
 
 
 def run(out, smoke=False):
-  started = time.time()
+  started = common.clock()
   out = os.path.abspath(out)
   os.makedirs(out, exist_ok=True)
   script = os.path.join(common.REPO, SCRIPT)
