@@ -146,9 +146,14 @@ def _matmul(a, b, contract, precision, out_dtype):
   return y.astype(out_dtype)
 
 
-def _chunks(batch: int, bytes_per_example: int) -> int:
-  """Images per chunk: the largest divisor of `batch` within _CHUNK_BYTES."""
+def _chunks(batch: int, bytes_per_example: int, carry_bytes: int = 0) -> int:
+  """Images per chunk: the largest divisor of `batch` within _CHUNK_BYTES,
+  but few enough chunks that re-reading a `carry_bytes` accumulator once
+  per chunk costs at most a quarter of the patches' own traffic."""
   target = max(1, _CHUNK_BYTES // max(1, bytes_per_example))
+  if carry_bytes:
+    max_chunks = max(1, batch * bytes_per_example // (4 * carry_bytes))
+    target = max(target, -(-batch // max_chunks))
   return max(d for d in range(1, min(batch, target) + 1) if batch % d == 0)
 
 
@@ -201,7 +206,8 @@ def _kernel_grad(x, dy, kernel_shape, geometry):
                    jnp.float32)
 
   batch = x.shape[0]
-  chunk = _chunks(batch, _patch_bytes(x.shape, kernel_shape, out, x.dtype))
+  chunk = _chunks(batch, _patch_bytes(x.shape, kernel_shape, out, x.dtype),
+                  carry_bytes=4 * math.prod(kernel_shape))
   if chunk == batch:
     total = chunk_fn(x, dy)
   else:

@@ -106,12 +106,13 @@ def default_transfer_config():
 
 
 def is_active(transfer_config):
-  """Whether `config.transfer` (None when the config has none) asks for
-  anything; an inactive section leaves training exactly as without it."""
+  """Whether `config.transfer` (None when the config has none) differs from
+  the defaults; an inactive section leaves training exactly as without it."""
   if transfer_config is None:
     return False
-  return bool(transfer_config.init_from or transfer_config.freeze or
-              transfer_config.mode or transfer_config.unfreeze_after_epochs)
+  defaults = default_transfer_config()
+  return any(transfer_config.get(key) != value
+             for key, value in defaults.items())
 
 
 # --- paths and patterns ------------------------------------------------------
@@ -178,23 +179,19 @@ def select(patterns, paths, config_key="patterns"):
               for p in patterns}
   unmatched = [p for p, hits in selected.items() if not hits]
   if unmatched:
-    examples = ", ".join(list(paths)[:6])
+    paths = list(paths)
+    examples = ", ".join(paths[:6]) + (", ..." if len(paths) > 6 else "")
     raise ValueError(
-        f"{config_key}: pattern{'s' if len(unmatched) > 1 else ''} "
-        f"{', '.join(map(repr, unmatched))} match{'' if len(unmatched) > 1 else 'es'}"
-        f" no variable (patterns must match a whole path, e.g. {examples}"
-        f"{', ...' if len(paths) > 6 else ''})")
+        f"{config_key}: pattern {', '.join(map(repr, unmatched))} matches no "
+        f"variable (a pattern must match a whole path, e.g. {examples})")
   return selected
 
 
 def variable_paths(variables):
   """Every path of params and batch_stats (without the collection name)."""
-  paths = []
-  for collection in COLLECTIONS:
-    for path in flatten(variables.get(collection, {})):
-      if path not in paths:
-        paths.append(path)
-  return paths
+  return list(dict.fromkeys(
+      path for collection in COLLECTIONS
+      for path in flatten(variables.get(collection, {}))))
 
 
 # --- the plan: which group each path is in ------------------------------------
@@ -299,13 +296,13 @@ class Plan:
     """The dry-run table: one line per variable, its group and whether it
     was restored (`restored`: 'collection/path' strings)."""
     lines = [f"{'variable':<48} {'shape':<18} {'group':<9} from"]
-    counts = {}
+    counts, restored = {}, set(restored)
     for collection in COLLECTIONS:
       for path, x in flatten(variables.get(collection, {})).items():
         group = self.label(path)
-        if collection == "batch_stats":
-          group = "frozen" if group == FROZEN else "updated"
-        source = ("init_from" if f"{collection}/{path}" in (restored or ())
+        if collection == "batch_stats" and group not in (FROZEN, UNFROZEN):
+          group = "updated"  # by training, as without transfer
+        source = ("init_from" if f"{collection}/{path}" in restored
                   else "fresh")
         lines.append(f"{collection + '/' + path:<48} "
                      f"{str(tuple(np.shape(x))):<18} {group:<9} {source}")
@@ -594,14 +591,38 @@ def at_step(state, step, transfer_config, steps_per_epoch):
 # --- dry run ------------------------------------------------------------------
 
 
-def main(argv=None):
-  """python -m cnn_jax.transfer --config configs/transfer_digits.py[:mode]
+def dry_run(config, example_shape):
+  """The table of what each variable of `config`'s model becomes (restored
+  or fresh; frozen, backbone, head, unfrozen), without computing anything
+  but reading init_from. Raises ValueError for a bad pattern or shape."""
+  from cnn_jax import train  # pylint: disable=import-outside-toplevel
+  transfer_config = config.get("transfer")
+  if not is_active(transfer_config):
+    return "config.transfer is absent or off: every variable trains"
+  model = train.create_model(config.model)
+  variables = jax.eval_shape(
+      functools.partial(model.init, train=False),
+      {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)},
+      jnp.zeros((1, *example_shape)))
+  variables = {c: variables.get(c, {}) for c in COLLECTIONS}
+  plan = Plan.from_config(transfer_config)
+  plan.check(variables)
+  restored = ()
+  if transfer_config.init_from:
+    _, restored = restore_variables(
+        plan, variables, load_source(transfer_config.init_from),
+        repr(transfer_config.init_from))
+  return plan.describe(variables, restored)
 
-  Prints what each variable of the config's model becomes (restored or
-  fresh; frozen, backbone, head) without training.
+
+def main(argv=None):
+  """python -m cnn_jax.transfer --config configs/transfer_digits.py:fine_tune
+
+  Prints dry_run's table for a config (any --config.key=value override).
   """
   from absl import app  # pylint: disable=import-outside-toplevel
   from absl import flags  # pylint: disable=import-outside-toplevel
+  from absl import logging  # pylint: disable=import-outside-toplevel
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
 
   config_flags.DEFINE_config_file("config", None, "A configs/*.py file.",
@@ -610,25 +631,13 @@ def main(argv=None):
   flags.mark_flags_as_required(["config"])
 
   def run(_):
-    from cnn_jax import train  # pylint: disable=import-outside-toplevel
-    config = flags.FLAGS.config
-    transfer_config = config.get("transfer")
-    if not is_active(transfer_config):
-      print("config.transfer is absent or off: every variable trains")
-      return 0
-    model = train.create_model(config.model)
-    shape = tuple(int(s) for s in flags.FLAGS.example_shape)
-    params, batch_stats = train.initialized(jax.random.PRNGKey(0), model,
-                                            shape)
-    plan = Plan.from_config(transfer_config)
-    variables = {"params": params, "batch_stats": batch_stats}
-    plan.check(variables)
-    restored = None
-    if transfer_config.init_from:
-      _, restored = restore_variables(
-          plan, variables, load_source(transfer_config.init_from),
-          repr(transfer_config.init_from))
-    print(plan.describe(variables, restored))
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every read at INFO
+    try:
+      print(dry_run(flags.FLAGS.config,
+                    tuple(int(s) for s in flags.FLAGS.example_shape)))
+    except (ValueError, FileNotFoundError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 1
     return 0
 
   app.run(run, argv=argv or sys.argv)

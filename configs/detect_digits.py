@@ -4,13 +4,18 @@ Run (from the repository root, bundled MNIST, offline):
   python launch.py --config configs/detect_digits.py --workdir runs/detect
   python experiments/box_predictions.py --workdir runs/detect  # PNG of boxes
 
-models.centernet.CenterNet (a small ResNet + FPN, heat maps and boxes at
-stride 4, 16x16 cells) trained with cnn_jax/tasks/detection.py (focal loss
-on the heat maps, L1 on offsets and sizes); decoding: heat-map peaks, top 20,
-NMS at IoU 0.5; mAP by pycocotools. Data: source 'mnist_detection'
+models.centernet.CenterNet (a small ResNet + FPN, 343k parameters, heat
+maps and boxes at stride 4, 16x16 cells) trained with
+cnn_jax/tasks/detection.py (focal loss on the heat maps, L1 on offsets and
+sizes); decoding: heat-map peaks, top 20, NMS at IoU 0.5; mAP by
+pycocotools. Data: source 'mnist_detection'
 (cnn_jax/data/digit_boxes.py on canvas.py), non-overlapping digits, boxes
 the tight ink box; train canvases from MNIST train digits, test canvases
-from MNIST test digits. RESULT: see README (Detection).
+from MNIST test digits.
+
+Reaches test mAP@0.5 0.929, mAP@[.5:.95] 0.695 (mAP@0.75 0.852, AR@100
+0.749; 82.5% of the 1,000 test canvases read exactly right) in 6 epochs of
+6,000 canvases, 22 minutes on a 2-core CPU shared with other jobs (35 img/s).
 """
 
 import ml_collections

@@ -8,7 +8,12 @@ outputs: 10 class logits and a box (cnn_jax/tasks/localization.py: sigmoid
 (cy, cx, h, w), loss CE + 5 L1 + 2 (1 - GIoU)). Data: source
 'mnist_localization' (cnn_jax/data/digit_boxes.py on canvas.py), 10,000
 train canvases from MNIST train digits, 2,000 test canvases from MNIST test
-digits, boxes the tight ink box. RESULT: see README (Localization).
+digits, boxes the tight ink box.
+
+Reaches test mean IoU 0.835 (IoU >= 0.5 for 99.4% of the 2,000 test
+canvases) and class accuracy 0.68 in 6 epochs, 33 minutes on a 2-core CPU
+shared with other jobs (31 img/s). The class is the weak part: the dense
+head must learn each digit at every position; more epochs or data help.
 """
 
 import ml_collections

@@ -15,10 +15,14 @@ of three ways, chosen by the config argument:
       --workdir runs/transfer_digits/fine_tune_n100 \
       --config.transfer.init_from=runs/transfer_digits/pretrain
 
-Test accuracy is on all 4,861 test images of digits 5-9. About 300 steps,
-well under a minute a run on a 2-core CPU; experiments/transfer_digits.py
-runs all three at 100 and 1,000 images with 3 seeds and writes the table
-(results.md in its workdir; the measured numbers are in its docstring).
+Test accuracy is on all 4,861 test images of digits 5-9. 300 steps, well
+under a minute a run on a 2-core CPU. experiments/transfer_digits.py runs all
+three at 100 and 1,000 images with 3 seeds (mean +- std, %):
+
+  100 images:   scratch 90.7 +- 2.0, feature extraction 85.4 +- 1.2,
+                fine-tune 91.4 +- 2.4
+  1,000 images: scratch 97.3 +- 0.1, feature extraction 89.0 +- 1.0,
+                fine-tune 96.2 +- 1.1
 """
 
 from configs import transfer_digits_pretrain as pretrain

@@ -7,8 +7,9 @@ test images) that experiments/transfer_digits.py writes:
   python launch.py --config configs/transfer_digits_pretrain.py \
       --workdir runs/transfer_digits/pretrain
 
-(the experiment script runs this itself). Reaches about 99.7% test accuracy
-on digits 0-4 in 2 epochs (478 steps), about a minute on a 2-core CPU.
+(the experiment script runs this itself). Reaches 99.81% test accuracy on
+the 5,139 test images of digits 0-4 in 2 epochs (478 steps), a minute or two
+on a 2-core CPU.
 """
 
 from cnn_jax import transfer

@@ -47,7 +47,7 @@ def get_config(variant="clip"):
   config.model.num_classes = 8
 
   config.optim.learning_rate = 3e-3
-  config.train.num_epochs = 4
+  config.train.num_epochs = 2
   config.train.log_every_steps = 50
   config.train.eval_every_epochs = 2
   return config

@@ -13,8 +13,22 @@ all 4,861 test images of digits 5-9.
 Writes into the workdir: data/*.npz (the digit subsets), pretrain/ (the
 pretraining run), runs/n<size>_<method>_seed<k>/ (every transfer run, as
 launch.py would), results.json, results.md (the table) and results.png.
-Finished runs are reused when the command is repeated. Takes a few minutes on
-a 2-core CPU.
+Finished runs are reused when the command is repeated. 19 runs (1 pretraining,
+18 transfer), about 5 CPU-minutes (user time; 18 minutes of wall time on a
+2-core machine shared with other jobs).
+
+Measured (2-core CPU, pretraining 99.81% on digits 0-4 in 478 steps; test
+accuracy in % on the 4,861 test images of digits 5-9, mean +- std, 3 seeds):
+
+| labelled images | from scratch | feature extraction | fine-tuning |
+|---|---|---|---|
+| 100 | 90.69 +- 2.00 | 85.39 +- 1.15 | 91.41 +- 2.40 |
+| 1000 | 97.26 +- 0.11 | 89.04 +- 1.02 | 96.22 +- 1.13 |
+
+Features of a 0-4 network separate 5-9 only so far under a linear head;
+fine-tuning (backbone at 0.1 x lr) is level with training from scratch at 100
+images (within the seeds' spread) and behind it at 1,000, where 300 steps
+from scratch suffice on MNIST.
 """
 
 import json
@@ -25,6 +39,7 @@ import time
 
 from absl import app
 from absl import flags
+from absl import logging
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -167,6 +182,7 @@ def write_report(results, pretrain_summary, workdir):
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   start = time.time()
   sizes = [int(s) for s in FLAGS.sizes]
   seeds = [int(s) for s in FLAGS.seeds]

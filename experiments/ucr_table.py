@@ -1,7 +1,8 @@
 """FCN on the bundled UCR/UEA sets, mean of 3 seeds, against published numbers.
 
   python experiments/ucr_table.py --out runs/ucr_table
-  python experiments/ucr_table.py --out runs/ucr_fcn_full --epochs_scale=10
+  python experiments/ucr_table.py --out runs/ucr_long --features= \
+      --epochs_scale=10   # the full-width FCN, 10x the epochs
 
 Trains configs/ucr.py:<set> once per (set, seed) through
 train.train_and_evaluate (one workdir each, under --out; finished ones are
@@ -11,10 +12,10 @@ and std, against the deep-learning accuracies reported by Fawaz et al.
 (2019, "Deep learning for time series classification: a review") for FCN
 and ResNet, as quoted in the project's issue 9.
 
-To stay within ~10 minutes on a 2-core CPU the default run trains for far
-fewer epochs than the paper's 2000 (EPOCHS below; the table says how many)
-and uses a half-width FCN (64-128-64 filters, --features): both cost accuracy
-on the harder sets (OSULeaf, ArrowHead).
+To stay within ~10 minutes of a 2-core CPU the default run trains for far
+fewer epochs than the paper's 2000 (configs/ucr.py's UCR_SETS; the table
+says how many) and uses a half-width FCN (64-128-64 filters, --features):
+both may cost accuracy on the harder sets (OSULeaf, ArrowHead).
 """
 
 import argparse
@@ -46,9 +47,6 @@ PUBLISHED = {
     "ArrowHead": "84-85",
     "BasicMotions": "~100",
 }
-# Epochs of the short default run (the paper: 2000, best train loss kept).
-EPOCHS = {"GunPoint": 100, "ItalyPowerDemand": 100, "ArrowHead": 150,
-          "OSULeaf": 60, "BasicMotions": 100}
 
 
 def run_one(name, seed, out, features, epochs, model):
@@ -103,14 +101,15 @@ def main():
   parser.add_argument("--features", default="64,128,64",
                       help="filters per layer; empty: the model's default")
   parser.add_argument("--epochs_scale", type=float, default=1.0,
-                      help="multiply the EPOCHS of every set")
+                      help="multiply the epochs of every set (UCR_SETS)")
   args = parser.parse_args()
   args.features = [int(f) for f in args.features.split(",") if f]
   os.makedirs(args.out, exist_ok=True)  # finished runs in it are reused
   start = time.time()
   rows = []
   for name in args.sets.split(","):
-    epochs = max(1, int(round(EPOCHS[name] * args.epochs_scale)))
+    epochs = max(1, int(round(ucr_config.UCR_SETS[name][2]
+                              * args.epochs_scale)))
     runs = [run_one(name, seed, args.out, args.features, epochs, args.model)
             for seed in range(args.seeds)]
     accuracy = 100 * np.array([r["accuracy"] for r in runs])

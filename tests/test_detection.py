@@ -2,6 +2,10 @@
 boxes, the CenterNet on configs/detect_digits.py."""
 
 import functools
+import json
+import os
+import subprocess
+import sys
 
 import chex
 import jax
@@ -12,9 +16,11 @@ import pytest
 from cnn_jax import train
 from cnn_jax.data import canvas
 from cnn_jax.data import digit_boxes
+from cnn_jax.data import load_splits
 from cnn_jax.tasks import detection
 from cnn_jax.tasks import get_task
 from configs import detect_digits
+from tests.conftest import REPO
 
 K = 10
 
@@ -137,7 +143,6 @@ def test_digit_box_labels_are_normalised_and_padded():
 def test_detection_source_is_deterministic_and_uses_mnist():
   config = detect_digits.get_config()
   config.data.num_train, config.data.num_test = 40, 10
-  from cnn_jax.data import load_splits  # pylint: disable=g-import-not-at-top
   first, second = load_splits(config.data), load_splits(config.data)
   np.testing.assert_array_equal(first["train"].images, second["train"].images)
   np.testing.assert_array_equal(first["test"].labels, second["test"].labels)
@@ -182,3 +187,27 @@ def test_detect_digits_config_runs_one_train_step():
   state, metrics = step(state, batch)
   chex.assert_tree_all_finite(metrics)
   assert int(state.step) == 1
+
+
+@pytest.mark.slow  # a tiny detector trained through launch.py, then drawn
+def test_launch_then_prediction_png(tmp_path):
+  workdir = tmp_path / "run"
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, "launch.py"), "--config",
+       os.path.join(REPO, "configs", "detect_digits.py"),
+       f"--workdir={workdir}", "--config.data.num_train=64",
+       "--config.data.num_test=20", "--config.data.eval_batch_size=16",
+       "--config.train.num_epochs=1", "--config.model.fpn_features=8",
+       "--config.model.head_features=8",
+       "--config.model.stage_features=(8, 8, 8, 8)"],
+      capture_output=True, text=True, cwd=REPO, timeout=900, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["task"] == "detection"
+  assert {"map50", "map", "accuracy"} <= set(summary["test_metrics"])
+  drawn = subprocess.run(
+      [sys.executable, os.path.join(REPO, "experiments", "box_predictions.py"),
+       f"--workdir={workdir}", "--num=4"],
+      capture_output=True, text=True, cwd=REPO, timeout=600, check=False)
+  assert drawn.returncode == 0, drawn.stderr[-2000:]
+  assert (workdir / "predictions.png").stat().st_size > 1000

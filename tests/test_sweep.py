@@ -135,7 +135,7 @@ def _run_sweep(configs, steps):
 
 
 def test_each_member_equals_its_single_run(tiny_mnist_dir):
-  configs = _three_members(tiny_mnist_dir, (0.02, 0.05, 0.1))
+  configs = _three_members(tiny_mnist_dir, (0.01, 0.02, 0.03))
   train_set, mean, std, per_epoch = _data(configs[0])
   steps = 20
   states, alive, _ = _run_sweep(configs, steps)
@@ -169,13 +169,13 @@ def test_each_member_equals_its_single_run(tiny_mnist_dir):
 def test_a_diverging_member_does_not_change_the_others(tiny_mnist_dir):
   # Member 1 blows up (learning rate 1e9); in the calm sweep it does not.
   diverged, alive, metrics = _run_sweep(
-      _three_members(tiny_mnist_dir, (0.02, 1e9, 0.1)), steps=8)
+      _three_members(tiny_mnist_dir, (0.01, 1e9, 0.03)), steps=8)
   assert alive.tolist() == [True, False, True]
   assert not bool(metrics["updated"][1])
   chex.assert_tree_all_finite(sweep.member_state(diverged, 1).params)
   assert int(sweep.member_state(diverged, 1).step) < 8  # frozen when it blew
   calm, alive, _ = _run_sweep(
-      _three_members(tiny_mnist_dir, (0.02, 0.05, 0.1)), steps=8)
+      _three_members(tiny_mnist_dir, (0.01, 0.02, 0.03)), steps=8)
   assert bool(jnp.all(alive))
   for k in (0, 2):
     chex.assert_trees_all_equal(sweep.member_state(diverged, k).params,

@@ -18,6 +18,7 @@ import optax
 import pytest
 
 from cnn_jax import checkpoint
+from cnn_jax import preemption
 from cnn_jax import pretrained
 from cnn_jax import train
 from cnn_jax import transfer
@@ -120,6 +121,19 @@ def _moment_sizes(opt_state):
   return sum(x.size for x in jax.tree.leaves(opt_state) if x.ndim)
 
 
+def _same_model_state(config, fresh, steps_per_epoch=10):
+  """What create_train_state(config) builds, from `fresh` (a state of the
+  same model) without compiling the model's init again; init_from restored."""
+  model = train.create_model(config.model)
+  tx, apply_fn = transfer.optimizer_and_apply(
+      config.transfer, config.optim,
+      train.learning_rate_schedule(config, steps_per_epoch), steps_per_epoch,
+      model.apply, {"params": fresh.params, "batch_stats": fresh.batch_stats})
+  state = fresh.replace(tx=tx, apply_fn=apply_fn,
+                        opt_state=tx.init(fresh.params))
+  return transfer.restore_init_from(state, config.transfer)
+
+
 @pytest.fixture(scope="module")
 def feature_extraction(sources):
   """(config, fresh state, state after restoring init_from): a 10-class
@@ -194,14 +208,14 @@ def test_fine_tune_with_zero_backbone_lr_equals_feature_extraction(sources):
   # differ by design even at backbone_lr_scale=0.
   init_from, _ = sources["plain"]
   batches = _batches(4)
-  states = {}
-  for mode, scale in (("fine_tune", 0.0), ("feature_extraction", 1.0)):
-    config = _transfer_config(init_from, use_batchnorm=False, mode=mode,
-                              backbone_lr_scale=scale)
-    state, _ = train.create_train_state(config, jax.random.PRNGKey(0), SHAPE,
-                                        10)
-    start = transfer.restore_init_from(state, config.transfer)
-    states[mode] = _train(start, batches)
+  config = _transfer_config(init_from, use_batchnorm=False,
+                            mode="feature_extraction")
+  fresh, _ = train.create_train_state(config, jax.random.PRNGKey(0), SHAPE, 10)
+  start = transfer.restore_init_from(fresh, config.transfer)
+  states = {"feature_extraction": _train(start, batches)}
+  config.transfer.mode = "fine_tune"
+  config.transfer.backbone_lr_scale = 0.0
+  states["fine_tune"] = _train(_same_model_state(config, fresh), batches)
   chex.assert_trees_all_close(states["fine_tune"].params,
                               states["feature_extraction"].params, atol=1e-6)
   assert not np.allclose(states["fine_tune"].params["head"]["kernel"],
@@ -232,14 +246,12 @@ def test_backbone_learning_rate_is_scaled():
   np.testing.assert_array_equal(_bits(stem), _bits(params["stem"]["kernel"]))
 
 
-def test_scheduled_unfreezing(sources):
+def test_scheduled_unfreezing(sources, feature_extraction):
   init_from, source = sources["bn"]
   config = _transfer_config(init_from, mode="feature_extraction",
                             unfreeze_after_epochs=1, unfreeze=("dense1/.*",))
   per_epoch = 2
-  state, _ = train.create_train_state(config, jax.random.PRNGKey(0), SHAPE,
-                                      per_epoch)
-  start = transfer.restore_init_from(state, config.transfer)
+  start = _same_model_state(config, feature_extraction[1], per_epoch)
   batches = _batches(4)
   frozen_phase = _train(start, batches[:2], config.transfer, per_epoch)
   _assert_bitwise_equal(jax.device_get(frozen_phase.params["dense1"]),
@@ -341,7 +353,8 @@ def test_train_and_evaluate_from_a_checkpoint_with_unfreezing(
     tiny_mnist_dir, tmp_path, feature_extraction):
   """A run folder's checkpoint (here of the 5-class feature-extraction
   state, a multi_transform optimizer state) into a new 10-class run that
-  unfreezes dense1 after an epoch: restored, frozen, saved, summarised."""
+  unfreezes dense1 after an epoch: restored, frozen, preempted, resumed,
+  saved, summarised."""
   _, _, source_state = feature_extraction
   manager = checkpoint.make_manager(tmp_path / "source",
                                     mnist_config.get_config().checkpoint)
@@ -359,8 +372,15 @@ def test_train_and_evaluate_from_a_checkpoint_with_unfreezing(
   config.data.batch_size = 128  # 2 steps an epoch
   config.data.eval_batch_size = 100
   config.train.num_epochs = 2
+  # Stopped after step 3 (one past the unfreezing) and resumed: the
+  # checkpoint restores into the state create_train_state builds, and the
+  # resumed run continues with dense1 unfrozen.
+  config.train.stop_after_steps = 3
+  with pytest.raises(preemption.Preempted):
+    train.train_and_evaluate(config, str(tmp_path / "transfer"))
+  config.train.stop_after_steps = 0
   summary = train.train_and_evaluate(config, str(tmp_path / "transfer"))
-  assert summary["steps"] == 4
+  assert summary["steps"] == 4 and summary["resumed_from_step"] == 3
   result = transfer.load_source(str(tmp_path / "transfer"))
   for name in ("conv1", "bn1", "conv2", "bn2"):
     _assert_bitwise_equal(result["params"][name], source["params"][name])
@@ -369,3 +389,30 @@ def test_train_and_evaluate_from_a_checkpoint_with_unfreezing(
                             source["params"]["dense1"]["kernel"])
   with open(tmp_path / "transfer" / "summary.json", encoding="utf-8") as f:
     assert json.load(f)["config"]["transfer"]["mode"] == "feature_extraction"
+
+
+@pytest.mark.parametrize("method", ["scratch", "feature_extraction",
+                                    "fine_tune"])
+def test_transfer_digits_configs_build(tmp_path, method):
+  """configs/transfer_digits*.py: every method builds its state (shapes
+  only) and its dry run; fine-tuning also takes a step from init_from."""
+  from configs import transfer_digits  # pylint: disable=import-outside-toplevel
+  from configs import transfer_digits_pretrain  # pylint: disable=import-outside-toplevel
+  assert not transfer.is_active(transfer_digits_pretrain.get_config().transfer)
+  config = transfer_digits.get_config(method)
+  rng = np.random.default_rng(0)
+  source = jax.tree.map(lambda s: rng.normal(0, 0.05, s.shape).astype(s.dtype),
+                        _shapes(config))
+  np.savez(tmp_path / "source.npz", **pretrained.to_flat_variables(source))
+  if config.transfer.init_from:
+    config.transfer.init_from = str(tmp_path / "source.npz")
+  table = transfer.dry_run(config, SHAPE)
+  assert ("off: every variable trains" in table) == (method == "scratch")
+  abstract = train.abstract_train_state(config, SHAPE, 3)
+  assert hasattr(abstract.apply_fn, "plan") == (method != "scratch")
+  if method == "fine_tune":
+    state, _ = train.create_train_state(config, jax.random.PRNGKey(0), SHAPE,
+                                        3)
+    state = transfer.restore_init_from(state, config.transfer)
+    state, metrics = _STEP(state, _batches(1)[0])
+    assert np.isfinite(metrics["loss"])

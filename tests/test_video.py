@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from cnn_jax import train
+from cnn_jax.data import load_splits
 from cnn_jax.data import moving_digits
 from cnn_jax.models import MODELS
 from cnn_jax.models import layers
@@ -87,7 +88,6 @@ def test_shrink_digits_averages_2x2():
 def test_source_clips_and_single_frames_share_labels():
   config = video_digits.get_config()
   config.data.num_train, config.data.num_test = 20, 10
-  from cnn_jax.data import load_splits  # pylint: disable=g-import-not-at-top
   clips = load_splits(config.data)
   frame_config = video_digits.get_config("frame")
   frame_config.data.num_train, frame_config.data.num_test = 20, 10

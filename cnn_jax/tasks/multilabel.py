@@ -92,7 +92,10 @@ def make_multilabel_task(pos_weight=None, neg_weight=None, threshold=0.5,
     count = max(float(sums["count"]), 1.0)
     num_labels = len(np.asarray(sums["true_pos"]))
     names = tuple(class_names) or tuple(str(k) for k in range(num_labels))
-    auroc = metrics.per_class_roc_auc(examples["label"], examples["score"])
+    if examples:
+      auroc = metrics.per_class_roc_auc(examples["label"], examples["score"])
+    else:  # an evaluation that kept no per-example scores
+      auroc = np.full(num_labels, np.nan)
     f1 = metrics.f1_from_counts(sums["true_pos"], sums["false_pos"],
                                 sums["false_neg"])
     result = {

@@ -7,10 +7,15 @@ Two CNNs with the same convolutions (conv8-conv16, 3x3, then dense64-dense10)
 are trained 2 epochs on MNIST through cnn_jax.train.train_and_evaluate, one
 with 2x2 max-pooling after each conv (configs/mnist.py's simple CNN,
 narrower) and one without (`pool=False`: the dense layer sees the
-full-resolution maps). Neither sees shifted digits in training. Each model's
-final checkpoint then classifies 2,000 test digits shifted by d = 0..4
-pixels up, down, left and right (zero fill). Reported per d: accuracy, and
-stability = the fraction of predictions unchanged from the unshifted digit.
+full-resolution maps). Neither sees shifted digits in training; a third run,
+for reference, is the pooling model trained on randomly shifted digits
+(crop_padding=4). Each model's final checkpoint then classifies 2,000 test
+digits shifted by d = 0..4 pixels up, down, left and right (zero fill).
+Reported per d: accuracy, and stability = the fraction of predictions
+unchanged from the unshifted digit.
+
+Measured (2-core CPU, shared): pooling keeps 91.9% of predictions at 2 px
+and 53.7% at 4 px, no pooling 88.8% and 48.3%; see result.md.
 """
 
 import os
@@ -29,6 +34,10 @@ NAME = "pooling_invariance"
 TITLE = "3. Pooling and (approximate) translation invariance"
 EPOCHS = 2
 SHIFTS = (0, 1, 2, 3, 4)
+# The third model: pooling, trained on digits shifted by up to this many
+# pixels (config.data.augment.crop_padding): what data, not architecture,
+# teaches.
+TRAIN_SHIFT = 4
 DIRECTIONS = {"right": (0, 1), "left": (0, -1), "down": (1, 0), "up": (-1, 0)}
 NUM_TEST = 2000
 
@@ -125,12 +134,17 @@ def run(out, smoke=False):
   features, hidden = ((4, 8), 16) if smoke else ((8, 16), 64)
   shifts = SHIFTS[:3] if smoke else SHIFTS
   results = {}
-  for label, pool in (("pooling (2x2 max after each conv)", True),
-                      ("no pooling", False)):
+  variants = (("pooling (2x2 max after each conv)", "pool", True, 0),
+              ("no pooling", "no pool", False, 0),
+              (f"pooling + shifts up to {TRAIN_SHIFT} px in training",
+               "pool+aug", True, TRAIN_SHIFT))
+  for label, short, pool, train_shift in variants:
     config = common.with_model(base, name="simple_cnn", num_classes=10,
                                features=features, hidden=hidden, pool=pool,
                                dtype="float32")
-    tag = "cnn_pool" if pool else "cnn_no_pool"
+    config.data.augment.crop_padding = train_shift
+    tag = ("cnn_pool" if pool else "cnn_no_pool") + (
+        f"_shift{train_shift}" if train_shift else "")
     workdir = os.path.join(out, "runs", tag)
     run_summary = common.train_or_reuse(config, workdir)
     restored = report.load_run(workdir)
@@ -140,11 +154,11 @@ def run(out, smoke=False):
     table, predictions, keys = invariance(restored, images, labels, shifts)
     params = report.model_summary.count_params(restored.state.params)
     results[label] = {"tag": tag, "table": table, "predictions": predictions,
-                      "short": "pool" if pool else "no pool",
+                      "short": short,
                       "params": params, "summary": run_summary}
   plot_curves(results, shifts, os.path.join(out, "shift_stability.png"))
   # Show a digit that the pooled model keeps and the other loses, if any.
-  pooled, plain = (results[k]["predictions"] for k in results)
+  pooled, plain = (results[k]["predictions"] for k in list(results)[:2])
   last = keys.index((shifts[-1], "right"))
   flips = np.flatnonzero((pooled[last] == labels) & (plain[last] != labels))
   index = int(flips[0]) if len(flips) else 0
@@ -161,45 +175,54 @@ def run(out, smoke=False):
       accuracy, stable = r["table"][d]
       row += [f"{100 * accuracy:.1f}%", f"{100 * stable:.1f}%"]
     rows.append(row)
-  (lp, rp), (ln, rn) = results.items()
+  (lp, rp), (ln, rn), (la, ra) = results.items()
   d = shifts[-1]
   finding = (
       f"Shifting {count:,} test digits by {d} px, the CNN with max-pooling "
       f"keeps {100 * rp['table'][d][1]:.1f}% of its predictions "
-      f"({100 * rp['table'][d][0]:.1f}% accuracy) and the same CNN without "
+      f"({100 * rp['table'][d][0]:.1f}% accuracy), the same CNN without "
       f"pooling {100 * rn['table'][d][1]:.1f}% "
-      f"({100 * rn['table'][d][0]:.1f}%); at 1 px: "
-      f"{100 * rp['table'][1][1]:.1f}% vs {100 * rn['table'][1][1]:.1f}% "
-      f"(unshifted accuracy {100 * rp['table'][0][0]:.1f}% vs "
-      f"{100 * rn['table'][0][0]:.1f}%).")
+      f"({100 * rn['table'][d][0]:.1f}%): pooling buys only a few points "
+      f"(at 2 px: {100 * rp['table'][2][1]:.1f}% vs "
+      f"{100 * rn['table'][2][1]:.1f}%). Training on shifted digits gives "
+      f"far more: {100 * ra['table'][d][1]:.1f}% kept "
+      f"({100 * ra['table'][d][0]:.1f}% accuracy) at {d} px. Unshifted "
+      f"accuracy {100 * rp['table'][0][0]:.1f}% / "
+      f"{100 * rn['table'][0][0]:.1f}% / {100 * ra['table'][0][0]:.1f}%.")
   body = [
       "## Setup", "",
-      f"Both models: conv{features[0]}-conv{features[1]} (3x3, 'same', ReLU) "
+      f"All models: conv{features[0]}-conv{features[1]} (3x3, 'same', ReLU) "
       f"then dense{hidden}-dense10, trained {epochs} epoch"
       f"{'s' if epochs > 1 else ''} with configs/mnist.py's optimiser on "
       f"{'a 512-image subset (smoke settings)' if smoke else 'all 60,000 training digits'}"
-      ", no augmentation. With pooling: 2x2 max-pool after each conv "
+      ". With pooling: 2x2 max-pool after each conv "
       f"({rp['params']:,} parameters). Without: no pooling, so the dense "
       f"layer reads the full 28x28 maps ({rn['params']:,} parameters). "
+      "The first two never see a shifted digit in training; the third is "
+      f"the pooling model trained with random shifts of up to {TRAIN_SHIFT} "
+      "px (`config.data.augment.crop_padding`), for reference. "
       f"Test: the first {count:,} test digits moved by d pixels in each of "
       "four directions (zero fill; MNIST digits sit in a 20x20 box, so 4 px "
-      "keeps them in the frame). Stability: fraction of predictions equal to "
-      "the prediction on the unshifted digit.", "",
+      "keeps them in the frame). Stable: the fraction of predictions equal "
+      "to the prediction on the unshifted digit.", "",
       common.markdown_table(header, rows), "",
       "![stability under shifts](shift_stability.png)", "",
       "![a shifted digit](shift_examples.png)", "",
       "## Reading", "",
       "Convolutions are translation-equivariant (a shifted input gives a "
-      "shifted feature map); invariance comes from what follows. A 2x2 "
-      "max-pool absorbs a shift that stays inside its window, and two of "
-      "them make the dense layer's input move by a quarter of the shift. "
-      "Without pooling the dense layer sees every feature at its exact "
-      "pixel, so a shift presents it features at positions it never learned "
-      "to weigh. The invariance pooling gives is partial (it decays with "
-      "the shift); global pooling or shifted training data "
-      "(augmentation, experiment 4) give more.",
+      "shifted feature map); invariance has to come from what follows. A "
+      "2x2 max-pool absorbs a shift that stays inside its window, so two of "
+      "them shrink a shift to a quarter before the dense layer; but that "
+      "dense layer on the 7x7 maps still weighs every position separately. "
+      "Measured, pooling's invariance is local and small: both models keep "
+      "almost all predictions at 1 px and lose about half at 4 px, the "
+      "pooled one a few points less. Shifted training data (augmentation, "
+      "experiment 4) teaches the invariance directly. Global average "
+      "pooling, which discards position altogether, is the architectural "
+      "route.",
       "", f"Runs: [with pooling](runs/{rp['tag']}/), "
-      f"[without](runs/{rn['tag']}/).",
+      f"[without](runs/{rn['tag']}/), [pooling + shifted training "
+      f"data](runs/{ra['tag']}/).",
   ]
   return common.write_result(out, NAME, TITLE, finding, body, started)
 
