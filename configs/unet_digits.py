@@ -49,14 +49,14 @@ def get_config():
   config.data.allow_overlap = False
   config.data.mask_threshold = 128
   config.data.canvas_seed = 0
-  config.data.batch_size = 32
+  config.data.batch_size = 16
   config.data.eval_batch_size = 200
 
   config.optim.name = "adamw"
   config.optim.learning_rate = 3e-3
   config.optim.schedule = "one_cycle"
   config.optim.warmup_epochs = 0.5
-  config.train.num_epochs = 4
-  config.train.log_every_steps = 25
-  config.train.eval_every_epochs = 2
+  config.train.num_epochs = 3
+  config.train.log_every_steps = 50
+  config.train.eval_every_epochs = 1
   return config

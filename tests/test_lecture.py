@@ -100,14 +100,35 @@ def test_transfer_is_skipped_without_its_script(tmp_path, monkeypatch):
   assert result.skipped and "Skipped" in result.finding
 
 
-def test_run_all_writes_an_index(tmp_path):
-  results, index = run_all.run_all(str(tmp_path), smoke=True,
-                                   only=["cross_correlation"])
+class _FakeExperiment:
+  """An experiment module's interface, instantly: run(out, smoke) -> Result."""
+
+  @staticmethod
+  def run(out, smoke=False):
+    return common.write_result(out, "fake", "0. Fake", "a | b", [],
+                               common.clock())
+
+
+class _BrokenExperiment:
+
+  @staticmethod
+  def run(out, smoke=False):
+    raise RuntimeError("no data")
+
+
+def test_run_all_writes_an_index(tmp_path, monkeypatch):
+  assert list(run_all.EXPERIMENTS) == [
+      "cross_correlation", "parameter_efficiency", "pooling_invariance",
+      "augmentation", "padding_stride", "transfer"]
+  monkeypatch.setattr(run_all, "EXPERIMENTS", {
+      "fake": _FakeExperiment, "broken": _BrokenExperiment})
+  results, index = run_all.run_all(str(tmp_path), smoke=True)
   text = open(index, encoding="utf-8").read()
-  assert "(cross_correlation/result.md)" in text
-  # The finding, with the table's escaped '|'.
-  assert results["cross_correlation"].finding.replace("|", "\\|") in text
+  assert "[0. Fake](fake/result.md)" in text
+  assert "a \\| b" in text  # the finding, '|' escaped in the table
+  assert "FAILED: RuntimeError: no data" in text
   assert "Smoke settings" in text
+  assert results["fake"].finding == "a | b"
   with pytest.raises(ValueError, match="unknown experiment"):
     run_all.run_all(str(tmp_path), smoke=True, only=["pooling"])
 

@@ -35,9 +35,16 @@ def max_diff(a, b):
   return max(float(jnp.max(jnp.abs(x - y)))
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
+# Two sweep members (the first is also the single run below); one init
+# compile serves every state here.
+config.sweep = ml_collections.ConfigDict({"mode": "zip", "axes": {
+    "seed": (0, 1), "optim": {"learning_rate": (0.01, 0.03)}}})
+_, configs = sweep.member_configs(config)
+program = sweep.shared_program(configs[0], 10)
+initial = lambda: sweep.init_members(configs, (28, 28, 1), 10, program)[0]
+
 # A single run: batch split 8 ways over 'data', parameters replicated.
-state, _ = train.create_train_state(config, jax.random.PRNGKey(0),
-                                    (28, 28, 1), 10)
+state = sweep.member_state(initial(), 0)
 mesh = parallel.make_mesh()
 sharded_batch = jax.device_put(batch, parallel.batch_sharding(mesh))
 one, many = jax.jit(step), parallel.data_parallel(step, mesh,
@@ -58,18 +65,13 @@ result = {
                      - float(parallel_metrics["loss"])),
 }
 
-# A sweep: 2 members over 'members' x each batch over 4 'data' devices.
-config.sweep = ml_collections.ConfigDict({"mode": "zip", "axes": {
-    "seed": (0, 1), "optim": {"learning_rate": (0.01, 0.03)}}})
-_, configs = sweep.member_configs(config)
+# The sweep: 2 members over 'members' x each batch over 4 'data' devices.
 augments = sweep.distinct_augmentations(configs)
 hparams = sweep.hyperparameter_arrays(configs, augments)
 stacked = {k: np.stack([v, v[::-1]]) for k, v in batch.items()}
 finals = {}
-program = sweep.shared_program(configs[0], 10)  # one init compile for both
 for name, member_devices in (("one_device", None), ("members_x_data", 2)):
-  states, _ = sweep.init_members(configs, (28, 28, 1), 10, program)
-  alive = jnp.ones(2, bool)
+  states, alive = initial(), jnp.ones(2, bool)
   if member_devices is None:
     train_step = jax.jit(sweep.make_train_step(
         program.model, augments, mean=0.13, std=0.3, member_count=2))
