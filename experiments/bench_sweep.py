@@ -1,0 +1,174 @@
+"""Is a K=8 sweep in one program faster than 8 single runs one after another?
+
+  python experiments/bench_sweep.py [--steps=6] [--rounds=2] [--members=8]
+      [--vmap_width=0,1]
+
+Training images/s of configs/mnist.py's simple CNN (batch 128, bundled
+MNIST) for K members (learning rates x seeds), measured two ways in the same
+process, each after warm-up (compilation excluded):
+  * sweep: cnn_jax/sweep.py's vmapped step trains all K members at once
+    (one row per --vmap_width: 0 = every member in one vmap; w = w members
+    vectorized at a time, the rest looped inside the same program);
+  * sequential: the K members one after another, each with train.train_step
+    (one compiled step shared by all, as a fresh process would compile it).
+Both draw the members' own batches on the host (each member's order from its
+seed) and prefetch them to the device. Rounds alternate sweep and sequential
+timing, so a busy shared machine slows both alike; the figures are totals
+over the rounds. Ratio = sweep img/s / sequential img/s (>1: the sweep wins).
+
+Prints a table, then as its LAST line one JSON object with the headline
+figures (the first --vmap_width row). About 2-3 minutes on 2 CPU cores
+(mostly compilation); on a GPU, seconds.
+"""
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from cnn_jax import sweep  # pylint: disable=g-import-not-at-top
+from cnn_jax import train
+from cnn_jax.data import batching
+from cnn_jax.data import load_splits
+from cnn_jax.data import prefetch
+from configs import mnist
+
+
+def _config(members):
+  config = mnist.get_config()
+  config.sweep = ml_collections.ConfigDict(
+      {"mode": "grid", "axes": {"optim": {"learning_rate": (1e-3, 3e-3)},
+                                "seed": tuple(range(members // 2))}})
+  return config
+
+
+def _load_avg():
+  try:
+    return round(os.getloadavg()[0], 1)
+  except OSError:
+    return None
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--members", type=int, default=8)
+  parser.add_argument("--steps", type=int, default=6,
+                      help="timed steps per member per round")
+  parser.add_argument("--rounds", type=int, default=2)
+  parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--vmap_width", default="0",
+                      help="comma-separated sweep.vmap_width values to time")
+  args = parser.parse_args(argv)
+  widths = [int(w) for w in args.vmap_width.split(",")]
+
+  _, configs = sweep.member_configs(_config(args.members))
+  base = configs[0]
+  train_set = load_splits(base.data)["train"]
+  mean, std = train.normalization_stats(base.data, train_set)
+  batch_size = base.data.batch_size
+  per_epoch = batching.steps_per_epoch(len(train_set), batch_size)
+  seeds = [c.seed for c in configs]
+  count = len(configs)
+
+  program = sweep.shared_program(base, per_epoch)
+  augments = sweep.distinct_augmentations(configs)
+  hparams = sweep.hyperparameter_arrays(configs, augments)
+  sweeps = {}
+  for width in widths:
+    states, _ = sweep.init_members(configs, train_set.example_shape,
+                                   per_epoch, program)
+    step = jax.jit(sweep.make_train_step(
+        program.model, augments, mean=mean, std=std, member_count=count,
+        vmap_width=width), donate_argnums=(0, 1))
+    batches = prefetch.prefetch_to_device(
+        sweep._member_batches(train_set, batch_size, seeds), size=2)  # pylint: disable=protected-access
+    sweeps[width] = {"states": states, "alive": jnp.ones(count, bool),
+                     "step": step, "batches": batches, "seconds": 0.0}
+
+  # The single runs: member k's own TrainState (the sweep's init gives the
+  # same values as train.create_train_state) and its own batch order.
+  initial, _ = sweep.init_members(configs, train_set.example_shape,
+                                  per_epoch, program)
+  singles = [{"state": sweep.member_state(initial, k),
+              "batches": prefetch.prefetch_to_device(
+                  batching.train_batches(train_set, batch_size, s), size=2)}
+             for k, s in enumerate(seeds)]
+  single_step = jax.jit(functools.partial(train.train_step, mean=mean,
+                                          std=std), donate_argnums=0)
+  sequential_seconds = 0.0
+
+  def run_sweep(entry, steps):
+    for _ in range(steps):
+      _, batch = next(entry["batches"])
+      entry["states"], entry["alive"], metrics = entry["step"](
+          entry["states"], entry["alive"], batch, hparams)
+    return jax.block_until_ready(metrics)
+
+  def run_single(entry, steps):
+    for _ in range(steps):
+      _, batch = next(entry["batches"])
+      entry["state"], metrics = single_step(entry["state"], batch)
+    return jax.block_until_ready(metrics)
+
+  compile_start = time.perf_counter()
+  for entry in sweeps.values():
+    run_sweep(entry, args.warmup)
+  for entry in singles:
+    run_single(entry, args.warmup)
+  compile_seconds = time.perf_counter() - compile_start
+
+  for _ in range(args.rounds):
+    for entry in sweeps.values():
+      start = time.perf_counter()
+      run_sweep(entry, args.steps)
+      entry["seconds"] += time.perf_counter() - start
+    start = time.perf_counter()
+    for entry in singles:
+      run_single(entry, args.steps)
+    sequential_seconds += time.perf_counter() - start
+
+  images = count * args.steps * args.rounds * batch_size
+  sequential = images / sequential_seconds
+  device = jax.devices()[0]
+  print(f"\n{count} members of configs/mnist.py's simple CNN, batch "
+        f"{batch_size}, {args.steps} steps x {args.rounds} rounds each "
+        f"(after {args.warmup} warm-up steps; warm-up incl. compilation "
+        f"{compile_seconds:.0f} s); device {device.device_kind} "
+        f"({jax.default_backend()}), load average {_load_avg()}\n")
+  print(f"| {'how':44} | {'train img/s':>11} | {'ratio':>5} |")
+  print(f"|{'-' * 46}|{'-' * 13}|{'-' * 7}|")
+  print(f"| {'sequential: 8 single runs, one after another':44} | "
+        f"{sequential:11.0f} | {1.0:5.2f} |")
+  for width, entry in sweeps.items():
+    rate = images / entry["seconds"]
+    how = (f"sweep: all {count} members in one vmap" if width in (0, count)
+           else f"sweep: vmap of {width}, lax.map over the rest")
+    print(f"| {how:44} | {rate:11.0f} | {rate / sequential:5.2f} |")
+  first = sweeps[widths[0]]
+  sweep_rate = images / first["seconds"]
+  for entry in list(sweeps.values()):
+    entry["batches"].close()
+  for entry in singles:
+    entry["batches"].close()
+  print(json.dumps({
+      "ratio": round(sweep_rate / sequential, 3),
+      "sweep_img_s": round(sweep_rate, 1),
+      "sequential_img_s": round(sequential, 1),
+      "members": count, "batch_size": batch_size,
+      "timed_steps_per_member": args.steps * args.rounds,
+      "vmap_width": widths[0],
+      "device": jax.default_backend(), "device_kind": device.device_kind,
+      "load_average": _load_avg()}))
+
+
+if __name__ == "__main__":
+  main()
