@@ -37,6 +37,7 @@ says which. The custom VJP supports reverse-mode differentiation only
 import functools
 import itertools
 import math
+import os
 from typing import Optional, Sequence
 
 import jax
@@ -157,6 +158,14 @@ def _chunks(batch: int, bytes_per_example: int, carry_bytes: int = 0) -> int:
   return max(d for d in range(1, min(batch, target) + 1) if batch % d == 0)
 
 
+def _cores() -> int:
+  """CPU cores this process may run on (the size of XLA's thread pool)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    return os.cpu_count() or 1
+
+
 def _patch_bytes(x_shape, kernel_shape, out_sizes, dtype):
   taps = math.prod(kernel_shape[:-2])
   return math.prod(out_sizes) * taps * x_shape[-1] * jnp.dtype(dtype).itemsize
@@ -198,27 +207,46 @@ def _kernel_grad(x, dy, kernel_shape, geometry):
   c_out = kernel_shape[-1]
   out = dy.shape[1:-1]
 
+  width = math.prod(kernel_shape[:-1])  # T * C_in
+  # Both operands are contracted over their rows, so XLA transposes one of
+  # them; make it the narrower: [C_out, T * C_in] = dy^T @ patches when
+  # dy is narrower (most layers), [T * C_in, C_out] = patches^T @ dy when the
+  # patches are (few input channels, e.g. a network's first layer).
+  patches_first = width < c_out
+
   def chunk_fn(xc, dyc):
     patches = _patches(xc, window, strides, pads, dilations)
-    patches = patches.reshape(-1, patches.shape[-1])
-    # [C_out, T * C_in]: the small dy chunk is the operand XLA transposes.
-    return _matmul(dyc.reshape(-1, c_out), patches, (0, 0), precision,
-                   jnp.float32)
+    patches = patches.reshape(-1, width)
+    dyc = dyc.reshape(-1, c_out)
+    if patches_first:
+      return _matmul(patches, dyc, (0, 0), precision, jnp.float32)
+    return _matmul(dyc, patches, (0, 0), precision, jnp.float32)
+
+  def finish(total):
+    return (total if patches_first else total.T).reshape(kernel_shape)
 
   batch = x.shape[0]
   chunk = _chunks(batch, _patch_bytes(x.shape, kernel_shape, out, x.dtype),
                   carry_bytes=4 * math.prod(kernel_shape))
-  if chunk == batch:
-    total = chunk_fn(x, dy)
-  else:
-    split = lambda a: a.reshape(batch // chunk, chunk, *a.shape[1:])
+  num_chunks = batch // chunk
+  if num_chunks == 1:
+    return finish(chunk_fn(x, dy))
+  # One scan per core over its share of the chunks: XLA:CPU runs independent
+  # loops side by side, one loop's small matmuls one after the other.
+  groups = max(g for g in range(1, min(_cores(), num_chunks) + 1)
+               if num_chunks % g == 0)
+  zeros = jnp.zeros((width, c_out) if patches_first else (c_out, width),
+                    jnp.float32)
 
-    def step(acc, xs):
-      return acc + chunk_fn(*xs), None
+  def step(acc, xs):
+    return acc + chunk_fn(*xs), None
 
-    total, _ = lax.scan(step, jnp.zeros((c_out, math.prod(kernel_shape[:-1])),
-                                        jnp.float32), (split(x), split(dy)))
-  return total.T.reshape(kernel_shape)
+  total = None
+  for xg, dyg in zip(jnp.split(x, groups), jnp.split(dy, groups)):
+    split = lambda a: a.reshape(num_chunks // groups, chunk, *a.shape[1:])
+    partial, _ = lax.scan(step, zeros, (split(xg), split(dyg)))
+    total = partial if total is None else total + partial
+  return finish(total)
 
 
 def _input_grad(dy, kernel, x_shape, geometry):

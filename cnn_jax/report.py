@@ -35,7 +35,7 @@ import html as html_lib
 import json
 import math
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict
 
 import jax
 import ml_collections

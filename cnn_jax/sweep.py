@@ -17,8 +17,8 @@ itertools.product over the axes sorted by name (the last varies fastest).
 How one program trains them all. The members' TrainStates are stacked along
 a leading axis [K, ...] (init vmapped over the members' seeds) and one jitted
 step maps train.train_step's two halves, `train_inputs` and `gradient_step`,
-over that axis. What may differ between members (VARYING) reaches the
-program as arrays, never as compile-time constants:
+over that axis with jax.vmap. What may differ between members (VARYING)
+reaches the program as arrays, never as compile-time constants:
   * seed: the initial parameters, the data order (each member's batch is
     gathered on the host from its own permutation, into [K, B, ...]), and the
     dropout/augmentation keys;
@@ -39,6 +39,11 @@ the others continue, computing exactly what they would have alone.
 
 Memory: `sweep.chunk` members run at once; more run chunk after chunk with
 the same compiled program (the last chunk is padded with masked-out copies).
+
+Speed: `sweep.vmap_width` members share one vmap; groups of them follow one
+another, unrolled, in the same program. Auto (0) is the whole chunk on
+GPU/TPU and 1 on CPU, where XLA runs vmapped per-member convolutions and
+matmuls 2-3x slower than unbatched ones (resolve_vmap_width).
 
 Devices: a ('members', 'data') mesh (cnn_jax/parallel.py). Each batch is
 split over 'data' (data parallelism, parameters replicated); with
@@ -363,13 +368,25 @@ def _all_finite(tree):
 
 
 def _map_members(fn, width, count):
-  """fn mapped over the leading (member) axis of its arguments: one vmap,
-  or (width < count) lax.map running `width` members vectorized at a time
-  inside the same program."""
+  """fn mapped over the leading (member) axis of its arguments, in one
+  program: `width` members at a time go through one jax.vmap, and the groups
+  follow one another unrolled (width 1: each member's step as in its single
+  run, no vmap). width <= 0 or >= count: a single vmap over all members."""
   if width <= 0 or width >= count:
     return jax.vmap(fn)
-  return lambda *args: jax.lax.map(lambda a: fn(*a), args,
-                                   batch_size=width if width > 1 else None)
+
+  def unrolled(*args):
+    outputs = []
+    for start in range(0, count, width):
+      group = jax.tree.map(lambda a, s=start: a[s:s + width], args)
+      if width == 1:
+        single = fn(*jax.tree.map(lambda a: a[0], group))
+        outputs.append(jax.tree.map(lambda a: a[None], single))
+      else:
+        outputs.append(jax.vmap(fn)(*group))
+    return jax.tree.map(lambda *parts: jnp.concatenate(parts), *outputs)
+
+  return unrolled
 
 
 def hyperparameter_arrays(configs, augment_configs):
@@ -409,7 +426,8 @@ def make_train_step(model, augment_configs, *, mean, std, member_count,
 
   Member k computes train.train_step on its own state and batch, with its
   hyperparameters. A member not alive, or whose new loss or parameters are
-  not finite, keeps its state and drops out (alive False).
+  not finite, keeps its state and drops out (alive False). `vmap_width`
+  members share one vmap (0: all of them; see _map_members).
   """
   mixes = any(augment.mixes_labels(a) for a in augment_configs)
 
@@ -520,14 +538,22 @@ def _chunks(count, size):
           for start in range(0, count, size)]
 
 
-def _vmap_width(sweep_config, chunk_size):
+def resolve_vmap_width(sweep_config, chunk_size, backend=None):
+  """Members per vmap in a chunk's program (config.sweep.vmap_width; 0:
+  auto). Auto is the whole chunk on GPU/TPU; on CPU it is 1 (members
+  unrolled in the one program), because XLA:CPU runs the batched
+  convolutions and matmuls that vmap makes of per-member weights 2-3x slower
+  than the same work unbatched (experiments/bench_sweep.py). Members split
+  over devices (sweep.member_devices > 1) always share one vmap."""
   width = sweep_config.get("vmap_width", 0)
   if width < 0:
-    raise ValueError(f"config.sweep.vmap_width={width} must be >= 0 (0: all "
-                     "members of a chunk in one vmap)")
+    raise ValueError(f"config.sweep.vmap_width={width} must be >= 0 (0: auto)")
   if sweep_config.get("member_devices", 1) > 1:
-    return chunk_size  # members split over devices: one vmap
-  return width or chunk_size
+    return chunk_size
+  if width == 0:
+    backend = backend or jax.default_backend()
+    return 1 if backend == "cpu" else chunk_size
+  return min(width, chunk_size)
 
 
 class _SweepWriter:
@@ -835,7 +861,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   run = {"workdir": workdir, "start_time": start_time, "mesh": mesh,
          "chunk_size": chunk_size, "program": program,
          "vary_dropout": vary_dropout, "compiled": {},
-         "vmap_width": _vmap_width(sweep_config, chunk_size),
+         "vmap_width": resolve_vmap_width(sweep_config, chunk_size),
          "writer": _SweepWriter(workdir),
          "bar": writers.progress_bar(
              base.train.num_epochs * per_epoch * len(chunks))}

@@ -16,7 +16,7 @@ Images are [H, W, C] (C = 1 or 3) uint8 pixels or floats of any range
 
 import math
 import struct
-from typing import Mapping, Optional, Sequence
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp

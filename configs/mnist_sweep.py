@@ -40,7 +40,8 @@ def get_config():
   config.sweep.mode = "grid"  # 'grid': every combination; 'zip': i-th values
   config.sweep.chunk = 0  # members trained at once; 0: all of them
   config.sweep.member_devices = 1  # >1: members split over devices too
-  # Members computed by one vectorized op; the rest of a chunk loops inside
-  # the same program (lax.map). 0: the whole chunk in one vmap.
+  # Members per vmap; groups follow one another in the same program.
+  # 0: auto (the whole chunk on GPU/TPU; 1 on CPU, where vmapped
+  # convolutions are slower than unbatched ones).
   config.sweep.vmap_width = 0
   return config

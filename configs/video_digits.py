@@ -10,7 +10,11 @@ digit (14x14) moving in a straight line at 1 or 2 pixels per frame in one of
 C3D (cnn_jax/models/cnn3d.py: conv3x3x3-BN-ReLU stages 8-16-32-64, pooling
 space first, then space and time). `:frame` is the single-frame 2D baseline:
 the simple CNN on the middle frame of the same clips, which cannot see the
-motion. experiments/video_vs_frame.py runs both. RESULT: see README (Video).
+motion. experiments/video_vs_frame.py runs both.
+
+Reaches 100.0% test accuracy (1,000 clips) in 2 epochs, 21 minutes on a
+2-core CPU shared with other jobs; the single-frame baseline gets 30.2%
+(chance 12.5%).
 """
 
 import ml_collections

@@ -76,7 +76,7 @@ def table_markdown(rows, args):
       f"UCR/UEA test accuracy (%), {args.model} "
       f"(filters {'-'.join(map(str, args.features)) or 'default'}), "
       f"mean ± std of seeds {', '.join(map(str, range(args.seeds)))}; "
-      "published: Fawaz et al. (2019), FCN/ResNet.",
+      "published: Fawaz et al. (2019), FCN/ResNet, as quoted in issue 9.",
       "",
       "| set | train/test | length x dims | classes | epochs | ours | per seed "
       "| published | wall (s) |",

@@ -120,7 +120,7 @@ def test_for_run_checks_labels_and_num_classes():
     localization._for_run(config, train_set)
 
 
-def test_config_shapes_and_one_train_step():
+def test_config_shapes():
   config = localize_digits.get_config()
   model = train.create_model(config.model)
   x = jnp.zeros((2, 64, 64, 1))
@@ -129,6 +129,11 @@ def test_config_shapes_and_one_train_step():
   chex.assert_shape(jax.eval_shape(functools.partial(model.apply,
                                                      train=False),
                                    variables, x), (2, 14))
+
+
+@pytest.mark.slow  # compiling the training step: ~10-25 s of CPU
+def test_config_runs_one_train_step():
+  config = localize_digits.get_config()
   state, _ = train.create_train_state(config, jax.random.key(0),
                                       (64, 64, 1), 10)
   batch = {"image": np.full((3, 64, 64, 1), 20, np.uint8),

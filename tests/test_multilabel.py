@@ -2,7 +2,6 @@
 
 import functools
 import math
-import os
 
 import chex
 import jax
@@ -20,9 +19,6 @@ from cnn_jax.data.dataset import ArrayDataset
 from cnn_jax.tasks import TASKS
 from cnn_jax.tasks import multilabel
 from cnn_jax.tasks import task_for_run
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def _sigmoid(z):
   return 1.0 / (1.0 + math.exp(-z))
@@ -194,6 +190,26 @@ class MultilabelTaskTest(chex.TestCase):
         losses.weighted_sigmoid_cross_entropy(logits, labels))
 
 
+@pytest.mark.parametrize("name", ["multidigit", "pneumonia", "chexnet"])
+def test_multilabel_configs_build(name):
+  """Each config names a known task, source and model, and its model's
+  output has one logit per label (shapes only: nothing is compiled)."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  from cnn_jax.data import SOURCES  # pylint: disable=g-import-not-at-top
+  config = importlib.import_module(f"configs.{name}").get_config()
+  assert config.task == "multilabel" and config.data.name in SOURCES
+  model = train.create_model(config.model)
+  size = tuple(config.data.get("image_size", ()) or (64, 64))
+  channels = config.data.get("channels", 1)
+  x = jnp.zeros((2, *size, channels))
+  variables = jax.eval_shape(functools.partial(model.init, train=False),
+                             jax.random.PRNGKey(0), x)
+  out = jax.eval_shape(functools.partial(model.apply, train=False),
+                       variables, x)
+  assert out.shape == (2, config.model.num_classes)
+
+
+@pytest.mark.slow
 def test_multidigit_config_one_train_step():
   """configs/multidigit.py builds, and one train step + eval step run."""
   from configs import multidigit  # pylint: disable=g-import-not-at-top

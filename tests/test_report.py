@@ -14,7 +14,7 @@ import pytest
 from cnn_jax import report
 from cnn_jax import visualize
 from tests.conftest import REPO
-from tests.test_visualize import tiny_run  # pylint: disable=unused-import
+from tests.test_visualize import tiny_run  # noqa: F401 (a fixture)
 
 
 def _images_in(markdown):

@@ -137,6 +137,25 @@ def test_for_run_checks_the_labels():
     task_for_run(config, ArrayDataset(images, np.zeros((3, 4, 4), np.int32)))
 
 
+@pytest.mark.parametrize("name", ["unet_digits", "oxford_pet"])
+def test_segmentation_configs_build(name):
+  """Each config names the segmentation task, a known source, and a U-Net
+  whose output has the input's size with one logit per class (shapes only)."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  from cnn_jax.data import SOURCES  # pylint: disable=g-import-not-at-top
+  config = importlib.import_module(f"configs.{name}").get_config()
+  assert config.task == "segmentation" and config.data.name in SOURCES
+  model = train.create_model(config.model)
+  size = tuple(config.data.get("image_size", ()) or (64, 64))
+  x = jnp.zeros((1, *size, 3 if name == "oxford_pet" else 1))
+  variables = jax.eval_shape(functools.partial(model.init, train=False),
+                             jax.random.PRNGKey(0), x)
+  out = jax.eval_shape(functools.partial(model.apply, train=False),
+                       variables, x)
+  assert out.shape == (1, *size, config.model.num_classes)
+
+
+@pytest.mark.slow
 def test_unet_digits_config_one_train_step():
   """configs/unet_digits.py builds; one train step and an evaluation run."""
   from configs import unet_digits  # pylint: disable=g-import-not-at-top
@@ -162,6 +181,7 @@ def test_unet_digits_config_one_train_step():
   assert result["count"] == 4 and "iou/7" in result and "mean_iou" in result
 
 
+@pytest.mark.slow
 def test_oxford_pet_config_on_tfds_mock_data():
   """configs/oxford_pet.py reads image + mask pairs through TFDS
   (tfds.testing.mock_data), resizes both, and trains one step."""
@@ -189,6 +209,23 @@ def test_oxford_pet_config_on_tfds_mock_data():
                                    task=task))
   state, logged = step(state, next(batching.train_batches(train_set, 3, 0))[1])
   assert np.isfinite(logged["loss"])
+
+
+def test_tfds_segmentation_source_on_mock_data():
+  """Image + mask pairs of different sizes are resized to image_size."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from cnn_jax.data import load_splits  # pylint: disable=g-import-not-at-top
+  data = ml_collections.ConfigDict({
+      "name": "tfds_segmentation", "tfds_name": "oxford_iiit_pet",
+      "image_size": (24, 16), "tfds_mask_values": (2, 1, 3),
+      "tfds_mask_other": 0, "num_workers": 1})
+  with tfds.testing.mock_data(num_examples=3,
+                              policy=tfds.testing.MockPolicy.USE_CODE):
+    splits = load_splits(data)
+  assert splits["test"].images.shape == (3, 24, 16, 3)
+  assert splits["test"].labels.shape == (3, 24, 16)
+  assert splits["test"].class_names == ("background", "pet", "border")
 
 
 def test_mask_classes_maps_raw_values():

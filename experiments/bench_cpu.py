@@ -1,0 +1,295 @@
+"""JAX vs PyTorch training-step throughput on the CPU, side by side.
+
+The MNIST CNN (simple_cnn: conv32-pool-conv64-pool-dense256-dense10, max
+pooling, 824,458 parameters) with each of cnn_jax's convolution
+implementations (ops.CONV_IMPLS) and the same network in eager PyTorch, at
+batch 32, 128 and 512; then ResNet-18 (resnet18_cifar, 32x32x3) at batch 128.
+One train step = forward, softmax cross-entropy, backward, SGD with momentum
+0.9, in float32 on random data (a fixed batch: no input pipeline).
+
+Every variant is built and warmed up first (XLA compiles, PyTorch settles),
+then timed in interleaved rounds within this one process, so a change in the
+machine's load hits all variants alike; the table shows the median images/s
+over rounds, the spread, and the ratio to PyTorch, plus images per CPU-second
+(the process's CPU time, robust to other processes taking the cores).
+
+  python experiments/bench_cpu.py            # about 3-4 minutes on 2 cores
+  python experiments/bench_cpu.py --quick    # batch 128 only, no ResNet
+  python experiments/bench_cpu.py --single_core   # both pinned to one core
+
+On a shared machine the two-core figures move with the other processes'
+load (printed with the results); PyTorch's OpenMP threads lose most when a
+core is taken away, so a loaded machine flatters JAX. --single_core pins the
+process to one core and PyTorch to one thread, which makes the images per
+CPU-second comparable even then.
+
+PyTorch is optional (`pip install torch==2.13.0`, the CPU wheel); without it
+its rows are skipped. The last line is one JSON object with the headline
+figures.
+"""
+
+import argparse
+import functools
+import json
+import os
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from cnn_jax import cpu_malloc  # pylint: disable=g-import-not-at-top
+from cnn_jax import ops  # pylint: disable=g-import-not-at-top
+from cnn_jax.models import MODELS  # pylint: disable=g-import-not-at-top
+
+try:
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch import nn as tnn  # pylint: disable=g-import-not-at-top
+except ImportError:
+  torch = None
+
+LEARNING_RATE = 0.01
+MOMENTUM = 0.9
+
+
+def jax_train_step(model_name, impl, batch, image_shape, num_classes=10,
+                   seed=0):
+  """A `run(n)` that does n jitted train steps of MODELS[model_name]."""
+  ops.set_default_conv_impl(impl)  # read when the step is traced, below
+  model = MODELS[model_name](num_classes=num_classes)
+  tx = optax.sgd(LEARNING_RATE, momentum=MOMENTUM)
+  rng = np.random.default_rng(seed)
+  images = jnp.asarray(rng.random((batch, *image_shape), np.float32))
+  labels = jnp.asarray(rng.integers(0, num_classes, batch))
+  variables = jax.jit(functools.partial(model.init, train=False))(
+      jax.random.key(seed), images[:1])
+  params = variables["params"]
+  batch_stats = variables.get("batch_stats", {})
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+  def step(params, batch_stats, opt_state, images, labels):
+    def loss_fn(params):
+      logits, updates = model.apply(
+          {"params": params, "batch_stats": batch_stats}, images, train=True,
+          mutable=["batch_stats"])
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+      return loss.mean(), updates.get("batch_stats", batch_stats)
+
+    (loss, batch_stats), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), batch_stats, opt_state, loss
+
+  state = [params, batch_stats, tx.init(params)]
+  compiled = step.lower(*state, images, labels).compile()
+  ops.set_default_conv_impl("auto")
+
+  def run(n):
+    for _ in range(n):
+      *new_state, loss = compiled(*state, images, labels)
+      state[:] = new_state
+    loss.block_until_ready()
+
+  return run
+
+
+def torch_simple_cnn():
+  """simple_cnn in PyTorch: same layers, sizes and initial-value scale."""
+  return tnn.Sequential(
+      tnn.Conv2d(1, 32, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2),
+      tnn.Conv2d(32, 64, 3, padding=1), tnn.ReLU(), tnn.MaxPool2d(2),
+      tnn.Flatten(), tnn.Linear(3136, 256), tnn.ReLU(), tnn.Linear(256, 10))
+
+
+class _TorchBasicBlock(tnn.Module if torch else object):
+  """torchvision's BasicBlock (as cnn_jax.models.resnet.BasicBlock)."""
+
+  def __init__(self, c_in, c_out, stride):
+    super().__init__()
+    self.conv1 = tnn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+    self.bn1 = tnn.BatchNorm2d(c_out)
+    self.conv2 = tnn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+    self.bn2 = tnn.BatchNorm2d(c_out)
+    self.shortcut = tnn.Identity()
+    if stride != 1 or c_in != c_out:
+      self.shortcut = tnn.Sequential(
+          tnn.Conv2d(c_in, c_out, 1, stride, bias=False),
+          tnn.BatchNorm2d(c_out))
+
+  def forward(self, x):
+    y = torch.relu(self.bn1(self.conv1(x)))
+    return torch.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+
+
+def torch_resnet18_cifar(num_classes=10):
+  """resnet18_cifar in PyTorch: conv3x3 stem, no max-pool, 4 stages."""
+  blocks, c_in = [], 64
+  for i, c_out in enumerate((64, 128, 256, 512)):
+    for j in range(2):
+      blocks.append(_TorchBasicBlock(c_in, c_out, 2 if i > 0 and j == 0
+                                     else 1))
+      c_in = c_out
+  return tnn.Sequential(
+      tnn.Conv2d(3, 64, 3, 1, 1, bias=False), tnn.BatchNorm2d(64), tnn.ReLU(),
+      *blocks, tnn.AdaptiveAvgPool2d(1), tnn.Flatten(),
+      tnn.Linear(512, num_classes))
+
+
+def torch_train_step(make_model, batch, image_shape, num_classes=10, seed=0):
+  """A `run(n)` that does n eager PyTorch train steps (NCHW input)."""
+  torch.manual_seed(seed)
+  model = make_model()
+  model.train()
+  opt = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE,
+                        momentum=MOMENTUM)
+  h, w, c = image_shape
+  images = torch.rand(batch, c, h, w)
+  labels = torch.randint(0, num_classes, (batch,))
+
+  def run(n):
+    for _ in range(n):
+      opt.zero_grad(set_to_none=True)
+      loss = tnn.functional.cross_entropy(model(images), labels)
+      loss.backward()
+      opt.step()
+
+  return run
+
+
+def measure(runs, batch, rounds, window_s, warmup_s):
+  """Interleaved timing: {name: (median img/s, min, max, img per CPU-s)}."""
+  steps = {}
+  for name, run in runs.items():
+    run(1)
+    t = time.perf_counter()
+    run(1)
+    per_step = max(time.perf_counter() - t, 1e-4)
+    steps[name] = max(1, int(window_s / per_step))
+  # PyTorch needs a few seconds of steps before its speed settles.
+  end = time.perf_counter() + warmup_s
+  while time.perf_counter() < end:
+    for name, run in runs.items():
+      run(1)
+  wall = {name: [] for name in runs}
+  cpu = {name: [] for name in runs}
+  for _ in range(rounds):
+    for name, run in runs.items():
+      n = steps[name]
+      t, c = time.perf_counter(), time.process_time()
+      run(n)
+      wall[name].append(batch * n / (time.perf_counter() - t))
+      cpu[name].append(batch * n / max(time.process_time() - c, 1e-9))
+  return {name: (float(np.median(wall[name])), float(min(wall[name])),
+                 float(max(wall[name])), float(np.median(cpu[name])))
+          for name in runs}
+
+
+def print_table(title, results, batch):
+  torch_speed = results.get("torch", (None,))[0]
+  print(f"\n{title}, batch {batch}")
+  print(f"| variant | img/s (median) | min-max | vs torch | img per CPU-s |")
+  print("|---|---|---|---|---|")
+  for name, (median, low, high, per_cpu) in results.items():
+    ratio = f"{median / torch_speed:.2f}" if torch_speed else "-"
+    print(f"| {name} | {median:,.0f} | {low:,.0f}-{high:,.0f} | {ratio} | "
+          f"{per_cpu:,.0f} |")
+  sys.stdout.flush()
+
+
+def cpu_name():
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "unknown"
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--batches", default="32,128,512",
+                      help="comma-separated MNIST batch sizes")
+  parser.add_argument("--impls", default=",".join(
+      i for i in ops.CONV_IMPLS if i != "auto") + ",auto",
+                      help="cnn_jax conv implementations to time")
+  parser.add_argument("--rounds", type=int, default=5)
+  parser.add_argument("--window", type=float, default=0.4,
+                      help="seconds per variant per round")
+  parser.add_argument("--resnet_batch", type=int, default=128,
+                      help="ResNet-18 batch size; 0 skips ResNet")
+  parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                      help="keep: cpu_malloc.keep_freed_memory() for the "
+                      "whole process (both frameworks); default: glibc's")
+  parser.add_argument("--single_core", action="store_true",
+                      help="pin the process to one core, PyTorch to 1 thread")
+  parser.add_argument("--quick", action="store_true",
+                      help="batch 128 only, 3 rounds, no ResNet")
+  args = parser.parse_args()
+  if args.quick:
+    args.batches, args.rounds, args.resnet_batch = "128", 3, 0
+  start = time.time()
+  if args.single_core:
+    # Before XLA sizes its thread pools (at the first jax.devices()).
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+  malloc_kept = args.malloc == "keep" and cpu_malloc.keep_freed_memory()
+  threads = len(os.sched_getaffinity(0))
+  if torch is not None:
+    torch.set_num_threads(threads)
+  load_before = os.getloadavg()
+  print(f"cpu: {cpu_name()}, {threads} logical cores; jax {jax.__version__} "
+        f"({jax.devices()[0].device_kind}); torch "
+        f"{torch.__version__ if torch else 'not installed: its rows skipped'}"
+        f"; malloc: {'keep freed memory' if malloc_kept else 'glibc default'}"
+        f"; load average {load_before[0]:.1f}")
+  impls = args.impls.split(",")
+  headline = {}
+  for batch in (int(b) for b in args.batches.split(",")):
+    runs = {}
+    for impl in impls:
+      runs[f"jax {impl}"] = jax_train_step("simple_cnn", impl, batch,
+                                           (28, 28, 1))
+    if torch is not None:
+      runs["torch"] = torch_train_step(torch_simple_cnn, batch, (28, 28, 1))
+    results = measure(runs, batch, args.rounds, args.window, warmup_s=3.0)
+    print_table("MNIST CNN (simple_cnn) train step", results, batch)
+    jax_auto = results.get("jax auto", next(iter(results.values())))[0]
+    headline[f"jax_img_s_b{batch}"] = round(jax_auto)
+    headline[f"jax_img_per_cpu_s_b{batch}"] = round(
+        results.get("jax auto", next(iter(results.values())))[3])
+    if "torch" in results:
+      headline[f"torch_img_s_b{batch}"] = round(results["torch"][0])
+      headline[f"torch_img_per_cpu_s_b{batch}"] = round(results["torch"][3])
+      headline[f"ratio_b{batch}"] = round(jax_auto / results["torch"][0], 2)
+  if args.resnet_batch:
+    batch = args.resnet_batch
+    runs = {f"jax {impl}": jax_train_step("resnet18_cifar", impl, batch,
+                                          (32, 32, 3))
+            for impl in ("xla", "auto")}
+    if torch is not None:
+      runs["torch"] = torch_train_step(torch_resnet18_cifar, batch,
+                                       (32, 32, 3))
+    results = measure(runs, batch, rounds=3, window_s=1.0, warmup_s=0.0)
+    print_table("ResNet-18 (resnet18_cifar, 32x32x3) train step", results,
+                batch)
+    headline["resnet18_jax_img_s"] = round(results["jax auto"][0], 1)
+    if "torch" in results:
+      headline["resnet18_torch_img_s"] = round(results["torch"][0], 1)
+      headline["resnet18_ratio"] = round(
+          results["jax auto"][0] / results["torch"][0], 2)
+  headline.update(
+      cpu=cpu_name(), threads=threads, jax=jax.__version__,
+      torch=torch.__version__ if torch else None,
+      malloc="keep" if malloc_kept else "default",
+      load_avg=[round(load_before[0], 1), round(os.getloadavg()[0], 1)],
+      seconds=round(time.time() - start))
+  print(json.dumps(headline))
+
+
+if __name__ == "__main__":
+  main()
