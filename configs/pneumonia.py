@@ -14,7 +14,8 @@ Data: source 'pneumonia', data/pneumonia/pneumoniamnist_reconstructed.npz
 to 32x32 (the DenseNet stem needs >= 32). Model: a small DenseNet (2 dense
 blocks of 4 layers, growth 16). For reference, the MedMNIST v2 paper reports
 test AUC 0.944 / ACC 0.854 for ResNet-18 at 28x28.
-RESULT: see README (Multi-label diagnosis and heat maps).
+Measured: test AUROC 0.972, accuracy 0.905, F1 0.929 (624 images) after
+8 epochs / 584 steps, 327 s on a 2-core CPU shared with other jobs.
 """
 
 import ml_collections

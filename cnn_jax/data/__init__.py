@@ -2,7 +2,8 @@
 'val' when the data has or is asked for one) ArrayDatasets.
 
 SOURCES maps `config.data.name` to a loader taking (data_dir, data_config);
-every loader returns uint8 images [N, H, W, C] and int32 labels.
+every loader returns uint8 images [N, H, W, C] (ucr: float32 series
+[N, T, C]; moving_digits: clips [N, T, H, W, C]) and its labels.
 """
 
 import os
