@@ -323,6 +323,10 @@ def _metrics_section(run, metrics, records):
   if summary.get("test_loss") is not None:
     rows.append(("test loss (summary.json)", f"{summary['test_loss']:.4f}",
                  ""))
+  for key, value in sorted((summary.get("test_metrics") or {}).items()):
+    if key not in ("accuracy", "loss", "count") and isinstance(
+        value, (int, float)):
+      rows.append((f"test {key} (summary.json)", f"{value:.4f}", ""))
   if "accuracy" in metrics:
     rows.append((f"test accuracy, checkpoint of step {run.step} "
                  "re-evaluated", f"{metrics['accuracy']:.4f}", ""))

@@ -59,7 +59,6 @@ Outputs in the sweep's workdir:
 """
 
 import dataclasses
-import functools
 import itertools
 import json
 import os
@@ -639,7 +638,7 @@ def _save_member(member, state, mean, std, per_epoch, test_metrics):
 
 
 def _member_summary(member, sweep_workdir, steps, start_time, throughput,
-                    mean, std):
+                    chunk_members, mean, std):
   status = "finished" if member.alive else "diverged"
   summary = {
       "status": status,
@@ -651,13 +650,15 @@ def _member_summary(member, sweep_workdir, steps, start_time, throughput,
       "steps": steps,
       "epochs": member.config.train.num_epochs,
       "wall_seconds": time.time() - start_time,
-      "train_img_per_s": throughput,
+      # The member's share of its chunk's images/s (compilation excluded).
+      "train_img_per_s": throughput / chunk_members if throughput else None,
       "normalization": {"mean": mean.tolist(), "std": std.tolist()},
       "device": jax.devices()[0].device_kind,
       "config": member.config.to_dict(),
       "sweep": {"workdir": os.path.abspath(sweep_workdir),
                 "member": member.index, "overrides": member.overrides,
-                "diverged_at_step": member.diverged_at},
+                "diverged_at_step": member.diverged_at,
+                "chunk_train_img_per_s": throughput},
   }
   if not member.alive:
     summary["step"] = steps
@@ -756,7 +757,8 @@ def _train_chunk(indices, overrides, configs, data, run):
           train_seconds += elapsed
           train_images += window_images
         _log_window(members, records, step - len(records), program.schedule,
-                    run["writer"], step / per_epoch, throughput)
+                    run["writer"], step / per_epoch,
+                    throughput / len(indices))  # each member's share
         run["bar"].update(len(records))
         pending, first_window = [], False
         live = [m for m in members if m is not None and m.alive]
@@ -773,7 +775,8 @@ def _train_chunk(indices, overrides, configs, data, run):
                          or step == total_steps):
         evaluate_members(step, position.epoch, log=True)
         evaluated_at = step
-        best = max(live, key=lambda m: m.test_metrics["accuracy"])
+        best = max((m for m in members if m is not None and m.alive),
+                   key=lambda m: m.test_metrics["accuracy"])
         writers.report(
             f"members {indices[0]}-{indices[-1]}, epoch {position.epoch} "
             f"step {step}: best test accuracy "
@@ -790,7 +793,7 @@ def _train_chunk(indices, overrides, configs, data, run):
       steps = _save_member(member, member_state(states, slot), mean, std,
                            per_epoch, member.test_metrics)
       _member_summary(member, run["workdir"], steps, run["start_time"],
-                      throughput, mean, std)
+                      throughput, len(indices), mean, std)
       member.writer.close()
   return [m for m in members if m is not None], throughput
 

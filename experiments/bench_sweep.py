@@ -33,7 +33,6 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

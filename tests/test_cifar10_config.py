@@ -62,3 +62,18 @@ def test_soft_target_loss_equals_hard_loss_on_one_hot_targets():
   np.testing.assert_allclose(
       losses.soft_target_cross_entropy(logits, jax.nn.one_hot(labels, 5), 0.1),
       losses.softmax_cross_entropy(logits, labels, 0.1), rtol=1e-6)
+
+
+def test_resnet18_config_takes_a_step():
+  from configs import cifar10_resnet18  # pylint: disable=g-import-not-at-top
+  config = cifar10_resnet18.get_config()
+  config.data.batch_size = 8
+  state, batch, mean, std = _state_and_batch(config)
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  assert n_params == 11_173_962
+  step = jax.jit(functools.partial(
+      train.train_step, mean=mean, std=std,
+      augment_config=config.data.augment.to_dict()))
+  new_state, metrics = step(state, batch)
+  assert int(new_state.step) == 1 and np.isfinite(float(metrics["loss"]))
+  assert new_state.batch_stats  # BN statistics are tracked

@@ -12,25 +12,38 @@ from cnn_jax import heatmaps
 from cnn_jax.models import MODELS
 
 
-@pytest.fixture(scope="module")
-def small_densenet():
-  model = MODELS["densenet121"](num_classes=3, block_config=(1, 1),
-                                growth_rate=4, num_init_features=8)
-  images = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 1))
-  variables = model.init(jax.random.PRNGKey(0), images)
-  # A non-zero bias, so the identity below checks it too.
+class GapNet(nn.Module):
+  """conv -> BN 'norm5' -> ReLU -> global average pool -> dense
+  'classifier': DenseNet's head on a tiny trunk (fast to build)."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.Conv(6, (3, 3), strides=2, name="conv0")(x)
+    x = nn.BatchNorm(use_running_average=not train, name="norm5")(x)
+    return nn.Dense(3, name="classifier")(nn.relu(x).mean(axis=(1, 2)))
+
+
+def _with_bias(variables):
+  # A non-zero bias and BN statistics, so the identities check them too.
   variables = jax.tree_util.tree_map(lambda x: x, variables)
   variables["params"]["classifier"]["bias"] = jnp.array([0.3, -0.2, 0.1])
-  return model, variables, images
+  variables["batch_stats"]["norm5"]["mean"] += 0.1
+  return variables
 
 
-def test_cam_is_the_head_applied_to_the_last_feature_map(small_densenet):
-  model, variables, images = small_densenet
+@pytest.fixture(scope="module")
+def gap_net():
+  model = GapNet()
+  images = jax.random.normal(jax.random.PRNGKey(1), (2, 16, 16, 1))
+  return model, _with_bias(model.init(jax.random.PRNGKey(0), images)), images
+
+
+def _check_cam_identity(model, variables, images):
   logits, norm5 = heatmaps.capture(model, variables, images, "norm5")
   kernel = variables["params"]["classifier"]["kernel"]
   bias = variables["params"]["classifier"]["bias"]
   maps = heatmaps.cam(model, variables, images)
-  assert maps.shape == (2, 1, 1, 3) or maps.shape[-1] == 3
+  assert maps.shape == (*norm5.shape[:3], 3)
   # CAM = the dense head's weights at every position of relu(norm5).
   np.testing.assert_allclose(
       maps, jnp.einsum("bhwc,cl->bhwl", nn.relu(norm5), kernel), rtol=1e-6)
@@ -40,18 +53,28 @@ def test_cam_is_the_head_applied_to_the_last_feature_map(small_densenet):
   with_bias = heatmaps.class_activation_map(nn.relu(norm5), kernel, bias)
   np.testing.assert_allclose(with_bias.mean(axis=(1, 2)), logits, rtol=1e-5,
                              atol=1e-6)
-
-
-def test_hirescam_at_the_feature_layer_is_cam_over_positions(small_densenet):
-  model, variables, images = small_densenet
-  maps = heatmaps.cam(model, variables, images)
-  classes = jnp.array([0, 2])
-  hires = heatmaps.grad_cam(model, variables, images, "norm5", classes,
-                            elementwise=True)
+  # HiResCAM at the feature layer is the CAM over the number of positions.
+  hires = heatmaps.grad_cam(model, variables, images, "norm5",
+                            jnp.array([0, 2]), elementwise=True)
   positions = maps.shape[1] * maps.shape[2]
   expected = nn.relu(jnp.stack([maps[0, :, :, 0], maps[1, :, :, 2]]))
   np.testing.assert_allclose(hires * positions, expected, rtol=1e-5,
                              atol=1e-6)
+
+
+def test_cam_is_the_head_applied_to_the_last_feature_map(gap_net):
+  _check_cam_identity(*gap_net)
+
+
+@pytest.mark.slow
+def test_cam_identity_on_densenet():
+  model = MODELS["densenet121"](num_classes=3, block_config=(1, 1),
+                                growth_rate=4, num_init_features=8)
+  images = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 1))
+  variables = _with_bias(jax.jit(model.init)(jax.random.PRNGKey(0), images))
+  _check_cam_identity(model, variables, images)
+  layers = heatmaps.spatial_layers(model, variables, images[:1])
+  assert layers[0] == "conv0" and layers[-1] == "norm5"
 
 
 class RegionModel(nn.Module):
@@ -118,13 +141,13 @@ def test_hirescam_follows_a_gate_after_the_layer():
   assert (maps[:, outside] == 0).all()
 
 
-def test_unknown_layer_lists_the_modules(small_densenet):
-  model, variables, images = small_densenet
-  with pytest.raises(ValueError, match="'nope' is not a module of DenseNet; "
-                     "its modules: conv0, norm0"):
+def test_unknown_layer_lists_the_modules(gap_net):
+  model, variables, images = gap_net
+  with pytest.raises(ValueError, match="'nope' is not a module of GapNet; "
+                     "its modules: conv0, norm5, classifier"):
     heatmaps.capture(model, variables, images, "nope")
-  layers = heatmaps.spatial_layers(model, variables, images[:1])
-  assert layers[0] == "conv0" and "norm5" in layers
+  assert heatmaps.spatial_layers(model, variables, images[:1]) == [
+      "conv0", "norm5"]
 
 
 def test_mask_overlay_paints_only_labelled_pixels():

@@ -10,7 +10,6 @@ import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import pytest
 
 from cnn_jax import sweep

@@ -10,6 +10,11 @@ every epoch: once without augmentation, once with the classic CIFAR
 augmentation (4-pixel crop padding and horizontal flips, on device). The
 curves show the overfitting (train accuracy -> 100%, test loss rising) and
 how much augmentation reduces it. A few minutes on 2 CPU cores.
+
+Measured: without augmentation train 99.4% / test 59.7% (gap 40 points, test
+loss 1.34); with crop+flip train 63.1% / test 59.7% (gap 3 points, test loss
+1.14). Runs of 694 s and 404 s on a 2-core CPU shared with other jobs (load
+8-15).
 """
 
 import os

@@ -10,6 +10,10 @@ Measured: configs/mnist.py's simple CNN at two sizes, and MLPs (the same
 module with no conv layers, `features=()`) whose hidden width gives the same
 number of parameters, each trained 3 epochs on all of MNIST through
 cnn_jax.train.train_and_evaluate (4 runs, a few minutes on 2 CPU cores).
+
+Measured: CNN vs MLP 98.68% vs 95.84% test accuracy at ~27k parameters,
+99.07% vs 97.72% at ~106k (runs of 357, 48, 654 and 40 s on a 2-core CPU
+shared with other jobs, load ~15).
 """
 
 import os
@@ -87,7 +91,6 @@ def plot_counts(sides, path):
 
 def plot_budgets(results, path):
   fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-  budgets = sorted({r["params"] // 1000 for r in results if r["kind"] == "CNN"})
   for kind, colour, marker in (("CNN", "C0", "s"), ("MLP", "C1", "o")):
     rows = [r for r in results if r["kind"] == kind]
     axes[0].plot([r["params"] for r in rows],
@@ -99,17 +102,18 @@ def plot_budgets(results, path):
                    marker=marker, color=colour,
                    linestyle="-" if i == len(rows) - 1 else "--",
                    label=f"{kind}, {r['params']:,} params")
-  params = sorted({r["params"] for r in results})
+  # The two models of a budget differ by <1% in parameters: one tick each.
+  budgets = sorted(r["params"] for r in results if r["kind"] == "CNN")
   axes[0].set_xscale("log")
-  axes[0].set_xticks(params)
-  axes[0].set_xticklabels([f"{p / 1000:.1f}k" for p in params])
+  axes[0].set_xticks(budgets)
+  axes[0].set_xticklabels([f"~{p / 1000:.0f}k" for p in budgets])
   axes[0].minorticks_off()
-  axes[0].set_xlabel("parameters")
+  axes[0].set_xlabel("parameters (budget)")
   axes[0].set_ylabel("test accuracy (%)")
-  axes[0].set_title(f"MNIST test accuracy after {results[0]['epochs']} "
-                    f"epoch(s), equal budgets (~{', ~'.join(map(str, budgets))}k)")
-  epochs = results[0]["curves"]["test"]["epoch"]
-  axes[1].set_xticks(epochs)
+  epochs = results[0]["epochs"]
+  axes[0].set_title(f"MNIST test accuracy after {epochs} epoch"
+                    f"{'s' if epochs > 1 else ''}, equal budgets")
+  axes[1].set_xticks(results[0]["curves"]["test"]["epoch"])
   axes[1].set_xlabel("epoch")
   axes[1].set_ylabel("test accuracy (%)")
   axes[1].set_title("Test accuracy after each epoch")

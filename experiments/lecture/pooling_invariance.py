@@ -14,8 +14,10 @@ digits shifted by d = 0..4 pixels up, down, left and right (zero fill).
 Reported per d: accuracy, and stability = the fraction of predictions
 unchanged from the unshifted digit.
 
-Measured (2-core CPU, shared): pooling keeps 91.9% of predictions at 2 px
-and 53.7% at 4 px, no pooling 88.8% and 48.3%; see result.md.
+Measured: pooling keeps 91.9% of its predictions at 2 px and 53.7% at 4 px,
+no pooling 88.8% and 48.3%, the pooled model trained on shifted digits
+96.1% at 4 px. The three runs took 271 s, 577 s and 109 s on a 2-core CPU
+shared with other jobs (load 8-15).
 """
 
 import os

@@ -118,13 +118,15 @@ def run(out, smoke=False):
   written = []
   if os.path.isdir(target):
     for root, _, files in os.walk(target):
-      if os.sep + "runs" + os.sep in root + os.sep:
-        continue  # the individual runs: linked through results.md
+      if os.path.relpath(root, target).split(os.sep)[0] in ("runs",
+                                                            "pretrain",
+                                                            "data"):
+        continue  # the individual runs and data
       for name in sorted(files):
         if name.endswith((".md", ".png", ".json", ".html")):
           written.append(os.path.relpath(os.path.join(root, name), out))
-  shown = " ".join(os.path.relpath(c, common.REPO) if c == script else c
-                   for c in command[1:])
+  shown = " ".join(os.path.relpath(c, common.REPO) if c == script else
+                   c.replace(common.REPO + os.sep, "") for c in command[1:])
   body = [f"The experiment is `{SCRIPT}` (with `cnn_jax/transfer.py`); "
           f"this page ran `python {shown}` (exit status "
           f"{result.returncode}); its output: "

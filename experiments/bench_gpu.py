@@ -1,0 +1,204 @@
+"""JAX vs PyTorch training-step throughput on a GPU, side by side.
+
+ResNet-50 at 224x224 in bfloat16 (cnn_jax's resnet50 with dtype=bfloat16:
+float32 parameters, bfloat16 compute) against torchvision's resnet50 (timm's
+if torchvision is missing) in channels_last memory format under
+torch.autocast(bfloat16), eager; then ResNet-18 on CIFAR-sized 32x32 images
+(resnet18_cifar) in both. One train step = forward, softmax cross-entropy,
+backward, SGD with momentum 0.9 (+ batch-norm statistics), on a fixed random
+batch. Variants are compiled / warmed up first, then timed in interleaved
+rounds in this one process; the table shows median images/s and the ratio.
+
+  python experiments/bench_gpu.py            # about 3 minutes on an H100
+  python experiments/bench_gpu.py --smoke    # tiny sizes; runs on a CPU too
+
+Records the device name; the last line is one JSON object with the headline
+figures ({"resnet50_ratio": ..., "device": ...}).
+"""
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from cnn_jax.models import MODELS  # pylint: disable=g-import-not-at-top
+
+try:
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch import nn as tnn  # pylint: disable=g-import-not-at-top
+except ImportError:
+  torch = None
+
+MOMENTUM = 0.9
+LEARNING_RATE = 0.1
+
+
+def jax_train_step(model_name, batch, image_size, num_classes, dtype):
+  """A `run(n)` doing n jitted train steps; the step's batch lives on device."""
+  model = MODELS[model_name](num_classes=num_classes, dtype=dtype)
+  tx = optax.sgd(LEARNING_RATE, momentum=MOMENTUM)
+  rng = np.random.default_rng(0)
+  images = jax.device_put(
+      rng.random((batch, image_size, image_size, 3), np.float32))
+  labels = jax.device_put(rng.integers(0, num_classes, batch))
+  variables = jax.jit(functools.partial(model.init, train=False))(
+      jax.random.key(0), images[:1])
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+  def step(params, batch_stats, opt_state, images, labels):
+    def loss_fn(params):
+      logits, updates = model.apply(
+          {"params": params, "batch_stats": batch_stats}, images, train=True,
+          mutable=["batch_stats"])
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+      return loss.mean(), updates["batch_stats"]
+
+    (loss, batch_stats), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), batch_stats, opt_state, loss
+
+  state = [variables["params"], variables["batch_stats"],
+           tx.init(variables["params"])]
+  compiled = step.lower(*state, images, labels).compile()
+
+  def run(n):
+    for _ in range(n):
+      *new_state, loss = compiled(*state, images, labels)
+      state[:] = new_state
+    loss.block_until_ready()
+
+  return run
+
+
+def torch_model(name, num_classes):
+  """torchvision's (else timm's) resnet50, or bench_cpu's CIFAR ResNet-18."""
+  if name == "resnet18_cifar":
+    from experiments import bench_cpu  # pylint: disable=g-import-not-at-top
+    return bench_cpu.torch_resnet18_cifar(num_classes)
+  try:
+    import torchvision  # pylint: disable=g-import-not-at-top
+    return torchvision.models.resnet50(num_classes=num_classes)
+  except ImportError:
+    import timm  # pylint: disable=g-import-not-at-top
+    return timm.create_model("resnet50", num_classes=num_classes)
+
+
+def torch_train_step(name, batch, image_size, num_classes, device):
+  """A `run(n)` doing n eager steps: channels_last, autocast bfloat16."""
+  torch.manual_seed(0)
+  model = torch_model(name, num_classes).to(device).to(
+      memory_format=torch.channels_last)
+  model.train()
+  opt = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE,
+                        momentum=MOMENTUM)
+  images = torch.rand(batch, 3, image_size, image_size, device=device).to(
+      memory_format=torch.channels_last)
+  labels = torch.randint(0, num_classes, (batch,), device=device)
+
+  def run(n):
+    for _ in range(n):
+      opt.zero_grad(set_to_none=True)
+      with torch.autocast(device.type, dtype=torch.bfloat16):
+        loss = tnn.functional.cross_entropy(model(images), labels)
+      loss.backward()
+      opt.step()
+    if device.type == "cuda":
+      torch.cuda.synchronize()
+
+  return run
+
+
+def measure(runs, batch, rounds, window_s):
+  """{name: (median img/s, min, max)} over interleaved rounds."""
+  steps = {}
+  for name, run in runs.items():
+    run(2)  # warm-up: autotuning, cuDNN plans, allocator pools
+    t = time.perf_counter()
+    run(2)
+    steps[name] = max(1, int(window_s / max((time.perf_counter() - t) / 2,
+                                            1e-4)))
+  speeds = {name: [] for name in runs}
+  for _ in range(rounds):
+    for name, run in runs.items():
+      t = time.perf_counter()
+      run(steps[name])
+      speeds[name].append(batch * steps[name] / (time.perf_counter() - t))
+  return {name: (float(np.median(v)), float(min(v)), float(max(v)))
+          for name, v in speeds.items()}
+
+
+def report(title, results, batch):
+  print(f"\n{title}, batch {batch}")
+  print("| variant | img/s (median) | min-max | vs torch |")
+  print("|---|---|---|---|")
+  torch_speed = results.get("torch", (None,))[0]
+  for name, (median, low, high) in results.items():
+    ratio = f"{median / torch_speed:.2f}" if torch_speed else "-"
+    print(f"| {name} | {median:,.0f} | {low:,.0f}-{high:,.0f} | {ratio} |")
+  sys.stdout.flush()
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--batch", type=int, default=256,
+                      help="ResNet-50 batch size")
+  parser.add_argument("--cifar_batch", type=int, default=512)
+  parser.add_argument("--rounds", type=int, default=5)
+  parser.add_argument("--window", type=float, default=2.0,
+                      help="seconds per variant per round")
+  parser.add_argument("--smoke", action="store_true",
+                      help="tiny sizes (ResNet-50 at 64x64, batch 2): checks "
+                      "that everything runs, on a CPU too")
+  args = parser.parse_args()
+  image_size = 224
+  if args.smoke:
+    args.batch, args.cifar_batch, image_size = 2, 4, 64
+    args.rounds, args.window = 2, 0.1
+  start = time.time()
+  jax_device = jax.devices()[0]
+  torch_device = None
+  if torch is not None:
+    torch_device = torch.device("cuda" if torch.cuda.is_available() else
+                                "cpu")
+    torch.backends.cudnn.benchmark = True
+  device_name = jax_device.device_kind
+  print(f"jax {jax.__version__} on {jax_device.platform}: {device_name}; "
+        f"torch {torch.__version__ + ' on ' + str(torch_device) if torch else 'not installed: its rows skipped'}")
+  if torch_device is not None and torch_device.type == "cuda":
+    print(f"torch device: {torch.cuda.get_device_name()}")
+
+  headline = {}
+  for name, batch, size, classes, key in (
+      ("resnet50", args.batch, image_size, 1000, "resnet50"),
+      ("resnet18_cifar", args.cifar_batch, 32, 10, "resnet18_cifar")):
+    runs = {"jax bf16": jax_train_step(name, batch, size, classes,
+                                       jnp.bfloat16)}
+    if torch is not None:
+      runs["torch"] = torch_train_step(name, batch, size, classes,
+                                       torch_device)
+    results = measure(runs, batch, args.rounds, args.window)
+    report(f"{name} train step, {size}x{size}, bfloat16", results, batch)
+    headline[f"{key}_jax_img_s"] = round(results["jax bf16"][0], 1)
+    if "torch" in results:
+      headline[f"{key}_torch_img_s"] = round(results["torch"][0], 1)
+      headline[f"{key}_ratio"] = round(
+          results["jax bf16"][0] / results["torch"][0], 2)
+    headline[f"{key}_batch"] = batch
+  headline.update(device=device_name, platform=jax_device.platform,
+                  jax=jax.__version__,
+                  torch=torch.__version__ if torch else None,
+                  smoke=args.smoke, seconds=round(time.time() - start))
+  print(json.dumps(headline))
+
+
+if __name__ == "__main__":
+  main()
