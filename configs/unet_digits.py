@@ -56,7 +56,7 @@ def get_config():
   config.optim.learning_rate = 3e-3
   config.optim.schedule = "one_cycle"
   config.optim.warmup_epochs = 0.5
-  config.train.num_epochs = 6
+  config.train.num_epochs = 4
   config.train.log_every_steps = 50
-  config.train.eval_every_epochs = 2
+  config.train.eval_every_epochs = 1
   return config

@@ -79,8 +79,45 @@ def jax_train_step(model_name, batch, image_size, num_classes, dtype):
   return run
 
 
+class _TorchBottleneck(tnn.Module if torch else object):
+  """torchvision's v1.5 Bottleneck (stride in the 3x3 conv)."""
+
+  def __init__(self, c_in, width, stride):
+    super().__init__()
+    c_out = 4 * width
+    self.body = tnn.Sequential(
+        tnn.Conv2d(c_in, width, 1, bias=False), tnn.BatchNorm2d(width),
+        tnn.ReLU(inplace=True),
+        tnn.Conv2d(width, width, 3, stride, 1, bias=False),
+        tnn.BatchNorm2d(width), tnn.ReLU(inplace=True),
+        tnn.Conv2d(width, c_out, 1, bias=False), tnn.BatchNorm2d(c_out))
+    self.shortcut = tnn.Identity()
+    if stride != 1 or c_in != c_out:
+      self.shortcut = tnn.Sequential(
+          tnn.Conv2d(c_in, c_out, 1, stride, bias=False),
+          tnn.BatchNorm2d(c_out))
+
+  def forward(self, x):
+    return torch.relu(self.body(x) + self.shortcut(x))
+
+
+def _torch_resnet50(num_classes):
+  """The same network as torchvision.models.resnet50 (same 25.6M params)."""
+  blocks, c_in = [], 64
+  for i, (width, count) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3))):
+    for j in range(count):
+      blocks.append(_TorchBottleneck(c_in, width, 2 if i > 0 and j == 0
+                                     else 1))
+      c_in = 4 * width
+  return tnn.Sequential(
+      tnn.Conv2d(3, 64, 7, 2, 3, bias=False), tnn.BatchNorm2d(64),
+      tnn.ReLU(inplace=True), tnn.MaxPool2d(3, 2, 1), *blocks,
+      tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(2048, num_classes))
+
+
 def torch_model(name, num_classes):
-  """torchvision's (else timm's) resnet50, or bench_cpu's CIFAR ResNet-18."""
+  """torchvision's resnet50 (else timm's, else the same network defined
+  here), or bench_cpu's CIFAR ResNet-18."""
   if name == "resnet18_cifar":
     from experiments import bench_cpu  # pylint: disable=g-import-not-at-top
     return bench_cpu.torch_resnet18_cifar(num_classes)
@@ -88,8 +125,12 @@ def torch_model(name, num_classes):
     import torchvision  # pylint: disable=g-import-not-at-top
     return torchvision.models.resnet50(num_classes=num_classes)
   except ImportError:
+    pass
+  try:
     import timm  # pylint: disable=g-import-not-at-top
     return timm.create_model("resnet50", num_classes=num_classes)
+  except ImportError:
+    return _torch_resnet50(num_classes)
 
 
 def torch_train_step(name, batch, image_size, num_classes, device):

@@ -45,8 +45,9 @@ def write_index(out, results, smoke, seconds):
   """<out>/index.md: one row per experiment, linking its result.md."""
   lines = ["# Lecture experiments", "",
            "Each idea of the lecture as a runnable experiment "
-           f"(`python experiments/run_all.py{' --smoke' if smoke else ''}`, "
-           f"{seconds / 60:.1f} min in all). Every row links the "
+           f"(`python experiments/run_all.py{' --smoke' if smoke else ''}`; "
+           f"this call took {seconds / 60:.1f} min, finished training runs "
+           "being reused from earlier calls). Every row links the "
            "experiment's result.md, which holds its figures and tables; "
            "rerun one alone with `python -m experiments.lecture.<name>`.", ""]
   if smoke:

@@ -150,3 +150,27 @@ def test_chexnet_config_one_train_step(xray_dir):
                                       task=task))
   result = train.evaluate(eval_fn, state, splits["test"], 4, task)
   assert result["count"] == 3 and "auroc/Cardiomegaly" in result
+
+
+def test_chexnet_optimizer_reduces_on_plateau():
+  """config.optim.plateau_*: the updates shrink by plateau_factor once the
+  loss (passed as value=..., as train_step does) stops improving."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from cnn_jax import optim  # pylint: disable=g-import-not-at-top
+  from configs import chexnet  # pylint: disable=g-import-not-at-top
+  optim_config = chexnet.get_config().optim
+  optim_config.plateau_accumulation_steps = 2
+  tx = optim.make_optimizer(optim_config,
+                            optim.make_schedule(optim_config, 100, 10))
+  params = {"w": jnp.ones(3)}
+  state = tx.init(params)
+  sizes = []
+  for value in (3.0, 3.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0):
+    updates, state = tx.update(params, state, params, value=jnp.array(value))
+    sizes.append(float(optax.tree.norm(updates)))
+  # Averages of 2 steps: 3, 2 (better), 2 (no better: x0.1 from the step
+  # that completes it, the 6th), 2 (x0.1 again, the 8th).
+  np.testing.assert_allclose(sizes[4] / sizes[0], 1.0, rtol=1e-3)
+  np.testing.assert_allclose(sizes[5] / sizes[4], 0.1, rtol=1e-3)
+  np.testing.assert_allclose(sizes[7] / sizes[6], 0.1, rtol=1e-3)

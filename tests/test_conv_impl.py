@@ -2,6 +2,7 @@
 fallbacks, and layers.Conv's parameter compatibility across implementations."""
 
 import functools
+from unittest import mock
 
 from absl.testing import parameterized
 import chex
@@ -48,22 +49,61 @@ _CASES = (
 )
 
 
+def _assert_matches_lax(x, k, mode, **kwargs):
+  kwargs.setdefault("precision", lax.Precision.HIGHEST)
+  expected = _value_and_grads(lax.conv_general_dilated, x, k, **kwargs)
+  actual = jax.jit(functools.partial(
+      _value_and_grads, conv_im2col.conv_general_dilated, mode=mode,
+      **kwargs))(x, k)
+  for name, a, e in zip(("y", "dx", "dkernel"), actual, expected):
+    chex.assert_shape(a, e.shape)
+    np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-4, err_msg=name)
+
+
 class Im2colTest(chex.TestCase):
 
   @parameterized.parameters(*_CASES)
   def test_matches_lax_values_and_gradients(self, x_shape, k_shape, strides,
                                             padding, dilation):
-    x, k = _rand(1, x_shape), _rand(2, k_shape)
-    kwargs = dict(window_strides=strides, padding=padding,
-                  rhs_dilation=dilation,
-                  dimension_numbers=_NUMBERS[len(x_shape) - 2],
-                  precision=lax.Precision.HIGHEST)
-    expected = _value_and_grads(lax.conv_general_dilated, x, k, **kwargs)
-    actual = jax.jit(functools.partial(
-        _value_and_grads, conv_im2col.conv_general_dilated, **kwargs))(x, k)
-    for name, a, e in zip(("y", "dx", "dkernel"), actual, expected):
-      chex.assert_shape(a, e.shape)
-      np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-4, err_msg=name)
+    _assert_matches_lax(_rand(1, x_shape), _rand(2, k_shape), "im2col",
+                        window_strides=strides, padding=padding,
+                        rhs_dilation=dilation,
+                        dimension_numbers=_NUMBERS[len(x_shape) - 2])
+
+  @parameterized.parameters(_CASES[3], _CASES[4], _CASES[9])
+  def test_mixed_mode_matches_lax(self, x_shape, k_shape, strides, padding,
+                                  dilation):
+    _assert_matches_lax(_rand(1, x_shape), _rand(2, k_shape), "mixed",
+                        window_strides=strides, padding=padding,
+                        rhs_dilation=dilation,
+                        dimension_numbers=_NUMBERS[len(x_shape) - 2])
+
+  @parameterized.product(mode=("im2col", "mixed"), cores=(1, 2))
+  def test_batch_chunks_and_core_groups(self, mode, cores):
+    # Chunks of one image, so every pass loops; with 2 cores the kernel
+    # gradient runs as two independent loops over 3 chunks each.
+    x, k = _rand(3, (6, 7, 8, 3)), _rand(4, (3, 3, 3, 8))
+    with mock.patch.object(conv_im2col, "_CHUNK_BYTES", 1), \
+        mock.patch.object(conv_im2col, "_cores", lambda: cores):
+      assert conv_im2col._chunks(6, 100, carry_bytes=1) == 1
+      # Patch rows wider than dy's (3 * 3 * 3 > 8), then narrower (6 < 40).
+      _assert_matches_lax(x, k, mode, window_strides=(2, 1), padding="SAME",
+                          dimension_numbers=_NUMBERS[2])
+      _assert_matches_lax(x, _rand(5, (1, 2, 3, 40)), mode,
+                          window_strides=(1, 1), padding="VALID",
+                          dimension_numbers=_NUMBERS[2])
+
+  def test_chunks_limit_accumulator_traffic(self):
+    # Small patches but a big kernel: few chunks, not one per image.
+    assert conv_im2col._chunks(16, 300_000) == 2  # <= 1 MiB, divides 16
+    assert conv_im2col._chunks(16, 300_000, carry_bytes=10_000_000) == 16
+    assert conv_im2col._chunks(7, 10) == 7
+
+  def test_unknown_mode_is_an_error(self):
+    with pytest.raises(ValueError, match="mode='fast' is not one of"):
+      conv_im2col.conv_general_dilated(
+          jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 1)), (1, 1), "SAME",
+          dimension_numbers=_NUMBERS[2], mode="fast")
 
   def test_eager_matches_jit(self):
     x, k = _rand(11, (2, 9, 3)), _rand(12, (3, 3, 5))
@@ -131,6 +171,7 @@ def test_resolve_conv_impl_by_backend_and_name():
   x, k, nhwc = (8, 28, 28, 1), (3, 3, 1, 32), _NUMBERS[2]
   assert ops.resolve_conv_impl("xla", x, k, nhwc) == "xla"
   assert ops.resolve_conv_impl("im2col", x, k, nhwc) == "im2col"
+  assert ops.resolve_conv_impl("mixed", x, k, nhwc) == "mixed"
   # lax's default dimension numbers are NCHW: not im2col's layout.
   assert ops.resolve_conv_impl("im2col", x, k) == "xla"
   assert ops.resolve_conv_impl("auto", x, k, nhwc, backend="gpu") == "xla"
@@ -144,7 +185,7 @@ def test_resolve_conv_impl_by_backend_and_name():
         jax.random.key(0), jnp.ones((1, 6, 6, 2)))
 
 
-CPU_CHOICES = ("xla", "im2col")
+CPU_CHOICES = ("xla", "mixed")
 
 
 def test_default_conv_impl_is_settable():
@@ -159,7 +200,7 @@ def test_default_conv_impl_is_settable():
     ops.set_default_conv_impl(previous)
 
 
-@pytest.mark.parametrize("impl", ["xla", "im2col", "auto"])
+@pytest.mark.parametrize("impl", ["xla", "im2col", "mixed", "auto"])
 def test_layers_conv_has_nn_conv_parameters_and_results(impl):
   x = _rand(9, (2, 10, 10, 3))
   reference = nn.Conv(8, (3, 3), strides=(2, 2), padding="SAME")
@@ -176,8 +217,8 @@ def test_simple_cnn_train_gradients_agree_across_impls():
   x = _rand(10, (4, 28, 28, 1))
   labels = jnp.arange(4)
   grads = {}
-  for impl in ("xla", "im2col"):
-    model = MODELS["simple_cnn"](conv_impl=impl)
+  for impl in ("xla", "im2col", "mixed"):
+    model = MODELS["simple_cnn"](conv_impl=impl, features=(8, 16), hidden=32)
     params = model.init(jax.random.key(0), x)["params"]
 
     def loss(params, model=model):
@@ -185,5 +226,6 @@ def test_simple_cnn_train_gradients_agree_across_impls():
       return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), labels])
 
     grads[impl] = jax.jit(jax.grad(loss))(params)
-  chex.assert_trees_all_close(grads["im2col"], grads["xla"], atol=1e-5,
-                              rtol=1e-4)
+  for impl in ("im2col", "mixed"):
+    chex.assert_trees_all_close(grads[impl], grads["xla"], atol=1e-5,
+                                rtol=1e-4)

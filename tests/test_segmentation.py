@@ -88,6 +88,21 @@ class LossTest(chex.TestCase):
     dice1 = 2 * 0.7 / (0.2 + 0.7 + 1)
     np.testing.assert_allclose(got, [1 - (dice0 + dice1) / 2], rtol=1e-6)
 
+  def test_dice_averages_the_classes_present_in_the_target(self):
+    # 3 classes; the target holds only 0 and 1, so class 2 is left out of
+    # the mean unless absent_classes=True.
+    probs = np.array([[[[0.7, 0.1, 0.2], [0.1, 0.6, 0.3]]]])
+    logits = jnp.log(probs)
+    labels = jnp.array([[[0, 1]]])
+    dice0 = (2 * 0.7 + 1) / (0.8 + 1 + 1)
+    dice1 = (2 * 0.6 + 1) / (0.7 + 1 + 1)
+    dice2 = 1 / (0.5 + 0 + 1)
+    np.testing.assert_allclose(losses.soft_dice_loss(logits, labels),
+                               [1 - (dice0 + dice1) / 2], rtol=1e-6)
+    np.testing.assert_allclose(
+        losses.soft_dice_loss(logits, labels, absent_classes=True),
+        [1 - (dice0 + dice1 + dice2) / 3], rtol=1e-6)
+
   def test_perfect_prediction_gives_zero_dice_loss(self):
     logits = jnp.asarray(np.eye(3)[LABELS][None] * 100.0)
     np.testing.assert_allclose(

@@ -4,7 +4,9 @@ Logits [B, H, W, K] (e.g. models.unet.UNet), labels int [B, H, W] in
 0..K-1 (class 0 is usually the background). The loss is
   ce_weight * per-pixel softmax cross-entropy + dice_weight * soft Dice loss
 (losses.pixel_softmax_cross_entropy, losses.soft_dice_loss), each a mean per
-example. Label smoothing and mixup do not apply (ignored).
+example; the Dice term averages the classes present in the example's target
+(see soft_dice_loss for why). Label smoothing and mixup do not apply
+(ignored).
 
 Evaluation accumulates the K x K pixel confusion matrix over the whole split,
 so the metrics are those of the split's pixels, not means of per-image

@@ -37,8 +37,9 @@ SLIDE_LAST_ROW = [0, 1, 2, 0]
 HORIZONTAL = K.T  # [[-1, -1], [1, 1]]: responds to horizontal edges
 
 
-def _annotated(ax, matrix, title, cmap="RdBu_r"):
-  limit = max(1.0, float(np.abs(matrix).max()))
+def _annotated(ax, matrix, title, limit=2.0, cmap="RdBu_r"):
+  """`matrix` as coloured cells with their values written in; one colour
+  scale [-limit, limit] for every panel, so the shared colorbar is right."""
   image = ax.imshow(matrix, cmap=cmap, vmin=-limit, vmax=limit)
   for (i, j), value in np.ndenumerate(matrix):
     ax.text(j, i, f"{value:g}", ha="center", va="center", fontsize=12,
