@@ -16,7 +16,9 @@ its intensity is >= 128; train canvases from MNIST's training digits, the
 full resolution, depth 3 (16-32-64, bottleneck 128), transposed-conv
 upsampling. No augmentation (geometric augmentation would move the images
 but not their masks).
-RESULT: see README (Segmentation).
+Measured: test mean IoU 0.944 (digits only 0.939; per digit 0.924-0.950),
+mean Dice 0.971, pixel accuracy 0.997 on the 1,000 test canvases after
+4 epochs / 1000 steps, 885 s on a 2-core CPU shared with other jobs.
 """
 
 import ml_collections

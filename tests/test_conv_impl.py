@@ -93,6 +93,19 @@ class Im2colTest(chex.TestCase):
                           window_strides=(1, 1), padding="VALID",
                           dimension_numbers=_NUMBERS[2])
 
+  @parameterized.parameters("im2col", "mixed")
+  def test_vmap_over_members(self, mode):
+    # As in a vmapped sweep: per-member kernels and inputs.
+    xs, ks = _rand(6, (2, 4, 6, 6, 3)), _rand(7, (2, 3, 3, 3, 4))
+    kwargs = dict(window_strides=(1, 1), padding="SAME",
+                  dimension_numbers=_NUMBERS[2])
+    expected = jax.vmap(functools.partial(
+        _value_and_grads, lax.conv_general_dilated, **kwargs))(xs, ks)
+    actual = jax.jit(jax.vmap(functools.partial(
+        _value_and_grads, conv_im2col.conv_general_dilated, mode=mode,
+        **kwargs)))(xs, ks)
+    chex.assert_trees_all_close(actual, expected, atol=1e-4, rtol=1e-5)
+
   def test_chunks_limit_accumulator_traffic(self):
     # Small patches but a big kernel: few chunks, not one per image.
     assert conv_im2col._chunks(16, 300_000) == 2  # <= 1 MiB, divides 16
