@@ -18,9 +18,14 @@ cnn_jax/sweep.py's VARYING keys (seed, optimizer hyperparameters, dropout
 rate, label smoothing, data.augment.*); `sweep.chunk` bounds how many train
 at once (memory).
 
-The six members take about as long as six single runs of configs/mnist.py
-on a 2-core CPU (see experiments/bench_sweep.py for the throughput ratio);
-on a GPU they share the device in one program.
+Measured (all 10,000 test images, 2 epochs = 936 steps per member): test
+accuracy 98.93-99.24% over the six members, best member 3 (learning rate
+3e-3, seed 1) 99.24%; 1605 s wall for all six on a 2-core CPU shared with
+other jobs (load 7-14, run at nice 10; 534 training img/s for the six
+together, compilation of the six-member program included in the wall time).
+On a CPU the sweep trains at 0.8-0.9x the speed of the same runs one after
+another (experiments/bench_sweep.py); it saves launches, not FLOPs. On a GPU
+one vmap keeps the device busy with all members at once.
 """
 
 import ml_collections
