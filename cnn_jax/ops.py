@@ -210,23 +210,21 @@ def default_conv_impl() -> str:
 def _cpu_conv_impl(lhs_shape, rhs_shape, dtype) -> str:
   """The fastest implementation on XLA:CPU for a channels-last convolution.
 
-  Measured with experiments/bench_cpu.py (jaxlib 0.10, 2 AVX-512 cores):
-  XLA's forward and input-gradient convolutions (YNNPACK for float32 2D)
-  beat im2col everywhere, by 1.2-2x. Its kernel gradient is a convolution
-  with an [H_out, W_out] window, slow on large maps: there the chunked
-  matmul wins (14x14, 32->64 channels: 2.2x at batch 128, 1.5x at 32;
-  32x32, 64->64: 1.9x; 1x1 stride 2 to 16x16: 3.9x) while for small maps
-  or few input channels XLA's is as fast or faster (8x8x256: 0.8x,
-  28x28, 1->32: 0.8x). Both hold for bfloat16 (XLA:CPU has no fast bfloat16
-  convolution, and im2col's patch copies cost as much as they save).
-  Only 2D was measured; 1D/3D keep XLA.
+  Measured with experiments/bench_cpu.py and single-pass timings (jaxlib
+  0.10, AVX-512 cores): XLA's forward and input-gradient convolutions
+  (YNNPACK for float32 2D) beat im2col everywhere, by 1.2-3x. Its kernel
+  gradient is a convolution with an [H_out, W_out] window, slow on large
+  maps, where the chunked matmul wins (batch 128, 14x14, 32->64 channels:
+  2.2x; 28x28, 1->32 in the whole train step: 1.05-1.2x; batch 16, 32x32,
+  64->64: 1.9x, 3->64: 1.1x; a 1x1 stride-2 projection to 16x16: 3.9x). On
+  small maps XLA's is as fast or faster (8x8, 256->256: 0.8x). The same
+  holds for bfloat16, which XLA:CPU convolves no faster than float32. Only
+  2D was measured; 1D/3D keep XLA.
   """
-  del dtype
+  del rhs_shape, dtype
   if len(lhs_shape) != 4:
     return "xla"
-  in_positions = math.prod(lhs_shape[1:-1])
-  c_in = rhs_shape[-2]
-  return "mixed" if c_in >= 16 and in_positions >= 196 else "xla"
+  return "mixed" if math.prod(lhs_shape[1:-1]) >= 196 else "xla"
 
 
 def resolve_conv_impl(impl: Optional[str], lhs_shape, rhs_shape,

@@ -16,7 +16,6 @@ from cnn_jax import sweep
 from cnn_jax import train
 from cnn_jax.data import batching
 from cnn_jax.data import load_splits
-from configs import mnist as mnist_config
 from configs import mnist_sweep as mnist_sweep_config
 
 
@@ -25,8 +24,8 @@ def _axes(**nested):
 
 
 def _sweep_config(data_dir=None, mode="grid", **axes):
-  """configs/mnist.py shrunk (small CNN, batch 16) plus a sweep section."""
-  config = mnist_config.get_config()
+  """configs/mnist_sweep.py shrunk (small CNN, batch 16), with these axes."""
+  config = mnist_sweep_config.get_config()
   config.model.features = (8, 16)
   config.model.hidden = 32
   config.optim.name = "momentum"
@@ -35,9 +34,8 @@ def _sweep_config(data_dir=None, mode="grid", **axes):
   config.data.eval_batch_size = 64  # 100 test images: last batch padded
   if data_dir is not None:
     config.data.data_dir = str(data_dir)
-  config.sweep = ml_collections.ConfigDict(
-      {"axes": _axes(**axes), "mode": mode, "chunk": 0, "member_devices": 1,
-       "vmap_width": 0})
+  config.sweep.axes = _axes(**axes)
+  config.sweep.mode = mode
   return config
 
 
