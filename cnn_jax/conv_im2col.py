@@ -148,9 +148,11 @@ def _matmul(a, b, contract, precision, out_dtype):
 
 
 def _chunks(batch: int, bytes_per_example: int, carry_bytes: int = 0) -> int:
-  """Images per chunk: the largest divisor of `batch` within _CHUNK_BYTES,
-  but few enough chunks that re-reading a `carry_bytes` accumulator once
+  """Images per chunk: on the CPU the largest divisor of `batch` within
+  _CHUNK_BYTES, but few enough chunks that re-reading a `carry_bytes` accumulator once
   per chunk costs at most a quarter of the patches' own traffic."""
+  if jax.default_backend() != "cpu":
+    return batch  # GPU/TPU matrix multiplies want the whole batch at once
   target = max(1, _CHUNK_BYTES // max(1, bytes_per_example))
   if carry_bytes:
     max_chunks = max(1, batch * bytes_per_example // (4 * carry_bytes))

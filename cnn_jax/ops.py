@@ -15,6 +15,7 @@ side, every partial overlap), an int, or a sequence with one int or
 `(lo, hi)` pair per spatial dimension.
 """
 
+import contextlib
 import functools
 import math
 import os
@@ -205,6 +206,23 @@ def default_conv_impl() -> str:
   """The process default: 'auto' unless CNN_JAX_CONV_IMPL or
   `set_default_conv_impl` says otherwise."""
   return _check_conv_impl(_default_conv_impl, "CNN_JAX_CONV_IMPL")
+
+
+@contextlib.contextmanager
+def default_conv_impl_scope(impl: Optional[str]):
+  """The process default is `impl` inside the block (None: left as is).
+
+  Wrap the body of a function to be jitted in it to choose the convolutions
+  it is traced with, without touching what other functions trace.
+  """
+  global _default_conv_impl
+  previous = _default_conv_impl
+  if impl is not None:
+    set_default_conv_impl(impl)
+  try:
+    yield
+  finally:
+    _default_conv_impl = previous
 
 
 def _cpu_conv_impl(lhs_shape, rhs_shape, dtype) -> str:

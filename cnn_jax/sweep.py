@@ -71,6 +71,7 @@ import ml_collections
 import numpy as np
 
 from cnn_jax import checkpoint
+from cnn_jax import ops
 from cnn_jax import optim
 from cnn_jax import parallel
 from cnn_jax import train
@@ -94,7 +95,8 @@ VARYING_SECTIONS = ("data.augment",)
 
 # Keys of the sweep section itself.
 SWEEP_DEFAULTS = {"axes": None, "mode": "grid", "chunk": 0,
-                  "member_devices": 1, "vmap_width": 0}
+                  "member_devices": 1, "vmap_width": 0,
+                  "conv_impl": "auto"}
 
 
 # --------------------------------------------------------------------------
@@ -416,7 +418,7 @@ def distinct_augmentations(configs):
 
 
 def make_train_step(model, augment_configs, *, mean, std, member_count,
-                    vary_dropout=False, vmap_width=0):
+                    vary_dropout=False, vmap_width=0, conv_impl=None):
   """The sweep's training step (to jit):
 
     (states [K], alive bool [K], batch {'image': [K, B, ...], 'label':
@@ -426,7 +428,9 @@ def make_train_step(model, augment_configs, *, mean, std, member_count,
   Member k computes train.train_step on its own state and batch, with its
   hyperparameters. A member not alive, or whose new loss or parameters are
   not finite, keeps its state and drops out (alive False). `vmap_width`
-  members share one vmap (0: all of them; see _map_members).
+  members share one vmap (0: all of them; see _map_members). `conv_impl`:
+  the convolutions it is traced with (ops.CONV_IMPLS; None: the process
+  default; see resolve_conv_impl).
   """
   mixes = any(augment.mixes_labels(a) for a in augment_configs)
 
@@ -469,7 +473,13 @@ def make_train_step(model, augment_configs, *, mean, std, member_count,
     new = jax.tree.map(lambda n, o: jnp.where(updated, n, o), new, state)
     return new, updated, {**metrics, "updated": updated}
 
-  return _map_members(member_step, vmap_width, member_count)
+  mapped = _map_members(member_step, vmap_width, member_count)
+
+  def step(*args):
+    with ops.default_conv_impl_scope(conv_impl):
+      return mapped(*args)
+
+  return step
 
 
 def make_eval_step(*, mean, std, member_count, vmap_width=0):
@@ -553,6 +563,28 @@ def resolve_vmap_width(sweep_config, chunk_size, backend=None):
     backend = backend or jax.default_backend()
     return 1 if backend == "cpu" else chunk_size
   return min(width, chunk_size)
+
+
+def resolve_conv_impl(sweep_config, vmap_width, chunk_size, backend=None):
+  """The convolutions of the sweep's train step (config.sweep.conv_impl):
+  None (the process default, as in single runs) or one of ops.CONV_IMPLS.
+
+  'auto' (the default) is 'im2col' where members share a vmap (width > 1) on
+  a GPU/TPU, else None. vmap turns per-member kernels into grouped
+  convolutions, whose kernel gradient (a batch-grouped convolution) XLA:GPU
+  runs far slower than the same work as one batched matrix multiply
+  (experiments/bench_sweep.py on an H200, K=8 MNIST CNNs: 0.53M img/s with
+  XLA's convolutions, 1.0M with im2col).
+  """
+  impl = sweep_config.get("conv_impl", "auto")
+  if impl not in ops.CONV_IMPLS:
+    raise ValueError(f"config.sweep.conv_impl={impl!r} is not one of: "
+                     f"{', '.join(ops.CONV_IMPLS)}")
+  if impl != "auto":
+    return impl
+  width = chunk_size if vmap_width <= 0 else min(vmap_width, chunk_size)
+  backend = backend or jax.default_backend()
+  return "im2col" if width > 1 and backend != "cpu" else None
 
 
 class _SweepWriter:
@@ -669,7 +701,7 @@ def _member_summary(member, sweep_workdir, steps, start_time, throughput,
 
 
 def _compiled_steps(cache, program, augment_configs, vary_dropout, mean, std,
-                    chunk_size, width, mesh):
+                    chunk_size, width, mesh, conv_impl=None):
   """The jitted (train_step, eval_step) for these static settings, compiled
   once and reused by every chunk that shares them."""
   key = (json.dumps(augment_configs, sort_keys=True), vary_dropout)
@@ -678,7 +710,8 @@ def _compiled_steps(cache, program, augment_configs, vary_dropout, mean, std,
     cache[key] = (
         jax.jit(make_train_step(program.model, augment_configs, mean=mean,
                                 std=std, member_count=chunk_size,
-                                vary_dropout=vary_dropout, vmap_width=width),
+                                vary_dropout=vary_dropout, vmap_width=width,
+                                conv_impl=conv_impl),
                 in_shardings=(on_members, on_members,
                               parallel.batch_sharding(mesh, stacked=True),
                               on_members),
@@ -716,7 +749,7 @@ def _train_chunk(indices, overrides, configs, data, run):
   augment_configs = distinct_augmentations(chunk_configs)
   p_train_step, p_eval_step = _compiled_steps(
       run["compiled"], program, augment_configs, run["vary_dropout"], mean,
-      std, chunk_size, run["vmap_width"], mesh)
+      std, chunk_size, run["vmap_width"], mesh, run["conv_impl"])
   on_members = parallel.member_sharding(mesh)
   states, alive, hparams = jax.device_put(
       (states, jnp.asarray([m is not None for m in members]),
@@ -865,6 +898,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
          "chunk_size": chunk_size, "program": program,
          "vary_dropout": vary_dropout, "compiled": {},
          "vmap_width": resolve_vmap_width(sweep_config, chunk_size),
+         "conv_impl": resolve_conv_impl(
+             sweep_config, resolve_vmap_width(sweep_config, chunk_size),
+             chunk_size),
          "writer": _SweepWriter(workdir),
          "bar": writers.progress_bar(
              base.train.num_epochs * per_epoch * len(chunks))}

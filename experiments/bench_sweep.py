@@ -10,12 +10,22 @@ process, each after warm-up (compilation excluded):
     program (one row per --vmap_width: w members share one vmap, groups of
     w follow one another unrolled; 'auto' is what a sweep uses by default:
     K on GPU/TPU, 1 on CPU);
+    Each row names the sweep step's convolutions (--sweep_conv_impl, as
+    config.sweep.conv_impl: 'auto' is im2col for a vmap on GPU/TPU);
   * sequential: the K members one after another, each with train.train_step
     (one compiled step shared by all, as a fresh process would compile it).
 Both draw the members' own batches on the host (each member's order from its
 seed) and prefetch them to the device. Rounds alternate sweep and sequential
 timing, so a busy shared machine slows both alike; the figures are totals
 over the rounds. Ratio = sweep img/s / sequential img/s (>1: the sweep wins).
+--resident=N times the steps alone: N batches per member are put on the
+device first and cycled (no host input pipeline).
+
+Measured (K=8, batch 128): idle 2-core CPU (Xeon, jaxlib 0.10.2) 1.21-1.24x
+(members unrolled: XLA runs two members' ops at once, one per core; one vmap
+0.41x); NVIDIA H200 (jax 0.11.2) 4.0-5.3x (0.97M img/s; one vmap with im2col
+convolutions; with XLA's vmapped convolutions 2.2-3.0x), steps alone
+(--resident=8) 4.16x. Files: experiments/results/gpu_bench_sweep_*.txt.
 
 Prints a table, then as its LAST line one JSON object with the headline
 figures (the first --vmap_width row; 'vmap_ratio': all K members in one
@@ -25,6 +35,7 @@ under a minute.
 
 import argparse
 import functools
+import itertools
 import json
 import os
 import sys
@@ -36,6 +47,7 @@ import ml_collections
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from cnn_jax import ops  # pylint: disable=g-import-not-at-top
 from cnn_jax import sweep  # pylint: disable=g-import-not-at-top
 from cnn_jax import train
 from cnn_jax.data import batching
@@ -59,6 +71,20 @@ def _load_avg():
     return None
 
 
+class _resident:  # pylint: disable=invalid-name
+  """The first `count` batches of a prefetch iterator, cycled on device."""
+
+  def __init__(self, batches, count):
+    self._source = batches
+    self._cached = itertools.cycle([next(batches) for _ in range(count)])
+
+  def __next__(self):
+    return next(self._cached)
+
+  def close(self):
+    self._source.close()
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--members", type=int, default=8)
@@ -69,6 +95,14 @@ def main(argv=None):
   parser.add_argument("--vmap_width", default="auto,8",
                       help="comma-separated members per vmap to time "
                       "('auto': the default sweep.vmap_width=0)")
+  parser.add_argument("--sweep_conv_impl", default="auto",
+                      help="config.sweep.conv_impl: the sweep steps' "
+                      "convolutions (ops.CONV_IMPLS; 'auto': im2col for a "
+                      "vmap on GPU/TPU, else as the single runs)")
+  parser.add_argument("--resident", type=int, default=0,
+                      help="if > 0: draw this many batches per member to the "
+                      "device before timing and cycle through them, timing "
+                      "the steps alone (no host input pipeline)")
   args = parser.parse_args(argv)
   auto = sweep.resolve_vmap_width(ml_collections.ConfigDict(), args.members)
   widths = []
@@ -93,12 +127,16 @@ def main(argv=None):
   for width in widths:
     states, _ = sweep.init_members(configs, train_set.example_shape,
                                    per_epoch, program)
+    conv_impl = sweep.resolve_conv_impl(
+        ml_collections.ConfigDict({"conv_impl": args.sweep_conv_impl}),
+        width, count)
     step = jax.jit(sweep.make_train_step(
         program.model, augments, mean=mean, std=std, member_count=count,
-        vmap_width=width), donate_argnums=(0, 1))
+        vmap_width=width, conv_impl=conv_impl), donate_argnums=(0, 1))
     batches = prefetch.prefetch_to_device(
         sweep._member_batches(train_set, batch_size, seeds), size=2)  # pylint: disable=protected-access
-    sweeps[width] = {"states": states, "alive": jnp.ones(count, bool),
+    sweeps[width] = {"conv_impl": conv_impl or ops.default_conv_impl(),
+                     "states": states, "alive": jnp.ones(count, bool),
                      "step": step, "batches": batches, "seconds": 0.0}
 
   # The single runs: member k's own TrainState (the sweep's init gives the
@@ -112,6 +150,10 @@ def main(argv=None):
   single_step = jax.jit(functools.partial(train.train_step, mean=mean,
                                           std=std), donate_argnums=0)
   sequential_seconds = 0.0
+
+  if args.resident:
+    for entry in list(sweeps.values()) + singles:
+      entry["batches"] = _resident(entry["batches"], args.resident)
 
   def run_sweep(entry, steps):
     for _ in range(steps):
@@ -151,16 +193,17 @@ def main(argv=None):
         f"(after {args.warmup} warm-up steps; warm-up incl. compilation "
         f"{compile_seconds:.0f} s); device {device.device_kind} "
         f"({jax.default_backend()}), load average {_load_avg()}\n")
-  print(f"| {'how':44} | {'train img/s':>11} | {'ratio':>5} |")
-  print(f"|{'-' * 46}|{'-' * 13}|{'-' * 7}|")
-  print(f"| {'sequential: 8 single runs, one after another':44} | "
-        f"{sequential:11.0f} | {1.0:5.2f} |")
+  print(f"| {'how':60} | {'train img/s':>11} | {'ratio':>5} |")
+  print(f"|{'-' * 62}|{'-' * 13}|{'-' * 7}|")
+  sequential_how = f"sequential: {count} single runs, one after another"
+  print(f"| {sequential_how:60} | {sequential:11.0f} | {1.0:5.2f} |")
   for width, entry in sweeps.items():
     rate = images / entry["seconds"]
     how = (f"sweep: all {count} members in one vmap" if width == count
            else f"sweep: {count} members unrolled in one program"
            if width == 1 else f"sweep: groups of {width} in one vmap each")
-    print(f"| {how:44} | {rate:11.0f} | {rate / sequential:5.2f} |")
+    how += f", {entry['conv_impl']}"
+    print(f"| {how:60} | {rate:11.0f} | {rate / sequential:5.2f} |")
   first = sweeps[widths[0]]
   sweep_rate = images / first["seconds"]
   for entry in list(sweeps.values()):
@@ -176,7 +219,8 @@ def main(argv=None):
       "sequential_img_s": round(sequential, 1),
       "members": count, "batch_size": batch_size,
       "timed_steps_per_member": args.steps * args.rounds,
-      "vmap_width": widths[0],
+      "vmap_width": widths[0], "resident_batches": args.resident,
+      "sweep_conv_impl": first["conv_impl"],
       "device": jax.default_backend(), "device_kind": device.device_kind,
       "load_average": _load_avg()}))
 

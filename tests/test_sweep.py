@@ -221,3 +221,52 @@ def test_sweep_run_writes_members_that_restore_as_single_runs(
     sweep.config_for_workdir(config, workdir)
   with pytest.raises(train.workdirs.WorkdirInUseError, match="already holds"):
     sweep.train_and_evaluate(config, workdir)
+
+
+@pytest.mark.parametrize("impl, width, backend, expected", [
+    ("auto", 0, "gpu", "im2col"),    # one vmap on an accelerator: im2col
+    ("auto", 4, "tpu", "im2col"),
+    ("auto", 1, "gpu", None),        # unrolled members: as single runs
+    ("auto", 0, "cpu", None),
+    ("xla", 0, "gpu", "xla"),        # an explicit choice is kept
+    ("mixed", 1, "cpu", "mixed"),
+])
+def test_sweep_conv_impl_resolution(impl, width, backend, expected):
+  config = ml_collections.ConfigDict({"conv_impl": impl})
+  assert sweep.resolve_conv_impl(config, width, 8, backend) == expected
+
+
+def test_unknown_sweep_conv_impl_is_an_error_naming_the_key():
+  config = ml_collections.ConfigDict({"conv_impl": "fft"})
+  with pytest.raises(ValueError, match=r"config\.sweep\.conv_impl='fft'"):
+    sweep.resolve_conv_impl(config, 0, 8, "gpu")
+
+
+def test_sweep_step_is_traced_with_its_conv_impl(tiny_mnist_dir):
+  """conv_impl='im2col' replaces every convolution of the vmapped step by
+  matrix multiplies, gives the same update, and leaves the process default
+  alone afterwards."""
+  from cnn_jax import ops  # pylint: disable=g-import-not-at-top
+  configs = _three_members(tiny_mnist_dir, (0.01, 0.02, 0.03))
+  train_set, mean, std, per_epoch = _data(configs[0])
+  program = sweep.shared_program(configs[0], per_epoch)
+  augments = sweep.distinct_augmentations(configs)
+  states, _ = sweep.init_members(configs, train_set.example_shape, per_epoch,
+                                 program)
+  hparams = sweep.hyperparameter_arrays(configs, augments)
+  alive = jnp.ones(len(configs), bool)
+  _, batch = next(sweep._member_batches(  # pylint: disable=protected-access
+      train_set, configs[0].data.batch_size, [c.seed for c in configs]))
+  default = ops.default_conv_impl()
+  results = {}
+  for impl in ("xla", "im2col"):
+    step = sweep.make_train_step(
+        program.model, augments, mean=mean, std=std,
+        member_count=len(configs), vary_dropout=True, vmap_width=0,
+        conv_impl=impl)
+    jaxpr = str(jax.make_jaxpr(step)(states, alive, batch, hparams))
+    assert ("conv_general_dilated" in jaxpr) == (impl == "xla"), impl
+    assert ops.default_conv_impl() == default  # the scope was left
+    results[impl] = jax.jit(step)(states, alive, batch, hparams)[0].params
+  chex.assert_trees_all_close(results["im2col"], results["xla"], rtol=1e-4,
+                              atol=1e-6)
