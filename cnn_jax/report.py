@@ -218,16 +218,6 @@ def _is_number(text):
     return False
 
 
-def _flatten(tree, prefix=""):
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[prefix + key] = value
-  return flat
-
-
 def _fmt_seconds(seconds):
   if seconds is None:
     return "n/a"
@@ -509,7 +499,7 @@ def sweep_report(workdir, out_dir):
   if not members:
     raise FileNotFoundError(f"{workdir!r} has members/ but no member holds "
                             "results (summary.json) yet")
-  configs = [_flatten(m[2].get("config", {})) for m in members]
+  configs = [workdirs.flatten(m[2].get("config", {})) for m in members]
   keys = sorted(set().union(*configs))
   varying = [k for k in keys
              if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]

@@ -82,11 +82,12 @@ def prepare(workdir, config, checkpoint_steps=()):
   return False
 
 
-def _flatten(tree, prefix=""):
+def flatten(tree, prefix=""):
+  """{'a': {'b': 1}} -> {'a.b': 1}: a nested config dict by dotted keys."""
   flat = {}
   for key, value in tree.items():
     if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
+      flat.update(flatten(value, f"{prefix}{key}."))
     else:
       flat[prefix + key] = value
   return flat
@@ -100,8 +101,8 @@ def config_differences(saved, current):
   """'key: saved -> current' for each key of the config dicts `saved` and
   `current` that differs in a way that changes the run."""
   # JSON round trip: the saved config came back from JSON (tuples as lists).
-  saved = _flatten(json.loads(json.dumps(saved)))
-  current = _flatten(json.loads(json.dumps(current)))
+  saved = flatten(json.loads(json.dumps(saved)))
+  current = flatten(json.loads(json.dumps(current)))
   missing = object()
   differences = []
   for key in sorted(set(saved) | set(current)):

@@ -42,18 +42,30 @@ def get_config():
   config.model.bn_size = 4
   config.model.dtype = "float32"
 
-  config.data.name = "mnist_multidigit"
-  config.data.data_dir = ""  # empty: MNIST digits from data/mnist
-  config.data.num_train = 10000
-  config.data.num_test = 2000
-  config.data.canvas_size = 64
-  config.data.min_digits = 1
-  config.data.max_digits = 4
-  config.data.allow_overlap = False
-  config.data.mask_threshold = 128
-  config.data.canvas_seed = 0
-  config.data.batch_size = 32
-  config.data.eval_batch_size = 500
+  canvas_recipe(config, "mnist_multidigit", num_train=10000, num_test=2000,
+                batch_size=32, eval_batch_size=500)
+  config.train.eval_every_epochs = 2
+  return config
+
+
+def canvas_recipe(config, source, *, num_train, num_test, batch_size,
+                  eval_batch_size):
+  """The 64x64 canvases of 1-4 non-overlapping MNIST digits (cnn_jax/data/
+  canvas.py) and the 4-epoch one-cycle AdamW schedule shared by this config
+  and configs/unet_digits.py."""
+  data = config.data
+  data.name = source
+  data.data_dir = ""  # empty: MNIST digits from data/mnist
+  data.num_train = num_train
+  data.num_test = num_test
+  data.canvas_size = 64
+  data.min_digits = 1
+  data.max_digits = 4
+  data.allow_overlap = False
+  data.mask_threshold = 128
+  data.canvas_seed = 0
+  data.batch_size = batch_size
+  data.eval_batch_size = eval_batch_size
 
   config.optim.name = "adamw"
   config.optim.learning_rate = 3e-3
@@ -61,5 +73,3 @@ def get_config():
   config.optim.warmup_epochs = 0.5
   config.train.num_epochs = 4
   config.train.log_every_steps = 50
-  config.train.eval_every_epochs = 2
-  return config

@@ -24,6 +24,7 @@ mean Dice 0.971, pixel accuracy 0.997 on the 1,000 test canvases after
 import ml_collections
 
 from configs import mnist
+from configs import multidigit
 
 
 def get_config():
@@ -41,24 +42,7 @@ def get_config():
   config.model.upsample = "transpose"
   config.model.dtype = "float32"
 
-  config.data.name = "mnist_digit_masks"
-  config.data.data_dir = ""  # empty: MNIST digits from data/mnist
-  config.data.num_train = 4000
-  config.data.num_test = 1000
-  config.data.canvas_size = 64
-  config.data.min_digits = 1
-  config.data.max_digits = 4
-  config.data.allow_overlap = False
-  config.data.mask_threshold = 128
-  config.data.canvas_seed = 0
-  config.data.batch_size = 16
-  config.data.eval_batch_size = 200
-
-  config.optim.name = "adamw"
-  config.optim.learning_rate = 3e-3
-  config.optim.schedule = "one_cycle"
-  config.optim.warmup_epochs = 0.5
-  config.train.num_epochs = 4
-  config.train.log_every_steps = 50
+  multidigit.canvas_recipe(config, "mnist_digit_masks", num_train=4000,
+                           num_test=1000, batch_size=16, eval_batch_size=200)
   config.train.eval_every_epochs = 1
   return config
