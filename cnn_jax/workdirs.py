@@ -97,6 +97,12 @@ def _resumable(key):
   return any(key == k or key.startswith(k + ".") for k in RESUMABLE_KEYS)
 
 
+# Config keys added after checkpoints were first written, with the value that
+# reproduces the older behaviour: a checkpoint without the key resumes when
+# the current config holds that value.
+ADDED_KEY_DEFAULTS = {"train.steps_per_call": 1}
+
+
 def config_differences(saved, current):
   """'key: saved -> current' for each key of the config dicts `saved` and
   `current` that differs in a way that changes the run."""
@@ -107,6 +113,8 @@ def config_differences(saved, current):
   differences = []
   for key in sorted(set(saved) | set(current)):
     old, new = saved.get(key, missing), current.get(key, missing)
+    if old is missing and key in ADDED_KEY_DEFAULTS:
+      old = ADDED_KEY_DEFAULTS[key]  # saved before the key existed
     if old == new or _resumable(key):
       continue
     if key == "train.num_epochs" and old is not missing and (

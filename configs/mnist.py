@@ -61,6 +61,9 @@ def get_config():
   config.train.label_smoothing = 0.0
   config.train.log_every_steps = 50
   config.train.eval_every_epochs = 1
+  # Training steps per jitted call (lax.scan over N stacked batches): less
+  # Python per step. Calls never cross an epoch; 1: one step per call.
+  config.train.steps_per_call = 1
   # >0: after this step, stop as if SIGTERM had arrived (checkpoint, exit
   # status 143); the next launch resumes. For tests and time-boxed jobs.
   config.train.stop_after_steps = 0

@@ -4,8 +4,16 @@ Run (from the repository root, bundled data, offline):
   python launch.py --config configs/mnist_fast.py --workdir runs/mnist_fast
 
 The simple CNN of configs/mnist.py with a larger batch (256: fewer, better
-filled steps) and a shorter one-cycle AdamW schedule with a higher peak.
+filled steps), a shorter one-cycle AdamW schedule with a higher peak, and 6
+training steps per jitted call (config.train.steps_per_call).
 See the measured results at the end of this docstring.
+
+Measured on the idle 2-core CPU, 3 epochs = 702 steps, the same process
+(`/usr/bin/time -v python launch.py ...`): test accuracy 0.9940 (all 10,000
+test images), 103 s elapsed including compilation (summary.json wall 101 s),
+2,126 train img/s, peak RSS 1.17 GB. The same command with
+--config.train.steps_per_call=1: 0.9940, 111 s elapsed, 1,847 img/s, peak RSS
+1.01 GB.
 """
 
 from configs import mnist
@@ -19,6 +27,9 @@ def get_config():
   config.train.num_epochs = 3
   config.train.label_smoothing = 0.05
   config.train.eval_every_epochs = 3  # evaluate once, at the end
+  # 6 steps per jitted call: 234 steps per epoch are 39 calls, all of one
+  # shape (one compile; on CPU each call is unrolled, see train.py).
+  config.train.steps_per_call = 6
   config.checkpoint.every_steps = 0  # one checkpoint, at the end
   config.checkpoint.every_seconds = 0.0
   return config
