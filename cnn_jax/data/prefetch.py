@@ -99,3 +99,7 @@ def prefetch_to_device(iterator, size=2, sharding=None):
       yield item
   finally:
     stop.set()
+    # Wait for the producer (it notices `stop` within 0.1 s): a thread still
+    # inside device_put when the interpreter exits aborts the process
+    # ("terminate called ...") as the runtime is torn down.
+    thread.join(timeout=10)
