@@ -27,6 +27,7 @@ from cnn_jax import heatmaps
 from cnn_jax import preemption
 from cnn_jax import report
 from cnn_jax import sweep
+from cnn_jax import sweep_config
 from cnn_jax import train
 
 FLAGS = flags.FLAGS
@@ -101,8 +102,8 @@ def main(argv):
       print(f"report written to {path}")
       return 0
     # A sweep config with --workdir <sweep>/members/<k>: member k's config.
-    config = (FLAGS.config if FLAGS.mode == "train"
-              else sweep.config_for_workdir(FLAGS.config, FLAGS.workdir))
+    config = (FLAGS.config if FLAGS.mode == "train" else
+              sweep_config.config_for_workdir(FLAGS.config, FLAGS.workdir))
     if FLAGS.mode == "heatmap":
       folder, paths = heatmaps.write_heatmaps(
           config, FLAGS.workdir, FLAGS.step, FLAGS.heatmap_method,
@@ -116,7 +117,7 @@ def main(argv):
             f"{results['test_accuracy']:.4f}, test loss "
             f"{results['test_loss']:.4f}; written to {path}")
       return 0
-    if sweep.is_sweep(config):  # every member at once, in one program
+    if sweep_config.is_sweep(config):  # every member at once, in one program
       summary = sweep.train_and_evaluate(config, FLAGS.workdir)
       print(f"best: member {summary['best_member']}, test accuracy "
             f"{summary['test_accuracy']:.4f}; {summary['members']} members, "

@@ -36,7 +36,8 @@ import matplotlib
 import numpy as np
 
 from cnn_jax import checkpoint
-from cnn_jax import visualize
+from cnn_jax import plotting
+from cnn_jax import visualize_model
 from cnn_jax import workdirs
 from cnn_jax.data import augment
 
@@ -206,7 +207,7 @@ def mask_overlay(image, mask, num_classes, alpha=0.6):
   """RGB float [H, W, 3] in [0, 1]: class k > 0 of `mask` [H, W] painted in
   mask_colours(num_classes)[k] over `image` [H, W, C]; class 0 (background)
   leaves the image as it is."""
-  base = visualize._displayable(image)  # pylint: disable=protected-access
+  base = plotting.displayable(image)
   if base.ndim == 2:
     base = np.repeat(base[..., None], 3, axis=-1)
   mask = np.asarray(mask)
@@ -221,7 +222,7 @@ def plot_panels(panels, titles, path, suptitle=None, legend=()):
   fig, axes = plt.subplots(1, len(panels), figsize=(2.4 * len(panels), 2.8),
                            squeeze=False)
   for ax, panel, title in zip(axes[0], panels, titles):
-    ax.imshow(visualize._displayable(panel),  # pylint: disable=protected-access
+    ax.imshow(plotting.displayable(panel),
               cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_title(title, fontsize=8)
     ax.axis("off")
@@ -364,8 +365,8 @@ def write_heatmaps(config, workdir, step=None, method="auto", layer="",
     panels, titles = [raw[i]], ["input"]
     for u in units[i]:
       heat = np.maximum(np.asarray(per_unit(i, u)), 0.0)
-      panels.append(visualize.overlay_heatmap(raw[i], heat, alpha=0.5,
-                                              vmin=0.0))
+      panels.append(visualize_model.overlay_heatmap(raw[i], heat,
+                                                    alpha=0.5, vmin=0.0))
       titles.append(f"{names[u]}: p={float(probs[i, u]):.2f}")
     paths.append(plot_panels(panels, titles,
                              os.path.join(folder, f"example{i:03d}.png"),

@@ -15,10 +15,8 @@ maps of the first conv layer and saliency maps. The figures that need
 predictions come from the final checkpoint (checkpoint.restore), evaluated
 on the whole test split.
 
-A sweep's report (a workdir with members/<k>/): a table of the members,
-mean and 95% confidence interval (Student t) of the test metrics over the
-members that differ only in their seed, the members' test-accuracy curves,
-and the top-level summary files of the sweep, linked.
+A sweep's report (a workdir with members/<k>/) is written by
+report_sweep.py, on the markdown helpers and the run report of this module.
 
 An existing report is never overwritten silently: report.md ends with a
 marker holding a hash of its text. A report.md whose text still matches its
@@ -29,7 +27,6 @@ ReportExistsError is raised, unless `overwrite=True` (--overwrite_report).
 
 import dataclasses
 import functools
-import glob
 import hashlib
 import html as html_lib
 import json
@@ -44,6 +41,7 @@ import numpy as np
 from cnn_jax import checkpoint
 from cnn_jax import train
 from cnn_jax import visualize
+from cnn_jax import visualize_model
 from cnn_jax import workdirs
 from cnn_jax import writers
 from cnn_jax.data import load_splits
@@ -51,12 +49,6 @@ from cnn_jax.models import summary as model_summary
 
 REPORT_DIR = "report"
 _MARKER = "<!-- cnn_jax.report sha256="
-# Two-sided 95% Student t quantiles by degrees of freedom (1..30); beyond 30
-# the normal 1.96 is within 2%.
-_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262,
-        2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093,
-        2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045,
-        2.042)
 
 
 class ReportExistsError(ValueError):
@@ -77,18 +69,6 @@ def wilson_interval(correct, total, z=1.96):
   centre = (p + z * z / (2 * total)) / denominator
   half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total))
   return (centre - half / denominator, centre + half / denominator)
-
-
-def mean_confidence_interval(values):
-  """(mean, half width of the 95% Student t interval, n); half width NaN
-  for fewer than 2 values."""
-  values = np.asarray(values, np.float64)
-  n = len(values)
-  mean = float(values.mean()) if n else float("nan")
-  if n < 2:
-    return mean, float("nan"), n
-  t = _T95[n - 2] if n - 1 <= len(_T95) else 1.96
-  return mean, float(t * values.std(ddof=1) / math.sqrt(n)), n
 
 
 # --------------------------------------------------------------------------
@@ -202,7 +182,7 @@ def markdown_table(header, rows):
   def cell(value):
     return str(value).replace("|", "\\|").replace("\n", " ")
 
-  align = ["---:" if rows and _is_number(rows[0][i]) else "---"
+  align = ["---:" if rows and is_number(rows[0][i]) else "---"
            for i in range(len(header))]
   lines = ["| " + " | ".join(map(cell, header)) + " |",
            "|" + "|".join(align) + "|"]
@@ -210,7 +190,9 @@ def markdown_table(header, rows):
   return "\n".join(lines)
 
 
-def _is_number(text):
+def is_number(text):
+  """Whether a table cell reads as a number: '1,234', '98.5%', '0.97 ± 0.01'
+  (markdown_table right-aligns those columns)."""
   try:
     float(str(text).replace(",", "").replace("%", "").split(" ")[0])
     return True
@@ -218,7 +200,8 @@ def _is_number(text):
     return False
 
 
-def _fmt_seconds(seconds):
+def fmt_seconds(seconds):
+  """'12.3 s', or minutes and seconds from 120 s on; 'n/a' for None."""
   if seconds is None:
     return "n/a"
   if seconds < 120:
@@ -226,7 +209,8 @@ def _fmt_seconds(seconds):
   return f"{seconds / 60:.1f} min ({seconds:.0f} s)"
 
 
-def _image(name, alt):
+def markdown_image(name, alt):
+  """A markdown image link to `name` (relative to report.md)."""
   return f"![{alt}]({name})"
 
 
@@ -234,6 +218,13 @@ def _sealed(text):
   """`text` with the marker line holding its hash appended."""
   digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
   return f"{text}\n{_MARKER}{digest} -->\n"
+
+
+def write_sealed(path, text):
+  """Writes `text` to the report.md `path` with its marker line, so a later
+  report may regenerate it unless it is edited."""
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(_sealed(text))
 
 
 def is_untouched_report(path):
@@ -345,7 +336,7 @@ def _metrics_section(run, metrics, records):
 
 def _timing_section(summary):
   img_s = summary.get("train_img_per_s")
-  rows = [("wall time (whole run)", _fmt_seconds(summary.get("wall_seconds"))),
+  rows = [("wall time (whole run)", fmt_seconds(summary.get("wall_seconds"))),
           ("training throughput", f"{img_s:,.0f} img/s" if img_s else
            "n/a (too short to time after compilation)"),
           ("steps / epochs", f"{summary.get('steps')} / "
@@ -384,37 +375,39 @@ def _figures(run, logits, layer_rows, out_dir):
   lines = ["## Errors", "",
            f"Lowest per-class accuracy: class {names_or_ids[worst]} "
            f"({recall[worst]:.2%}); {confusion}.", "",
-           _image("confusion_matrix.png", "confusion matrix"), "",
-           _image("per_class_accuracy.png", "per-class accuracy"), "",
-           _image("misclassified.png", "misclassified examples"), ""]
+           markdown_image("confusion_matrix.png", "confusion matrix"), "",
+           markdown_image("per_class_accuracy.png", "per-class accuracy"), "",
+           markdown_image("misclassified.png", "misclassified examples"), ""]
 
   lines += ["## Inside the network", ""]
-  kernel = visualize.first_conv_kernel(run.state.params)
+  kernel = visualize_model.first_conv_kernel(run.state.params)
   if kernel is not None:
-    visualize.plot_filters(kernel, os.path.join(out_dir, "filters.png"))
-    lines += [_image("filters.png", "first-layer filters"), ""]
+    visualize_model.plot_filters(kernel, os.path.join(out_dir, "filters.png"))
+    lines += [markdown_image("filters.png", "first-layer filters"), ""]
   conv_layers = [path for path, shape, _ in layer_rows if len(shape) == 4]
   if conv_layers:
     image = test_set.images[np.array([0])]
-    maps = visualize.feature_maps(run.state.apply_fn, run.variables,
-                                  run.normalize(image)[0], conv_layers[0])
-    visualize.plot_feature_maps(
+    maps = visualize_model.feature_maps(run.state.apply_fn, run.variables,
+                                        run.normalize(image)[0],
+                                        conv_layers[0])
+    visualize_model.plot_feature_maps(
         maps, os.path.join(out_dir, "feature_maps.png"), image[0],
         conv_layers[0], title=f"Feature maps of {conv_layers[0]} (module "
         f"output) for test image #0 (class {names_or_ids[labels[0]]})")
-    lines += [_image("feature_maps.png", "feature maps"), ""]
+    lines += [markdown_image("feature_maps.png", "feature maps"), ""]
   # One example of each of the first 8 classes present.
   picks = [int(np.flatnonzero(labels == c)[0]) for c in range(k)
            if (labels == c).any()][:8]
   if len(test_set.example_shape) == 3 and picks:
     images = test_set.images[np.array(picks)]
-    maps = visualize.saliency(run.state.apply_fn, run.variables,
-                              run.normalize(images))
+    maps = visualize_model.saliency(run.state.apply_fn, run.variables,
+                                    run.normalize(images))
     titles = [f"#{i}: {names_or_ids[labels[i]]} -> "
               f"{names_or_ids[predictions[i]]}" for i in picks]
-    visualize.plot_saliency(images, maps,
-                            os.path.join(out_dir, "saliency.png"), titles)
-    lines += [_image("saliency.png", "saliency maps"), ""]
+    visualize_model.plot_saliency(images, maps,
+                                  os.path.join(out_dir, "saliency.png"),
+                                  titles)
+    lines += [markdown_image("saliency.png", "saliency maps"), ""]
   return lines
 
 
@@ -437,7 +430,7 @@ def run_report(workdir, out_dir):
               f"{summary.get('test_loss', float('nan')):.4f}, after "
               f"{summary.get('epochs')} epoch"
               f"{'' if summary.get('epochs') == 1 else 's'} "
-              f"({_fmt_seconds(summary.get('wall_seconds'))} on "
+              f"({fmt_seconds(summary.get('wall_seconds'))} on "
               f"{summary.get('device', '?')}).", ""]
   lines += _config_section(run.config)
   lines += _data_section(run)
@@ -450,156 +443,10 @@ def run_report(workdir, out_dir):
     visualize.plot_learning_curves(
         records, os.path.join(out_dir, "learning_curves.png"))
     lines += ["## Learning curves", "",
-              _image("learning_curves.png", "learning curves"), ""]
+              markdown_image("learning_curves.png", "learning curves"), ""]
   lines += _timing_section(summary)
   if classification:
     lines += _figures(run, logits, layer_rows, out_dir)
-  return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------
-# A sweep.
-
-
-def _member_dirs(workdir):
-  members = os.path.join(workdir, "members")
-  found = [d for d in glob.glob(os.path.join(members, "*")) if os.path.isdir(d)]
-  return sorted(found, key=lambda d: (not os.path.basename(d).isdigit(),
-                                      int(os.path.basename(d))
-                                      if os.path.basename(d).isdigit()
-                                      else 0, d))
-
-
-def is_sweep(workdir):
-  return bool(_member_dirs(workdir))
-
-
-def _member_result(member_dir):
-  """The member's result dict: summary.json, else the one other JSON file
-  holding test metrics."""
-  summary = workdirs.read_summary(member_dir)
-  if summary is not None:
-    return summary
-  for path in sorted(glob.glob(os.path.join(member_dir, "*.json"))):
-    with open(path, encoding="utf-8") as f:
-      data = json.load(f)
-    if isinstance(data, dict) and "test_accuracy" in data:
-      return data
-  return None
-
-
-def sweep_report(workdir, out_dir):
-  """Writes the sweep's figures into `out_dir` (and the best member's run
-  report into `out_dir`/best_member/); returns the markdown text."""
-  members = []
-  for member_dir in _member_dirs(workdir):
-    result = _member_result(member_dir)
-    if result is not None:
-      members.append((os.path.basename(member_dir), member_dir, result))
-  if not members:
-    raise FileNotFoundError(f"{workdir!r} has members/ but no member holds "
-                            "results (summary.json) yet")
-  configs = [workdirs.flatten(m[2].get("config", {})) for m in members]
-  keys = sorted(set().union(*configs))
-  varying = [k for k in keys
-             if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
-  finished = [m[2].get("status", "finished") == "finished" for m in members]
-  title = os.path.basename(os.path.normpath(os.path.abspath(workdir)))
-  lines = [f"# Sweep report: {title}", "",
-           f"Sweep folder: `{os.path.abspath(workdir)}`; {len(members)} "
-           f"members (results in members/<k>/), {sum(finished)} finished. "
-           "Config keys that vary: "
-           f"{', '.join(f'`{k}`' for k in varying) or 'none'}.", ""]
-  shown = varying[:6]
-  rows = []
-  for (name, _, result), flat in zip(members, configs):
-    rows.append([name] + [flat.get(k, "") for k in shown] + [
-        f"{result.get('test_accuracy', float('nan')):.4f}",
-        f"{result.get('test_loss', float('nan')):.4f}",
-        result.get("status", "finished")])
-  rows.sort(key=lambda r: (r[-1] != "finished",
-                           -float(r[-3]) if _is_number(r[-3]) else 0))
-  lines += ["## Members (best first)", "",
-            markdown_table(["member"] + shown + ["test accuracy", "test loss",
-                                                 "status"], rows), ""]
-  # Finished members whose configs agree except for the seed: mean and CI.
-  groups = {}
-  for (name, _, result), flat, ok in zip(members, configs, finished):
-    if ok:
-      setting = tuple((k, json.dumps(flat.get(k), sort_keys=True))
-                      for k in varying if k != "seed")
-      groups.setdefault(setting, []).append(result)
-  group_rows = []
-  for setting, results in groups.items():
-    label = ", ".join(f"{k}={json.loads(v)}" for k, v in setting) or "all"
-    row = [label, len(results)]
-    for key in ("test_accuracy", "test_loss"):
-      values = [r[key] for r in results if r.get(key) is not None]
-      mean, half, n = mean_confidence_interval(values)
-      row.append(f"{mean:.4f} ± {half:.4f}" if n > 1 else f"{mean:.4f}")
-    group_rows.append(row)
-  lines += ["## Over seeds", "",
-            markdown_table(("setting", "seeds", "test accuracy (mean ± 95% "
-                            "CI)", "test loss (mean ± 95% CI)"), group_rows),
-            "", "Intervals: Student t over the seeds of each setting (mean ± "
-            "t(0.975, n-1) s / sqrt(n)); a single seed has none. Diverged "
-            "members are left out.", ""]
-  curves = {}
-  for name, member_dir, _ in members:
-    if os.path.exists(os.path.join(member_dir, "metrics.jsonl")):
-      records = [r for r in writers.drop_superseded(
-          writers.read_metrics(member_dir)) if r["split"] == "test"]
-      if records:
-        curves[f"member {name} test"] = ([r["step"] for r in records],
-                                         [r["accuracy"] for r in records])
-  if curves:
-    visualize.plot_curve_comparison(
-        curves, os.path.join(out_dir, "sweep_test_accuracy.png"),
-        "Test accuracy of each member", "test accuracy", xlabel="step")
-    lines += ["## Curves", "",
-              _image("sweep_test_accuracy.png", "test accuracy per member"),
-              ""]
-  top = sorted(os.path.basename(p) for p in
-               glob.glob(os.path.join(workdir, "*.json")) +
-               glob.glob(os.path.join(workdir, "*.md")) +
-               glob.glob(os.path.join(workdir, "*.png")))
-  if top:
-    lines += ["## Sweep files", ""] + [f"- [{name}](../{name})"
-                                       for name in top] + [""]
-  sweep_summary = workdirs.read_summary(workdir) or {}
-  wall = sweep_summary.get("wall_seconds")
-  img_s = sweep_summary.get("train_img_per_s")
-  devices = sorted({str(r.get("device")) for _, _, r in members
-                    if r.get("device")} | ({sweep_summary["device"]}
-                                           if "device" in sweep_summary
-                                           else set()))
-  lines += ["## Timing and hardware", "",
-            f"- wall time of the sweep: {_fmt_seconds(wall)}" if wall else
-            "- wall time of the sweep: n/a (no top-level summary.json)",
-            f"- training throughput: {img_s:,.0f} img/s" if img_s else
-            "- training throughput: n/a",
-            f"- device: {', '.join(devices) or 'n/a'}", ""]
-  # The best finished member as a single run: predictions and figures.
-  best = next((m for m, _ in sorted(
-      zip(members, finished), key=lambda mf: (not mf[1], -mf[0][2].get(
-          "test_accuracy", 0.0))) if _), None)
-  if best is not None and checkpoint.saved_steps(best[1]):
-    best_dir = os.path.join(out_dir, "best_member")
-    os.makedirs(best_dir, exist_ok=True)
-    try:
-      text = run_report(best[1], best_dir)
-    except (checkpoint.CheckpointError, FileNotFoundError, ValueError) as e:
-      lines += [f"Best member {best[0]}: no run report ({e}).", ""]
-    else:
-      with open(os.path.join(best_dir, "report.md"), "w",
-                encoding="utf-8") as f:
-        f.write(_sealed(text))
-      lines += ["## Best member", "",
-                f"Member {best[0]} as a single run (config, model, "
-                "confusion matrix, filters, feature maps, saliency): "
-                "[best_member/report.md](best_member/report.md)", "",
-                _image("best_member/confusion_matrix.png",
-                       "confusion matrix of the best member"), ""]
   return "\n".join(lines)
 
 
@@ -647,12 +494,14 @@ def write_report(workdir, overwrite=False, html=False, report_dir=None):
         f"{path} exists and was edited (or not written by cnn_jax.report); "
         "it is kept. Move it away, or pass --overwrite_report to replace it")
   os.makedirs(out_dir, exist_ok=True)
-  if is_sweep(workdir):
-    text = sweep_report(workdir, out_dir)
+  # Imported here: report_sweep builds on this module (a sweep's report holds
+  # its best member's run report), so a top-level import would be a cycle.
+  from cnn_jax import report_sweep  # pylint: disable=g-import-not-at-top
+  if report_sweep.is_sweep(workdir):
+    text = report_sweep.sweep_report(workdir, out_dir)
   else:
     text = run_report(workdir, out_dir)
-  with open(path, "w", encoding="utf-8") as f:
-    f.write(_sealed(text))
+  write_sealed(path, text)
   if html:
     with open(os.path.join(out_dir, "report.html"), "w",
               encoding="utf-8") as f:

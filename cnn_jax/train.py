@@ -148,7 +148,7 @@ def train_step(state, batch, *, mean, std, augment_config=None,
   pure function of its inputs. With mixup/cutmix on, the loss uses the soft
   targets they return; accuracy is always against the unmixed labels.
   Returns (new_state, {'loss', 'accuracy'}).
-  (cnn_jax/sweep.py vmaps the same two halves, train_inputs and
+  (cnn_jax/sweep_steps.py vmaps the same two halves, train_inputs and
   gradient_step, over sweep members.)
   """
   step_key = jax.random.fold_in(state.rng, state.step)

@@ -6,7 +6,7 @@
 Training images/s of configs/mnist.py's simple CNN (batch 128, bundled
 MNIST) for K members (learning rates x seeds), measured two ways in the same
 process, each after warm-up (compilation excluded):
-  * sweep: cnn_jax/sweep.py's step trains all K members at once, in one
+  * sweep: cnn_jax/sweep_steps.py's step trains all K members at once, in one
     program (one row per --vmap_width: w members share one vmap, groups of
     w follow one another unrolled; 'auto' is what a sweep uses by default:
     K on GPU/TPU, 1 on CPU);
@@ -49,6 +49,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cnn_jax import ops  # pylint: disable=g-import-not-at-top
 from cnn_jax import sweep  # pylint: disable=g-import-not-at-top
+from cnn_jax import sweep_config
+from cnn_jax import sweep_steps
 from cnn_jax import train
 from cnn_jax.data import batching
 from cnn_jax.data import load_splits
@@ -104,14 +106,15 @@ def main(argv=None):
                       "device before timing and cycle through them, timing "
                       "the steps alone (no host input pipeline)")
   args = parser.parse_args(argv)
-  auto = sweep.resolve_vmap_width(ml_collections.ConfigDict(), args.members)
+  auto = sweep_steps.resolve_vmap_width(ml_collections.ConfigDict(),
+                                        args.members)
   widths = []
   for text in args.vmap_width.split(","):
     width = min(auto if text == "auto" else int(text), args.members)
     if width not in widths:
       widths.append(width)
 
-  _, configs = sweep.member_configs(_config(args.members))
+  _, configs = sweep_config.member_configs(_config(args.members))
   base = configs[0]
   train_set = load_splits(base.data)["train"]
   mean, std = train.normalization_stats(base.data, train_set)
@@ -120,17 +123,17 @@ def main(argv=None):
   seeds = [c.seed for c in configs]
   count = len(configs)
 
-  program = sweep.shared_program(base, per_epoch)
-  augments = sweep.distinct_augmentations(configs)
-  hparams = sweep.hyperparameter_arrays(configs, augments)
+  program = sweep_steps.shared_program(base, per_epoch)
+  augments = sweep_steps.distinct_augmentations(configs)
+  hparams = sweep_steps.hyperparameter_arrays(configs, augments)
   sweeps = {}
   for width in widths:
-    states, _ = sweep.init_members(configs, train_set.example_shape,
+    states, _ = sweep_steps.init_members(configs, train_set.example_shape,
                                    per_epoch, program)
-    conv_impl = sweep.resolve_conv_impl(
+    conv_impl = sweep_steps.resolve_conv_impl(
         ml_collections.ConfigDict({"conv_impl": args.sweep_conv_impl}),
         width, count)
-    step = jax.jit(sweep.make_train_step(
+    step = jax.jit(sweep_steps.make_train_step(
         program.model, augments, mean=mean, std=std, member_count=count,
         vmap_width=width, conv_impl=conv_impl), donate_argnums=(0, 1))
     batches = prefetch.prefetch_to_device(
@@ -141,9 +144,9 @@ def main(argv=None):
 
   # The single runs: member k's own TrainState (the sweep's init gives the
   # same values as train.create_train_state) and its own batch order.
-  initial, _ = sweep.init_members(configs, train_set.example_shape,
+  initial, _ = sweep_steps.init_members(configs, train_set.example_shape,
                                   per_epoch, program)
-  singles = [{"state": sweep.member_state(initial, k),
+  singles = [{"state": sweep_steps.member_state(initial, k),
               "batches": prefetch.prefetch_to_device(
                   batching.train_batches(train_set, batch_size, s), size=2)}
              for k, s in enumerate(seeds)]

@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
+from cnn_jax import plotting
 from cnn_jax import train
-from cnn_jax import visualize
 from experiments import run_all
 from experiments.lecture import common
 from experiments.lecture import cross_correlation
@@ -30,7 +30,7 @@ def _check_result(result, *pngs):
   folder = os.path.dirname(result.path)
   for name in pngs:
     assert f"({name})" in text
-    assert visualize.png_size(os.path.join(folder, name))[0] > 100
+    assert plotting.png_size(os.path.join(folder, name))[0] > 100
   return text
 
 

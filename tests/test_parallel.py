@@ -19,7 +19,7 @@ from tests.conftest import REPO
 _EIGHT_DEVICES = r"""
 import functools, json
 import jax, jax.numpy as jnp, ml_collections, numpy as np
-from cnn_jax import parallel, sweep, train
+from cnn_jax import parallel, sweep, sweep_config, sweep_steps, train
 from configs import mnist
 
 assert len(jax.devices()) == 8, jax.devices()
@@ -40,12 +40,12 @@ def max_diff(a, b):
 # compile serves every state here.
 config.sweep = ml_collections.ConfigDict({"mode": "zip", "axes": {
     "seed": (0, 1), "optim": {"learning_rate": (0.01, 0.03)}}})
-_, configs = sweep.member_configs(config)
-program = sweep.shared_program(configs[0], 10)
-initial = lambda: sweep.init_members(configs, (28, 28, 1), 10, program)[0]
+_, configs = sweep_config.member_configs(config)
+program = sweep_steps.shared_program(configs[0], 10)
+initial = lambda: sweep_steps.init_members(configs, (28, 28, 1), 10, program)[0]
 
 # A single run: batch split 8 ways over 'data', parameters replicated.
-state = sweep.member_state(initial(), 0)
+state = sweep_steps.member_state(initial(), 0)
 mesh = parallel.make_mesh()
 sharded_batch = jax.device_put(batch, parallel.batch_sharding(mesh))
 one, many = jax.jit(step), parallel.data_parallel(step, mesh,
@@ -68,8 +68,8 @@ result = {
 
 # The sweep: 2 members over 'members' x each batch over 4 'data' devices,
 # against each member's single run on one device (`one`, compiled above).
-augments = sweep.distinct_augmentations(configs)
-hparams = sweep.hyperparameter_arrays(configs, augments)
+augments = sweep_steps.distinct_augmentations(configs)
+hparams = sweep_steps.hyperparameter_arrays(configs, augments)
 stacked = {k: np.stack([v, v[::-1]]) for k, v in batch.items()}
 mesh = parallel.make_mesh(member_devices=2)
 train_step, _ = sweep._compiled_steps(  # what sweep.train_and_evaluate runs
@@ -86,12 +86,12 @@ result["sweep_mesh"] = dict(mesh.shape)
 result["member_shard_shape"] = list(kernel.addressable_shards[0].data.shape)
 result["sweep_diff"] = 0.0
 for k in range(2):
-  single = sweep.member_state(initial(), k)
+  single = sweep_steps.member_state(initial(), k)
   member_batch = {key: value[k] for key, value in stacked.items()}
   for _ in range(3):
     single, _ = one(single, member_batch)
   result["sweep_diff"] = max(result["sweep_diff"], max_diff(
-      sweep.member_state(states, k).params, single.params))
+      sweep_steps.member_state(states, k).params, single.params))
 print(json.dumps(result))
 """
 

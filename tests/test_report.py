@@ -11,8 +11,9 @@ import sys
 import numpy as np
 import pytest
 
+from cnn_jax import plotting
 from cnn_jax import report
-from cnn_jax import visualize
+from cnn_jax import report_sweep
 from tests.conftest import REPO
 from tests.test_visualize import tiny_run  # noqa: F401 (a fixture)
 
@@ -43,7 +44,7 @@ def test_run_report_holds_the_metrics_of_summary_json(tiny_run, tmp_path):
           "per_class_accuracy.png", "misclassified.png", "filters.png",
           "feature_maps.png", "saliency.png"} <= set(images)
   for name in images:
-    assert visualize.png_size(out / name)[0] > 0
+    assert plotting.png_size(out / name)[0] > 0
   html = (out / "report.html").read_text()
   assert "<table>" in html and "confusion_matrix.png" in html
 
@@ -82,11 +83,11 @@ def test_wilson_interval():
 def test_mean_confidence_interval_is_student_t():
   scipy_stats = pytest.importorskip("scipy.stats")
   values = [0.991, 0.993, 0.990, 0.994]
-  mean, half, n = report.mean_confidence_interval(values)
+  mean, half, n = report_sweep.mean_confidence_interval(values)
   expected = scipy_stats.t.ppf(0.975, 3) * np.std(values, ddof=1) / 2
   assert n == 4 and mean == pytest.approx(np.mean(values))
   assert half == pytest.approx(expected, rel=1e-3)
-  assert math.isnan(report.mean_confidence_interval([0.9])[1])
+  assert math.isnan(report_sweep.mean_confidence_interval([0.9])[1])
 
 
 def _fake_sweep(folder, members):
@@ -109,9 +110,9 @@ def test_sweep_report_gives_confidence_intervals_over_seeds(tmp_path):
   sweep = _fake_sweep(tmp_path / "sweep", members)
   text = open(report.write_report(sweep), encoding="utf-8").read()
   assert "5 members" in text and "`optim.learning_rate`" in text
-  mean, half, _ = report.mean_confidence_interval([0.97, 0.98, 0.96])
+  mean, half, _ = report_sweep.mean_confidence_interval([0.97, 0.98, 0.96])
   assert f"| optim.learning_rate=0.001 | 3 | {mean:.4f} ± {half:.4f} |" in text
-  mean, half, _ = report.mean_confidence_interval([0.90, 0.92])
+  mean, half, _ = report_sweep.mean_confidence_interval([0.90, 0.92])
   assert f"{mean:.4f} ± {half:.4f}" in text
   assert "[ranking.json](../ranking.json)" in text
   # Best member first.

@@ -13,6 +13,8 @@ import ml_collections
 import pytest
 
 from cnn_jax import sweep
+from cnn_jax import sweep_config
+from cnn_jax import sweep_steps
 from cnn_jax import train
 from cnn_jax.data import batching
 from cnn_jax.data import load_splits
@@ -41,7 +43,7 @@ def _sweep_config(data_dir=None, mode="grid", **axes):
 
 def test_grid_and_zip_members():
   config = _sweep_config(seed=(0, 1), optim={"learning_rate": (0.1, 0.3, 1)})
-  overrides, configs = sweep.member_configs(config)
+  overrides, configs = sweep_config.member_configs(config)
   assert len(configs) == 6
   assert overrides[1] == {"optim.learning_rate": 0.1, "seed": 1}
   assert overrides[5] == {"optim.learning_rate": 1.0, "seed": 1}
@@ -50,13 +52,14 @@ def test_grid_and_zip_members():
   assert configs[3].seed == 1 and configs[3].optim.learning_rate == 0.3
   config.sweep.mode = "zip"
   with pytest.raises(ValueError, match="equal length"):
-    sweep.member_configs(config)
+    sweep_config.member_configs(config)
   config.sweep.axes.seed = (0, 1, 2)
-  _, configs = sweep.member_configs(config)
+  _, configs = sweep_config.member_configs(config)
   assert [(c.seed, c.optim.learning_rate) for c in configs] == [
       (0, 0.1), (1, 0.3), (2, 1.0)]
   # The shipped config builds and is a sweep of 3 x 2.
-  assert len(sweep.member_configs(mnist_sweep_config.get_config())[1]) == 6
+  _, shipped = sweep_config.member_configs(mnist_sweep_config.get_config())
+  assert len(shipped) == 6
 
 
 @pytest.mark.parametrize("axes, message", [
@@ -70,18 +73,18 @@ def test_grid_and_zip_members():
 ])
 def test_invalid_axes_are_errors_naming_them(axes, message):
   with pytest.raises(ValueError, match=message):
-    sweep.member_configs(_sweep_config(**axes))
+    sweep_config.member_configs(_sweep_config(**axes))
 
 
 def test_unknown_mode_and_option_are_errors():
   config = _sweep_config(seed=(0, 1))
   config.sweep.mode = "random"
   with pytest.raises(ValueError, match="config.sweep.mode='random'"):
-    sweep.member_configs(config)
+    sweep_config.member_configs(config)
   config = _sweep_config(seed=(0, 1))
   config.sweep.chunks = 2
   with pytest.raises(ValueError, match="unknown keys: chunks"):
-    sweep.member_configs(config)
+    sweep_config.member_configs(config)
 
 
 def _data(config):
@@ -95,7 +98,7 @@ def _data(config):
 def _three_members(data_dir, learning_rates):
   """Members 0 and 1 differ in seed and learning rate; member 2 also in
   dropout, label smoothing, crop augmentation, momentum and weight decay."""
-  return sweep.member_configs(_sweep_config(
+  return sweep_config.member_configs(_sweep_config(
       data_dir, mode="zip", seed=(0, 1, 2),
       optim={"learning_rate": learning_rates, "momentum": (0.9, 0.9, 0.8),
              "weight_decay": (1e-4, 1e-4, 0.0)},
@@ -113,15 +116,15 @@ def _run_sweep(configs, steps):
   """`steps` sweep steps from init -> (states, alive, last metrics)."""
   train_set, mean, std, per_epoch = _data(configs[0])
   if not _COMPILED:
-    program = sweep.shared_program(configs[0], per_epoch)
+    program = sweep_steps.shared_program(configs[0], per_epoch)
     _COMPILED["program"] = program
-    _COMPILED["step"] = jax.jit(sweep.make_train_step(
-        program.model, sweep.distinct_augmentations(configs), mean=mean,
+    _COMPILED["step"] = jax.jit(sweep_steps.make_train_step(
+        program.model, sweep_steps.distinct_augmentations(configs), mean=mean,
         std=std, member_count=len(configs), vary_dropout=True))
-  states, _ = sweep.init_members(configs, train_set.example_shape, per_epoch,
-                                 _COMPILED["program"])
-  hparams = sweep.hyperparameter_arrays(
-      configs, sweep.distinct_augmentations(configs))
+  states, _ = sweep_steps.init_members(configs, train_set.example_shape,
+                                       per_epoch, _COMPILED["program"])
+  hparams = sweep_steps.hyperparameter_arrays(
+      configs, sweep_steps.distinct_augmentations(configs))
   alive = jnp.ones(len(configs), bool)
   batches = sweep._member_batches(  # pylint: disable=protected-access
       train_set, configs[0].data.batch_size, [c.seed for c in configs])
@@ -154,7 +157,7 @@ def test_each_member_equals_its_single_run(tiny_mnist_dir):
     for _ in range(steps):
       _, batch = next(batches)
       state, _ = single_steps[statics](state, batch)
-    got = sweep.member_state(states, k)
+    got = sweep_steps.member_state(states, k)
     assert int(got.step) == steps
     # atol: parameters near 0 (vmapped matmuls sum in another order).
     chex.assert_trees_all_close(got.params, state.params, rtol=1e-5,
@@ -169,14 +172,15 @@ def test_a_diverging_member_does_not_change_the_others(tiny_mnist_dir):
       _three_members(tiny_mnist_dir, (0.01, 1e9, 0.03)), steps=8)
   assert alive.tolist() == [True, False, True]
   assert not bool(metrics["updated"][1])
-  chex.assert_tree_all_finite(sweep.member_state(diverged, 1).params)
-  assert int(sweep.member_state(diverged, 1).step) < 8  # frozen when it blew
+  blown = sweep_steps.member_state(diverged, 1)
+  chex.assert_tree_all_finite(blown.params)
+  assert int(blown.step) < 8  # frozen when it blew
   calm, alive, _ = _run_sweep(
       _three_members(tiny_mnist_dir, (0.01, 0.02, 0.03)), steps=8)
   assert bool(jnp.all(alive))
   for k in (0, 2):
-    chex.assert_trees_all_equal(sweep.member_state(diverged, k).params,
-                                sweep.member_state(calm, k).params)
+    chex.assert_trees_all_equal(sweep_steps.member_state(diverged, k).params,
+                                sweep_steps.member_state(calm, k).params)
 
 
 def test_sweep_run_writes_members_that_restore_as_single_runs(
@@ -211,14 +215,14 @@ def test_sweep_run_writes_members_that_restore_as_single_runs(
   # --mode=evaluate does, with the member's config resolved from the sweep.
   best = ranking[0]
   member_dir = os.path.join(workdir, "members", str(best["member"]))
-  member = sweep.config_for_workdir(config, member_dir)
+  member = sweep_config.config_for_workdir(config, member_dir)
   assert member.optim.learning_rate == best["overrides"]["optim.learning_rate"]
   results, _ = train.evaluate_checkpoint(member, member_dir)
   assert results["step"] == 4
   assert results["test_accuracy"] == best["test_accuracy"]
   assert results["test_loss"] == pytest.approx(best["test_loss"], rel=1e-5)
   with pytest.raises(ValueError, match="not a sweep member's folder"):
-    sweep.config_for_workdir(config, workdir)
+    sweep_config.config_for_workdir(config, workdir)
   with pytest.raises(train.workdirs.WorkdirInUseError, match="already holds"):
     sweep.train_and_evaluate(config, workdir)
 
@@ -233,13 +237,13 @@ def test_sweep_run_writes_members_that_restore_as_single_runs(
 ])
 def test_sweep_conv_impl_resolution(impl, width, backend, expected):
   config = ml_collections.ConfigDict({"conv_impl": impl})
-  assert sweep.resolve_conv_impl(config, width, 8, backend) == expected
+  assert sweep_steps.resolve_conv_impl(config, width, 8, backend) == expected
 
 
 def test_unknown_sweep_conv_impl_is_an_error_naming_the_key():
   config = ml_collections.ConfigDict({"conv_impl": "fft"})
   with pytest.raises(ValueError, match=r"config\.sweep\.conv_impl='fft'"):
-    sweep.resolve_conv_impl(config, 0, 8, "gpu")
+    sweep_steps.resolve_conv_impl(config, 0, 8, "gpu")
 
 
 def test_sweep_step_is_traced_with_its_conv_impl(tiny_mnist_dir):
@@ -249,18 +253,18 @@ def test_sweep_step_is_traced_with_its_conv_impl(tiny_mnist_dir):
   from cnn_jax import ops  # pylint: disable=g-import-not-at-top
   configs = _three_members(tiny_mnist_dir, (0.01, 0.02, 0.03))
   train_set, mean, std, per_epoch = _data(configs[0])
-  program = sweep.shared_program(configs[0], per_epoch)
-  augments = sweep.distinct_augmentations(configs)
-  states, _ = sweep.init_members(configs, train_set.example_shape, per_epoch,
-                                 program)
-  hparams = sweep.hyperparameter_arrays(configs, augments)
+  program = sweep_steps.shared_program(configs[0], per_epoch)
+  augments = sweep_steps.distinct_augmentations(configs)
+  states, _ = sweep_steps.init_members(configs, train_set.example_shape,
+                                       per_epoch, program)
+  hparams = sweep_steps.hyperparameter_arrays(configs, augments)
   alive = jnp.ones(len(configs), bool)
   _, batch = next(sweep._member_batches(  # pylint: disable=protected-access
       train_set, configs[0].data.batch_size, [c.seed for c in configs]))
   default = ops.default_conv_impl()
   results = {}
   for impl in ("xla", "im2col"):
-    step = sweep.make_train_step(
+    step = sweep_steps.make_train_step(
         program.model, augments, mean=mean, std=std,
         member_count=len(configs), vary_dropout=True, vmap_width=0,
         conv_impl=impl)

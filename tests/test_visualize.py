@@ -6,9 +6,11 @@ import os
 import numpy as np
 import pytest
 
+from cnn_jax import plotting
 from cnn_jax import report
 from cnn_jax import train
 from cnn_jax import visualize
+from cnn_jax import visualize_model
 from configs import mnist as mnist_config
 from tests.conftest import write_idx
 
@@ -70,7 +72,7 @@ def restored(tiny_run):
 
 def _check_png(path, size):
   assert os.path.getsize(path) > 1000
-  assert visualize.png_size(path) == size
+  assert plotting.png_size(path) == size
 
 
 def test_learning_curves(tiny_run, tmp_path):
@@ -123,54 +125,57 @@ def test_misclassified_grid(restored, tmp_path):
 
 def test_first_layer_filters(restored, tmp_path):
   run, _ = restored
-  kernel = visualize.first_conv_kernel(run.state.params)
+  kernel = visualize_model.first_conv_kernel(run.state.params)
   assert kernel.shape == (3, 3, 1, 8)
   # 8 filters on a 3x3 grid: (1.5 * 3 + 1.5) x (1.5 * 3 + 1) inches.
-  _check_png(visualize.plot_filters(kernel, tmp_path / "filters.png"),
-             (600, 550))
+  _check_png(
+      visualize_model.plot_filters(kernel, tmp_path / "filters.png"),
+      (600, 550))
   rgb = np.random.default_rng(0).normal(size=(5, 5, 3, 16))
-  _check_png(visualize.plot_filters(rgb, tmp_path / "rgb.png"), (750, 700))
+  _check_png(visualize_model.plot_filters(rgb, tmp_path / "rgb.png"),
+             (750, 700))
 
 
 def test_feature_maps_of_a_chosen_layer(restored, tmp_path):
   run, _ = restored
   image = run.splits["test"].images[0]
-  outputs = visualize.intermediates(run.state.apply_fn, run.variables,
-                                    run.normalize(image[None]))
+  outputs = visualize_model.intermediates(run.state.apply_fn, run.variables,
+                                          run.normalize(image[None]))
   assert {"conv1", "conv2", "dense1", "head"} <= set(outputs)
-  maps = visualize.feature_maps(run.state.apply_fn, run.variables,
-                                run.normalize(image[None])[0], "conv2")
+  maps = visualize_model.feature_maps(run.state.apply_fn, run.variables,
+                                      run.normalize(image[None])[0], "conv2")
   assert maps.shape == (14, 14, 16)  # conv2 runs on the pooled 14x14 maps
   # 16 maps on a 4x4 grid: (1.5 * 4 + 3.5) x (1.5 * 4 + 1) inches.
-  _check_png(visualize.plot_feature_maps(maps, tmp_path / "maps.png", image,
-                                         "conv2"), (950, 700))
+  _check_png(visualize_model.plot_feature_maps(maps, tmp_path / "maps.png",
+                                               image, "conv2"), (950, 700))
   with pytest.raises(ValueError, match="conv9.*modules:.*conv1"):
-    visualize.feature_maps(run.state.apply_fn, run.variables,
-                           run.normalize(image[None])[0], "conv9")
+    visualize_model.feature_maps(run.state.apply_fn, run.variables,
+                                 run.normalize(image[None])[0], "conv9")
 
 
 def test_saliency(restored, tmp_path):
   run, _ = restored
   images = run.splits["test"].images[:4]
-  maps = visualize.saliency(run.state.apply_fn, run.variables,
-                            run.normalize(images))
+  maps = visualize_model.saliency(run.state.apply_fn, run.variables,
+                                  run.normalize(images))
   assert maps.shape == (4, 28, 28)
   assert np.all(maps >= 0) and np.all(np.isfinite(maps)) and maps.max() > 0
-  _check_png(visualize.plot_saliency(images, maps, tmp_path / "sal.png"),
-             (1000, 750))
+  _check_png(
+      visualize_model.plot_saliency(images, maps, tmp_path / "sal.png"),
+      (1000, 750))
 
 
 def test_overlay_heatmap_resizes_and_blends(tmp_path):
   image = np.zeros((28, 28, 1), np.uint8)
   heat = np.zeros((7, 7), np.float32)
   heat[0, 6] = 1.0  # top-right cell
-  overlay = visualize.overlay_heatmap(image, heat, alpha=1.0, cmap="gray")
+  overlay = visualize_model.overlay_heatmap(image, heat, alpha=1.0,
+                                            cmap="gray")
   assert overlay.shape == (28, 28, 3)
   assert 0.0 <= overlay.min() and overlay.max() <= 1.0
   # Bilinear upsampling keeps the peak in the top-right corner.
   assert overlay[1, 26].mean() > 0.5 and overlay[26, 1].mean() < 0.05
   rgb = np.random.default_rng(0).integers(0, 255, (224, 224, 3)).astype(
       np.uint8)
-  _check_png(visualize.plot_heatmap_overlay(rgb, heat, tmp_path / "cam.png",
-                                            title="class activation"),
-             (1200, 450))
+  _check_png(visualize_model.plot_heatmap_overlay(
+      rgb, heat, tmp_path / "cam.png", title="class activation"), (1200, 450))
