@@ -15,10 +15,8 @@ side, every partial overlap), an int, or a sequence with one int or
 `(lo, hi)` pair per spatial dimension.
 """
 
-import contextlib
 import functools
 import math
-import os
 from typing import Optional, Sequence, Tuple, Union
 
 import jax
@@ -26,7 +24,7 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
-from cnn_jax import conv_im2col
+from cnn_jax import conv_impls
 
 IntOrSeq = Union[int, Sequence[int]]
 Padding = Union[str, int, Sequence[Union[int, Tuple[int, int]]]]
@@ -169,155 +167,6 @@ def _compute_dtype(*arrays):
   return dtype if jnp.issubdtype(dtype, jnp.inexact) else jnp.float32
 
 
-# --- Convolution implementations ------------------------------------------
-#
-# 'xla':    lax.conv_general_dilated, XLA's own convolution (cuDNN on GPU).
-# 'im2col': forward and both gradients as batch-chunked matrix multiplies
-#           (cnn_jax/conv_im2col.py).
-# 'mixed':  XLA's forward and input gradient, im2col's kernel gradient.
-# 'auto':   'xla' on GPU/TPU; on CPU the fastest of the three for the layer's
-#           shape and dtype, from the measurements in experiments/bench_cpu.py.
-# 'im2col' and 'mixed' fall back to 'xla' where im2col does not apply
-# (conv_im2col.supported).
-CONV_IMPLS = ("auto", "xla", "im2col", "mixed")
-
-# Read when a convolution is traced, so a jitted function keeps the choice it
-# was compiled with. Set from the environment (CNN_JAX_CONV_IMPL=xla) or with
-# set_default_conv_impl().
-_default_conv_impl = os.environ.get("CNN_JAX_CONV_IMPL", "auto")
-
-
-def _check_conv_impl(impl: str, name: str = "conv_impl") -> str:
-  if impl not in CONV_IMPLS:
-    raise ValueError(f"{name}={impl!r} is not one of: {', '.join(CONV_IMPLS)}")
-  return impl
-
-
-def set_default_conv_impl(impl: str) -> None:
-  """Sets the implementation used where a layer or call does not name one.
-
-  Affects functions traced afterwards; already-compiled functions keep theirs.
-  """
-  global _default_conv_impl
-  _default_conv_impl = _check_conv_impl(impl)
-
-
-def default_conv_impl() -> str:
-  """The process default: 'auto' unless CNN_JAX_CONV_IMPL or
-  `set_default_conv_impl` says otherwise."""
-  return _check_conv_impl(_default_conv_impl, "CNN_JAX_CONV_IMPL")
-
-
-@contextlib.contextmanager
-def default_conv_impl_scope(impl: Optional[str]):
-  """The process default is `impl` inside the block (None: left as is).
-
-  Wrap the body of a function to be jitted in it to choose the convolutions
-  it is traced with, without touching what other functions trace.
-  """
-  global _default_conv_impl
-  previous = _default_conv_impl
-  if impl is not None:
-    set_default_conv_impl(impl)
-  try:
-    yield
-  finally:
-    _default_conv_impl = previous
-
-
-def _cpu_conv_impl(lhs_shape, rhs_shape, dtype) -> str:
-  """The fastest implementation on XLA:CPU for a channels-last convolution.
-
-  Measured with experiments/bench_cpu.py and single-pass timings (jaxlib
-  0.10, AVX-512 cores): XLA's forward and input-gradient convolutions
-  (YNNPACK for float32 2D) beat im2col everywhere, by 1.2-3x. Its kernel
-  gradient is a convolution with an [H_out, W_out] window, slow on large
-  maps, where the chunked matmul wins (batch 128, 14x14, 32->64 channels:
-  2.2x; 28x28, 1->32 in the whole train step: 1.05-1.2x; batch 16, 32x32,
-  64->64: 1.9x, 3->64: 1.1x; a 1x1 stride-2 projection to 16x16: 3.9x). On
-  small maps XLA's is as fast or faster (8x8, 256->256: 0.8x). The same
-  holds for bfloat16, which XLA:CPU convolves no faster than float32. Only
-  2D was measured; 1D/3D keep XLA.
-  """
-  del rhs_shape, dtype
-  if len(lhs_shape) != 4:
-    return "xla"
-  return "mixed" if math.prod(lhs_shape[1:-1]) >= 196 else "xla"
-
-
-def resolve_conv_impl(impl: Optional[str], lhs_shape, rhs_shape,
-                      dimension_numbers=None, lhs_dilation=None,
-                      feature_group_count: int = 1,
-                      batch_group_count: int = 1,
-                      dtype=jnp.float32,
-                      backend: Optional[str] = None) -> str:
-  """'xla', 'im2col' or 'mixed': what `conv_general_dilated(..., impl=impl)`
-  runs for these shapes.
-
-  `impl=None` means `default_conv_impl()`; 'im2col' and 'mixed' resolve to
-  'xla' where im2col does not apply (`conv_im2col.supported`); 'auto' picks
-  by backend (default: `jax.default_backend()`), shape and dtype.
-  """
-  impl = _check_conv_impl(default_conv_impl() if impl is None else impl)
-  if impl == "xla":
-    return "xla"
-  if conv_im2col.supported(lhs_shape, rhs_shape, dimension_numbers,
-                           lhs_dilation, feature_group_count,
-                           batch_group_count) is not None:
-    return "xla"
-  if impl != "auto":
-    return impl
-  backend = jax.default_backend() if backend is None else backend
-  if backend == "cpu":
-    return _cpu_conv_impl(tuple(lhs_shape), tuple(rhs_shape),
-                          jnp.dtype(dtype))
-  return "xla"
-
-
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                         rhs_dilation=None, dimension_numbers=None,
-                         feature_group_count=1, batch_group_count=1,
-                         precision=None, preferred_element_type=None, *,
-                         impl: Optional[str] = None):
-  """`lax.conv_general_dilated` with a choice of implementation.
-
-  Same arguments, result and gradients as `lax.conv_general_dilated` (up to
-  float summation order); `impl` is 'auto', 'xla', 'im2col', 'mixed' or None
-  (the process default), resolved by `resolve_conv_impl`. 'im2col' and
-  'mixed' have a custom VJP: reverse-mode differentiation only. This is the function
-  `layers.Conv` hands to `flax.linen.Conv`, so parameters keep nn.Conv's
-  layout whichever implementation runs.
-  """
-  lhs = jnp.asarray(lhs)
-  rhs = jnp.asarray(rhs)
-  chosen = resolve_conv_impl(impl, lhs.shape, rhs.shape, dimension_numbers,
-                             lhs_dilation, feature_group_count,
-                             batch_group_count,
-                             dtype=jnp.result_type(lhs, rhs))
-  kwargs = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-                dimension_numbers=dimension_numbers,
-                feature_group_count=feature_group_count,
-                batch_group_count=batch_group_count, precision=precision,
-                preferred_element_type=preferred_element_type)
-  if chosen == "xla":
-    return lax.conv_general_dilated(lhs, rhs, window_strides, padding,
-                                    **kwargs)
-  return conv_im2col.conv_general_dilated(lhs, rhs, window_strides, padding,
-                                          mode=chosen, **kwargs)
-
-
-@functools.lru_cache(maxsize=None)
-def conv_fn(impl: Optional[str] = None):
-  """`conv_general_dilated` with `impl` bound: a drop-in for
-  `lax.conv_general_dilated` (flax.linen.Conv's `conv_general_dilated`).
-
-  Cached, so modules built with the same `impl` compare equal.
-  """
-  if impl is not None:
-    _check_conv_impl(impl)
-  return functools.partial(conv_general_dilated, impl=impl)
-
-
 def cross_correlation(x: jax.Array, kernel: jax.Array, *,
                       stride: IntOrSeq = 1, padding: Padding = "valid",
                       dilation: IntOrSeq = 1, feature_group_count: int = 1,
@@ -339,7 +188,7 @@ def cross_correlation(x: jax.Array, kernel: jax.Array, *,
     precision: passed to `lax.conv_general_dilated`; `'highest'` avoids
       reduced-precision (TF32/bf16) passes on GPU/TPU.
     impl: 'auto', 'xla', 'im2col', 'mixed' or None (the process default);
-      see `conv_general_dilated`.
+      see `conv_impls.conv_general_dilated`.
 
   Returns:
     `[B, *spatial_out, C_out]`, `spatial_out` given by `output_size`; float32
@@ -376,7 +225,7 @@ def cross_correlation(x: jax.Array, kernel: jax.Array, *,
   _check_output_sizes(in_sizes, window, strides, dilations, pads, padding,
                       f"kernel window (kernel shape {kernel.shape})")
   dtype = _compute_dtype(x, kernel)
-  return conv_general_dilated(
+  return conv_impls.conv_general_dilated(
       x.astype(dtype), kernel.astype(dtype),
       window_strides=strides,
       padding=pads,

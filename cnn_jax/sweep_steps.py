@@ -36,7 +36,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from cnn_jax import ops
+from cnn_jax import conv_impls
 from cnn_jax import optim
 from cnn_jax import train
 from cnn_jax.data import augment
@@ -185,7 +185,7 @@ def make_train_step(model, augment_configs, *, mean, std, member_count,
   hyperparameters. A member not alive, or whose new loss or parameters are
   not finite, keeps its state and drops out (alive False). `vmap_width`
   members share one vmap (0: all of them; see _map_members). `conv_impl`:
-  the convolutions it is traced with (ops.CONV_IMPLS; None: the process
+  the convolutions it is traced with (conv_impls.CONV_IMPLS; None: the process
   default; see resolve_conv_impl).
   """
   mixes = any(augment.mixes_labels(a) for a in augment_configs)
@@ -232,7 +232,7 @@ def make_train_step(model, augment_configs, *, mean, std, member_count,
   mapped = _map_members(member_step, vmap_width, member_count)
 
   def step(*args):
-    with ops.default_conv_impl_scope(conv_impl):
+    with conv_impls.default_conv_impl_scope(conv_impl):
       return mapped(*args)
 
   return step
@@ -273,7 +273,7 @@ def resolve_vmap_width(sweep_config, chunk_size, backend=None):
 
 def resolve_conv_impl(sweep_config, vmap_width, chunk_size, backend=None):
   """The convolutions of the sweep's train step (config.sweep.conv_impl):
-  None (the process default, as in single runs) or one of ops.CONV_IMPLS.
+  None (the process default, as in single runs) or one of conv_impls.CONV_IMPLS.
 
   'auto' (the default) is 'im2col' where members share a vmap (width > 1) on
   a GPU/TPU, else None. vmap turns per-member kernels into grouped
@@ -283,9 +283,9 @@ def resolve_conv_impl(sweep_config, vmap_width, chunk_size, backend=None):
   XLA's convolutions, 1.0M with im2col).
   """
   impl = sweep_config.get("conv_impl", "auto")
-  if impl not in ops.CONV_IMPLS:
+  if impl not in conv_impls.CONV_IMPLS:
     raise ValueError(f"config.sweep.conv_impl={impl!r} is not one of: "
-                     f"{', '.join(ops.CONV_IMPLS)}")
+                     f"{', '.join(conv_impls.CONV_IMPLS)}")
   if impl != "auto":
     return impl
   width = chunk_size if vmap_width <= 0 else min(vmap_width, chunk_size)

@@ -2,7 +2,7 @@
 
 The MNIST CNN (simple_cnn: conv32-pool-conv64-pool-dense256-dense10, max
 pooling, 824,458 parameters) with each of cnn_jax's convolution
-implementations (ops.CONV_IMPLS) and the same network in eager PyTorch, at
+implementations (conv_impls.CONV_IMPLS) and the same network in eager PyTorch, at
 batch 32, 128 and 512; then ResNet-18 (resnet18_cifar, 32x32x3) at batch 128.
 One train step = forward, softmax cross-entropy, backward, SGD with momentum
 0.9, in float32 on random data (a fixed batch: no input pipeline).
@@ -42,8 +42,8 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from cnn_jax import conv_impls  # pylint: disable=g-import-not-at-top
 from cnn_jax import cpu_malloc  # pylint: disable=g-import-not-at-top
-from cnn_jax import ops  # pylint: disable=g-import-not-at-top
 from cnn_jax.models import MODELS  # pylint: disable=g-import-not-at-top
 
 try:
@@ -59,7 +59,7 @@ MOMENTUM = 0.9
 def jax_train_step(model_name, impl, batch, image_shape, num_classes=10,
                    seed=0):
   """A `run(n)` that does n jitted train steps of MODELS[model_name]."""
-  ops.set_default_conv_impl(impl)  # read when the step is traced, below
+  conv_impls.set_default_conv_impl(impl)  # read when the step is traced, below
   model = MODELS[model_name](num_classes=num_classes)
   tx = optax.sgd(LEARNING_RATE, momentum=MOMENTUM)
   rng = np.random.default_rng(seed)
@@ -86,7 +86,7 @@ def jax_train_step(model_name, impl, batch, image_shape, num_classes=10,
 
   state = [params, batch_stats, tx.init(params)]
   compiled = step.lower(*state, images, labels).compile()
-  ops.set_default_conv_impl("auto")
+  conv_impls.set_default_conv_impl("auto")
 
   def run(n):
     for _ in range(n):
@@ -191,7 +191,7 @@ def measure(runs, batch, rounds, window_s, warmup_s):
 def print_table(title, results, batch):
   torch_speed = results.get("torch", (None,))[0]
   print(f"\n{title}, batch {batch}")
-  print(f"| variant | img/s (median) | min-max | vs torch | img per CPU-s |")
+  print("| variant | img/s (median) | min-max | vs torch | img per CPU-s |")
   print("|---|---|---|---|---|")
   for name, (median, low, high, per_cpu) in results.items():
     ratio = f"{median / torch_speed:.2f}" if torch_speed else "-"
@@ -216,7 +216,7 @@ def main():
   parser.add_argument("--batches", default="32,128,512",
                       help="comma-separated MNIST batch sizes")
   parser.add_argument("--impls", default=",".join(
-      i for i in ops.CONV_IMPLS if i != "auto") + ",auto",
+      i for i in conv_impls.CONV_IMPLS if i != "auto") + ",auto",
                       help="cnn_jax conv implementations to time")
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--window", type=float, default=0.4,

@@ -47,7 +47,7 @@ import ml_collections
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cnn_jax import ops  # pylint: disable=g-import-not-at-top
+from cnn_jax import conv_impls  # pylint: disable=g-import-not-at-top
 from cnn_jax import sweep  # pylint: disable=g-import-not-at-top
 from cnn_jax import sweep_config
 from cnn_jax import sweep_steps
@@ -99,7 +99,7 @@ def main(argv=None):
                       "('auto': the default sweep.vmap_width=0)")
   parser.add_argument("--sweep_conv_impl", default="auto",
                       help="config.sweep.conv_impl: the sweep steps' "
-                      "convolutions (ops.CONV_IMPLS; 'auto': im2col for a "
+                      "convolutions (conv_impls.CONV_IMPLS; 'auto': im2col for a "
                       "vmap on GPU/TPU, else as the single runs)")
   parser.add_argument("--resident", type=int, default=0,
                       help="if > 0: draw this many batches per member to the "
@@ -138,7 +138,7 @@ def main(argv=None):
         vmap_width=width, conv_impl=conv_impl), donate_argnums=(0, 1))
     batches = prefetch.prefetch_to_device(
         sweep._member_batches(train_set, batch_size, seeds), size=2)  # pylint: disable=protected-access
-    sweeps[width] = {"conv_impl": conv_impl or ops.default_conv_impl(),
+    sweeps[width] = {"conv_impl": conv_impl or conv_impls.default_conv_impl(),
                      "states": states, "alive": jnp.ones(count, bool),
                      "step": step, "batches": batches, "seconds": 0.0}
 

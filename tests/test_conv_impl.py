@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from cnn_jax import conv_im2col
-from cnn_jax import ops
+from cnn_jax import conv_impls
 from cnn_jax.models import MODELS
 from cnn_jax.models import layers
 
@@ -167,14 +167,14 @@ class Im2colTest(chex.TestCase):
     why = conv_im2col.supported(x.shape, k.shape, numbers, lhs_dilation,
                                 groups)
     assert why is not None and reason in why
-    assert ops.resolve_conv_impl("im2col", x.shape, k.shape, numbers,
+    assert conv_impls.resolve_conv_impl("im2col", x.shape, k.shape, numbers,
                                  lhs_dilation, groups) == "xla"
     kwargs = dict(window_strides=(1, 1), padding=((1, 1), (1, 1)),
                   lhs_dilation=lhs_dilation, dimension_numbers=numbers,
                   feature_group_count=groups)
     expected = _value_and_grads(lax.conv_general_dilated, x, k, **kwargs)
     actual = _value_and_grads(
-        functools.partial(ops.conv_general_dilated, impl="im2col"), x, k,
+        functools.partial(conv_impls.conv_general_dilated, impl="im2col"), x, k,
         **kwargs)
     for a, e in zip(actual, expected):
       np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
@@ -182,17 +182,17 @@ class Im2colTest(chex.TestCase):
 
 def test_resolve_conv_impl_by_backend_and_name():
   x, k, nhwc = (8, 28, 28, 1), (3, 3, 1, 32), _NUMBERS[2]
-  assert ops.resolve_conv_impl("xla", x, k, nhwc) == "xla"
-  assert ops.resolve_conv_impl("im2col", x, k, nhwc) == "im2col"
-  assert ops.resolve_conv_impl("mixed", x, k, nhwc) == "mixed"
+  assert conv_impls.resolve_conv_impl("xla", x, k, nhwc) == "xla"
+  assert conv_impls.resolve_conv_impl("im2col", x, k, nhwc) == "im2col"
+  assert conv_impls.resolve_conv_impl("mixed", x, k, nhwc) == "mixed"
   # lax's default dimension numbers are NCHW: not im2col's layout.
-  assert ops.resolve_conv_impl("im2col", x, k) == "xla"
-  assert ops.resolve_conv_impl("auto", x, k, nhwc, backend="gpu") == "xla"
-  assert ops.resolve_conv_impl("auto", x, k, nhwc, backend="tpu") == "xla"
-  assert ops.resolve_conv_impl("auto", x, k, nhwc,
+  assert conv_impls.resolve_conv_impl("im2col", x, k) == "xla"
+  assert conv_impls.resolve_conv_impl("auto", x, k, nhwc, backend="gpu") == "xla"
+  assert conv_impls.resolve_conv_impl("auto", x, k, nhwc, backend="tpu") == "xla"
+  assert conv_impls.resolve_conv_impl("auto", x, k, nhwc,
                                backend="cpu") in CPU_CHOICES
   with pytest.raises(ValueError, match="'im2coll' is not one of: auto, xla"):
-    ops.resolve_conv_impl("im2coll", x, k, nhwc)
+    conv_impls.resolve_conv_impl("im2coll", x, k, nhwc)
   with pytest.raises(ValueError, match="conv_impl='fast'"):
     layers.Conv(4, (3, 3), conv_impl="fast").init(
         jax.random.key(0), jnp.ones((1, 6, 6, 2)))
@@ -202,15 +202,15 @@ CPU_CHOICES = ("xla", "mixed")
 
 
 def test_default_conv_impl_is_settable():
-  previous = ops.default_conv_impl()
+  previous = conv_impls.default_conv_impl()
   try:
-    ops.set_default_conv_impl("xla")
-    assert ops.resolve_conv_impl(None, (1, 8, 8, 1), (3, 3, 1, 2),
+    conv_impls.set_default_conv_impl("xla")
+    assert conv_impls.resolve_conv_impl(None, (1, 8, 8, 1), (3, 3, 1, 2),
                                  _NUMBERS[2]) == "xla"
     with pytest.raises(ValueError, match="is not one of"):
-      ops.set_default_conv_impl("cudnn")
+      conv_impls.set_default_conv_impl("cudnn")
   finally:
-    ops.set_default_conv_impl(previous)
+    conv_impls.set_default_conv_impl(previous)
 
 
 @pytest.mark.parametrize("impl", ["xla", "im2col", "mixed", "auto"])

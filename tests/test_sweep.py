@@ -250,7 +250,7 @@ def test_sweep_step_is_traced_with_its_conv_impl(tiny_mnist_dir):
   """conv_impl='im2col' replaces every convolution of the vmapped step by
   matrix multiplies, gives the same update, and leaves the process default
   alone afterwards."""
-  from cnn_jax import ops  # pylint: disable=g-import-not-at-top
+  from cnn_jax import conv_impls  # pylint: disable=g-import-not-at-top
   configs = _three_members(tiny_mnist_dir, (0.01, 0.02, 0.03))
   train_set, mean, std, per_epoch = _data(configs[0])
   program = sweep_steps.shared_program(configs[0], per_epoch)
@@ -261,7 +261,7 @@ def test_sweep_step_is_traced_with_its_conv_impl(tiny_mnist_dir):
   alive = jnp.ones(len(configs), bool)
   _, batch = next(sweep._member_batches(  # pylint: disable=protected-access
       train_set, configs[0].data.batch_size, [c.seed for c in configs]))
-  default = ops.default_conv_impl()
+  default = conv_impls.default_conv_impl()
   results = {}
   for impl in ("xla", "im2col"):
     step = sweep_steps.make_train_step(
@@ -270,7 +270,7 @@ def test_sweep_step_is_traced_with_its_conv_impl(tiny_mnist_dir):
         conv_impl=impl)
     jaxpr = str(jax.make_jaxpr(step)(states, alive, batch, hparams))
     assert ("conv_general_dilated" in jaxpr) == (impl == "xla"), impl
-    assert ops.default_conv_impl() == default  # the scope was left
+    assert conv_impls.default_conv_impl() == default  # the scope was left
     results[impl] = jax.jit(step)(states, alive, batch, hparams)[0].params
   chex.assert_trees_all_close(results["im2col"], results["xla"], rtol=1e-4,
                               atol=1e-6)

@@ -17,15 +17,15 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from cnn_jax import ops
+from cnn_jax import conv_impls
 
 
 class Conv(nn.Conv):
-  """`flax.linen.Conv` computed by `ops.conv_general_dilated`.
+  """`flax.linen.Conv` computed by `conv_impls.conv_general_dilated`.
 
   Same fields, parameters (kernel [*window, C_in, C_out], bias [C_out]) and
   results as nn.Conv, plus `conv_impl`: 'auto', 'xla', 'im2col', or None for
-  the process default (`ops.default_conv_impl()`, read at trace time). An
+  the process default (`conv_impls.default_conv_impl()`, read at trace time). An
   explicitly passed `conv_general_dilated` still wins.
   """
 
@@ -35,7 +35,7 @@ class Conv(nn.Conv):
     if self.conv_general_dilated is None and (
         self.conv_general_dilated_cls is None):
       object.__setattr__(self, "conv_general_dilated",
-                         ops.conv_fn(self.conv_impl))
+                         conv_impls.conv_fn(self.conv_impl))
     super().__post_init__()
 
 # torch's BatchNorm defaults: its momentum=0.1 weights the new batch, flax's

@@ -49,7 +49,8 @@ class SimpleCNN(nn.Module):
   dropout_rate: float = 0.0
   pool: bool = True  # 2x2 max-pooling after each conv
   dtype: Any = jnp.float32
-  # 'auto', 'xla', 'im2col' or None (ops.default_conv_impl()); see layers.Conv.
+  # 'auto', 'xla', 'im2col' or None (conv_impls.default_conv_impl()); see
+  # layers.Conv.
   conv_impl: Optional[str] = None
 
   @nn.compact
