@@ -13,7 +13,8 @@ Measured on the idle 2-core CPU, 3 epochs = 702 steps, the same process
 test images), 103 s elapsed including compilation (summary.json wall 101 s),
 2,126 train img/s, peak RSS 1.17 GB. The same command with
 --config.train.steps_per_call=1: 0.9940, 111 s elapsed, 1,847 img/s, peak RSS
-1.01 GB.
+1.01 GB. On an NVIDIA H200: 548,661 train img/s with 6 steps per call vs
+255,798 with 1 (16.8 vs 21.6 s wall; 99.38% / 99.36%).
 """
 
 from configs import mnist
