@@ -57,11 +57,12 @@ MOMENTUM = 0.9
 
 
 def jax_train_step(model_name, impl, batch, image_shape, num_classes=10,
-                   seed=0):
-  """A `run(n)` that does n jitted train steps of MODELS[model_name]."""
-  conv_impls.set_default_conv_impl(impl)  # read when the step is traced, below
-  model = MODELS[model_name](num_classes=num_classes)
-  tx = optax.sgd(LEARNING_RATE, momentum=MOMENTUM)
+                   seed=0, dtype=jnp.float32, learning_rate=LEARNING_RATE):
+  """A `run(n)` that does n jitted train steps of MODELS[model_name]
+  (computing in `dtype`, convolutions by `impl`); the batch lives on device.
+  Also experiments/bench_gpu.py's JAX side."""
+  model = MODELS[model_name](num_classes=num_classes, dtype=dtype)
+  tx = optax.sgd(learning_rate, momentum=MOMENTUM)
   rng = np.random.default_rng(seed)
   images = jnp.asarray(rng.random((batch, *image_shape), np.float32))
   labels = jnp.asarray(rng.integers(0, num_classes, batch))
@@ -85,8 +86,8 @@ def jax_train_step(model_name, impl, batch, image_shape, num_classes=10,
     return optax.apply_updates(params, updates), batch_stats, opt_state, loss
 
   state = [params, batch_stats, tx.init(params)]
-  compiled = step.lower(*state, images, labels).compile()
-  conv_impls.set_default_conv_impl("auto")
+  with conv_impls.default_conv_impl_scope(impl):  # read when traced
+    compiled = step.lower(*state, images, labels).compile()
 
   def run(n):
     for _ in range(n):

@@ -17,7 +17,6 @@ figures ({"resnet50_ratio": ..., "device": ...}).
 """
 
 import argparse
-import functools
 import json
 import os
 import sys
@@ -26,10 +25,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from cnn_jax.models import MODELS  # pylint: disable=g-import-not-at-top
+from experiments import bench_cpu  # pylint: disable=g-import-not-at-top
 
 try:
   import torch  # pylint: disable=g-import-not-at-top
@@ -39,44 +37,6 @@ except ImportError:
 
 MOMENTUM = 0.9
 LEARNING_RATE = 0.1
-
-
-def jax_train_step(model_name, batch, image_size, num_classes, dtype):
-  """A `run(n)` doing n jitted train steps; the step's batch lives on device."""
-  model = MODELS[model_name](num_classes=num_classes, dtype=dtype)
-  tx = optax.sgd(LEARNING_RATE, momentum=MOMENTUM)
-  rng = np.random.default_rng(0)
-  images = jax.device_put(
-      rng.random((batch, image_size, image_size, 3), np.float32))
-  labels = jax.device_put(rng.integers(0, num_classes, batch))
-  variables = jax.jit(functools.partial(model.init, train=False))(
-      jax.random.key(0), images[:1])
-
-  @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
-  def step(params, batch_stats, opt_state, images, labels):
-    def loss_fn(params):
-      logits, updates = model.apply(
-          {"params": params, "batch_stats": batch_stats}, images, train=True,
-          mutable=["batch_stats"])
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-      return loss.mean(), updates["batch_stats"]
-
-    (loss, batch_stats), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), batch_stats, opt_state, loss
-
-  state = [variables["params"], variables["batch_stats"],
-           tx.init(variables["params"])]
-  compiled = step.lower(*state, images, labels).compile()
-
-  def run(n):
-    for _ in range(n):
-      *new_state, loss = compiled(*state, images, labels)
-      state[:] = new_state
-    loss.block_until_ready()
-
-  return run
 
 
 class _TorchBottleneck(tnn.Module if torch else object):
@@ -119,7 +79,6 @@ def torch_model(name, num_classes):
   """torchvision's resnet50 (else timm's, else the same network defined
   here), or bench_cpu's CIFAR ResNet-18."""
   if name == "resnet18_cifar":
-    from experiments import bench_cpu  # pylint: disable=g-import-not-at-top
     return bench_cpu.torch_resnet18_cifar(num_classes)
   try:
     import torchvision  # pylint: disable=g-import-not-at-top
@@ -221,8 +180,9 @@ def main():
   for name, batch, size, classes, key in (
       ("resnet50", args.batch, image_size, 1000, "resnet50"),
       ("resnet18_cifar", args.cifar_batch, 32, 10, "resnet18_cifar")):
-    runs = {"jax bf16": jax_train_step(name, batch, size, classes,
-                                       jnp.bfloat16)}
+    runs = {"jax bf16": bench_cpu.jax_train_step(
+        name, "auto", batch, (size, size, 3), classes, dtype=jnp.bfloat16,
+        learning_rate=LEARNING_RATE)}
     if torch is not None:
       runs["torch"] = torch_train_step(name, batch, size, classes,
                                        torch_device)
