@@ -34,7 +34,8 @@ CONV_IMPLS = ("auto", "xla", "im2col", "mixed")
 _default_conv_impl = os.environ.get("CNN_JAX_CONV_IMPL", "auto")
 
 
-def _check_conv_impl(impl: str, name: str = "conv_impl") -> str:
+def check_conv_impl(impl: str, name: str = "conv_impl") -> str:
+  """`impl` if it is one of CONV_IMPLS, else a ValueError naming `name`."""
   if impl not in CONV_IMPLS:
     raise ValueError(f"{name}={impl!r} is not one of: {', '.join(CONV_IMPLS)}")
   return impl
@@ -46,13 +47,13 @@ def set_default_conv_impl(impl: str) -> None:
   Affects functions traced afterwards; already-compiled functions keep theirs.
   """
   global _default_conv_impl
-  _default_conv_impl = _check_conv_impl(impl)
+  _default_conv_impl = check_conv_impl(impl)
 
 
 def default_conv_impl() -> str:
   """The process default: 'auto' unless CNN_JAX_CONV_IMPL or
   `set_default_conv_impl` says otherwise."""
-  return _check_conv_impl(_default_conv_impl, "CNN_JAX_CONV_IMPL")
+  return check_conv_impl(_default_conv_impl, "CNN_JAX_CONV_IMPL")
 
 
 @contextlib.contextmanager
@@ -105,7 +106,7 @@ def resolve_conv_impl(impl: Optional[str], lhs_shape, rhs_shape,
   'xla' where im2col does not apply (`conv_im2col.supported`); 'auto' picks
   by backend (default: `jax.default_backend()`), shape and dtype.
   """
-  impl = _check_conv_impl(default_conv_impl() if impl is None else impl)
+  impl = check_conv_impl(default_conv_impl() if impl is None else impl)
   if impl == "xla":
     return "xla"
   if conv_im2col.supported(lhs_shape, rhs_shape, dimension_numbers,
@@ -161,5 +162,5 @@ def conv_fn(impl: Optional[str] = None):
   Cached, so modules built with the same `impl` compare equal.
   """
   if impl is not None:
-    _check_conv_impl(impl)
+    check_conv_impl(impl)
   return functools.partial(conv_general_dilated, impl=impl)

@@ -282,10 +282,8 @@ def resolve_conv_impl(sweep_config, vmap_width, chunk_size, backend=None):
   (experiments/bench_sweep.py on an H200, K=8 MNIST CNNs: 0.53M img/s with
   XLA's convolutions, 1.0M with im2col).
   """
-  impl = sweep_config.get("conv_impl", "auto")
-  if impl not in conv_impls.CONV_IMPLS:
-    raise ValueError(f"config.sweep.conv_impl={impl!r} is not one of: "
-                     f"{', '.join(conv_impls.CONV_IMPLS)}")
+  impl = conv_impls.check_conv_impl(sweep_config.get("conv_impl", "auto"),
+                                    "config.sweep.conv_impl")
   if impl != "auto":
     return impl
   width = chunk_size if vmap_width <= 0 else min(vmap_width, chunk_size)
