@@ -33,16 +33,14 @@ folder in the same layout (tests/test_chestxray.py).
 import ml_collections
 
 from configs import mnist
+from configs import multidigit
 from cnn_jax import transfer
 from cnn_jax.data import chestxray
 
 
 def get_config():
   config = mnist.get_config()
-  config.task = "multilabel"
-  config.multilabel = ml_collections.ConfigDict()
-  config.multilabel.class_weighting = "chexnet"
-  config.multilabel.threshold = 0.5
+  multidigit.multilabel_task(config)
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "densenet121"

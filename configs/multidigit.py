@@ -28,24 +28,36 @@ from configs import mnist
 
 def get_config():
   config = mnist.get_config()
-  config.task = "multilabel"
-  config.multilabel = ml_collections.ConfigDict()
-  config.multilabel.class_weighting = "chexnet"  # or 'none'
-  config.multilabel.threshold = 0.5  # for accuracy and F1
-
-  config.model = ml_collections.ConfigDict()
-  config.model.name = "densenet121"  # the DenseNet module, resized below
-  config.model.num_classes = 10
-  config.model.block_config = (4, 4)
-  config.model.growth_rate = 16
-  config.model.num_init_features = 32
-  config.model.bn_size = 4
-  config.model.dtype = "float32"
+  multilabel_task(config)
+  config.model = small_densenet(num_classes=10)
 
   canvas_recipe(config, "mnist_multidigit", num_train=10000, num_test=2000,
                 batch_size=32, eval_batch_size=500)
   config.train.eval_every_epochs = 2
   return config
+
+
+def multilabel_task(config):
+  """The CheXNet-style multi-label task section, shared with
+  configs/pneumonia.py and configs/chexnet.py."""
+  config.task = "multilabel"
+  config.multilabel = ml_collections.ConfigDict()
+  config.multilabel.class_weighting = "chexnet"  # or 'none'
+  config.multilabel.threshold = 0.5  # for accuracy and F1
+
+
+def small_densenet(num_classes):
+  """DenseNet-121's module shrunk for small images: 2 dense blocks of 4
+  layers, growth rate 16 (also configs/pneumonia.py's model)."""
+  model = ml_collections.ConfigDict()
+  model.name = "densenet121"  # the DenseNet module, resized below
+  model.num_classes = num_classes
+  model.block_config = (4, 4)
+  model.growth_rate = 16
+  model.num_init_features = 32
+  model.bn_size = 4
+  model.dtype = "float32"
+  return model
 
 
 def canvas_recipe(config, source, *, num_train, num_test, batch_size,

@@ -18,26 +18,14 @@ Measured: test AUROC 0.972, accuracy 0.905, F1 0.929 (624 images) after
 8 epochs / 584 steps, 327 s on a 2-core CPU shared with other jobs.
 """
 
-import ml_collections
-
 from configs import mnist
+from configs import multidigit
 
 
 def get_config():
   config = mnist.get_config()
-  config.task = "multilabel"
-  config.multilabel = ml_collections.ConfigDict()
-  config.multilabel.class_weighting = "chexnet"
-  config.multilabel.threshold = 0.5
-
-  config.model = ml_collections.ConfigDict()
-  config.model.name = "densenet121"  # the DenseNet module, resized below
-  config.model.num_classes = 1
-  config.model.block_config = (4, 4)
-  config.model.growth_rate = 16
-  config.model.num_init_features = 32
-  config.model.bn_size = 4
-  config.model.dtype = "float32"
+  multidigit.multilabel_task(config)
+  config.model = multidigit.small_densenet(num_classes=1)
 
   config.data.name = "pneumonia"
   config.data.data_dir = ""  # empty: data/pneumonia
