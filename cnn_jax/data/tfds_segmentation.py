@@ -96,12 +96,5 @@ def _read_split(tfds, options, split, data_dir, data_config):
 def from_config(data_dir, data_config):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   options = tfds_source.TfdsOptions.from_config(data_config)
-  if not options.tfds_name:
-    raise ValueError("config.data.tfds_name is empty; name a TFDS dataset, "
-                     "e.g. 'oxford_iiit_pet'")
-  splits = {"train": options.tfds_train_split,
-            "test": options.tfds_test_split}
-  if options.tfds_val_split:
-    splits["val"] = options.tfds_val_split
   return {ours: _read_split(tfds, options, theirs, data_dir, data_config)
-          for ours, theirs in splits.items()}
+          for ours, theirs in options.splits("oxford_iiit_pet").items()}

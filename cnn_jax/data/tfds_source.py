@@ -35,6 +35,17 @@ class TfdsOptions:
     return cls(**{f.name: data_config.get(f.name, f.default)
                   for f in dataclasses.fields(cls)})
 
+  def splits(self, example_name):
+    """{our split: the TFDS split}: 'train', 'test' and, if named, 'val'.
+    An empty tfds_name is an error suggesting `example_name`."""
+    if not self.tfds_name:
+      raise ValueError("config.data.tfds_name is empty; name a TFDS dataset, "
+                       f"e.g. {example_name!r}")
+    splits = {"train": self.tfds_train_split, "test": self.tfds_test_split}
+    if self.tfds_val_split:
+      splits["val"] = self.tfds_val_split
+    return splits
+
 
 def _open(tfds, name, split, data_dir):
   where = data_dir or ("the TFDS default (~/tensorflow_datasets or "
@@ -109,15 +120,8 @@ def load_tfds(options, data_dir=""):
   """{'train', 'test'(, 'val')}: ArrayDatasets of a prepared TFDS dataset."""
   # Imported here: only this source needs TFDS (its import takes a while).
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  if not options.tfds_name:
-    raise ValueError("config.data.tfds_name is empty; name a TFDS dataset, "
-                     "e.g. 'mnist'")
-  splits = {"train": options.tfds_train_split,
-            "test": options.tfds_test_split}
-  if options.tfds_val_split:
-    splits["val"] = options.tfds_val_split
   return {ours: _read_split(tfds, options, theirs, data_dir)
-          for ours, theirs in splits.items()}
+          for ours, theirs in options.splits("mnist").items()}
 
 
 def from_config(data_dir, data_config):
