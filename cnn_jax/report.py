@@ -12,8 +12,8 @@ test sample, checked against a re-evaluation of the final checkpoint; timing
 (wall time, img/s, device); and figures: learning curves, confusion matrix,
 per-class accuracy, misclassified examples, first-layer filters, feature
 maps of the first conv layer and saliency maps. The figures that need
-predictions come from the final checkpoint (checkpoint.restore), evaluated
-on the whole test split.
+predictions come from the final checkpoint (restored_run.py), evaluated on
+the whole test split.
 
 A sweep's report (a workdir with members/<k>/) is written by
 report_sweep.py, on the markdown helpers and the run report of this module.
@@ -25,26 +25,19 @@ that was edited, or was not written by this module, is kept and
 ReportExistsError is raised, unless `overwrite=True` (--overwrite_report).
 """
 
-import dataclasses
-import functools
 import hashlib
 import html as html_lib
 import json
 import math
 import os
-from typing import Any, Dict
 
-import jax
-import ml_collections
 import numpy as np
 
-from cnn_jax import checkpoint
+from cnn_jax import restored_run
 from cnn_jax import train
 from cnn_jax import visualize
 from cnn_jax import visualize_model
-from cnn_jax import workdirs
 from cnn_jax import writers
-from cnn_jax.data import load_splits
 from cnn_jax.models import summary as model_summary
 
 REPORT_DIR = "report"
@@ -69,102 +62,6 @@ def wilson_interval(correct, total, z=1.96):
   centre = (p + z * z / (2 * total)) / denominator
   half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total))
   return (centre - half / denominator, centre + half / denominator)
-
-
-# --------------------------------------------------------------------------
-# Restoring a run and predicting.
-
-
-@dataclasses.dataclass
-class RestoredRun:
-  """A finished run, read back: its summary.json, config, data and the
-  train state of its final checkpoint."""
-
-  workdir: str
-  summary: Dict[str, Any]
-  config: ml_collections.ConfigDict
-  splits: Dict[str, Any]
-  state: Any
-  step: int
-  mean: np.ndarray
-  std: np.ndarray
-
-  @property
-  def variables(self):
-    return {"params": self.state.params,
-            "batch_stats": self.state.batch_stats}
-
-  def normalize(self, images):
-    """uint8 images [B, H, W, C] -> the float inputs the model was trained
-    on."""
-    images = np.asarray(images, np.float32) / 255.0
-    return (images - self.mean) / self.std
-
-
-def load_run(workdir, step=None):
-  """RestoredRun of `workdir`: the checkpoint of `step`, default the final
-  one (summary.json's step, else the latest intact checkpoint).
-
-  Raises:
-    FileNotFoundError: no summary.json.
-    checkpoint.CheckpointError: no intact checkpoint.
-  """
-  summary = workdirs.read_summary(workdir)
-  if summary is None:
-    raise FileNotFoundError(
-        f"no summary.json in {workdir!r}: not a run folder, or the run has "
-        "not finished (train it with launch.py first)")
-  config = ml_collections.ConfigDict(summary["config"])
-  splits = load_splits(config.data)
-  train_set = splits["train"]
-  per_epoch = max(1, len(train_set) // config.data.batch_size)
-  abstract = train.abstract_train_state(config, train_set.example_shape,
-                                        per_epoch)
-  manager = checkpoint.make_manager(workdir)
-  try:
-    if step is None and summary.get("steps") in manager.all_steps():
-      step = summary["steps"]
-    if step is None:
-      state, _ = checkpoint.restore_latest(manager, abstract)
-    else:
-      state, _ = checkpoint.restore(manager, abstract, step)
-  finally:
-    manager.close()
-  normalization = summary.get("normalization")
-  if normalization:
-    mean = np.asarray(normalization["mean"], np.float32)
-    std = np.asarray(normalization["std"], np.float32)
-  else:
-    mean, std = train.normalization_stats(config.data, train_set)
-  return RestoredRun(os.path.abspath(workdir), summary, config, splits, state,
-                     int(state.step), mean, std)
-
-
-def predict(run, split="test", dataset=None):
-  """(logits float [N, K], metrics dict) of `run`'s model on every example of
-  `split` (or of `dataset`, an ArrayDataset such as shifted test images),
-  through train.eval_step/evaluate (last batch padded and masked).
-  """
-  base = _task(run.config)
-  task = dataclasses.replace(
-      base,
-      eval_examples=lambda logits, batch: {"logits": logits},
-      finalize=lambda sums, examples: {
-          **base.finalize(sums, {k: v for k, v in examples.items()
-                                 if k != "logits"}),
-          "logits": examples["logits"]})
-  eval_fn = jax.jit(functools.partial(train.eval_step, mean=run.mean,
-                                      std=run.std, task=task))
-  dataset = run.splits[split] if dataset is None else dataset
-  metrics = train.evaluate(eval_fn, run.state, dataset,
-                           run.config.data.eval_batch_size, task)
-  logits = np.asarray(metrics.pop("logits"))
-  return logits, metrics
-
-
-def _task(config):
-  from cnn_jax import tasks  # pylint: disable=g-import-not-at-top
-  return tasks.get_task(config.get("task", "classification"))
 
 
 def _softmax(logits):
@@ -414,7 +311,7 @@ def _figures(run, logits, layer_rows, out_dir):
 def run_report(workdir, out_dir):
   """Writes the figures of the run in `workdir` into `out_dir`; returns the
   markdown text (without the marker)."""
-  run = load_run(workdir)
+  run = restored_run.load_run(workdir)
   records = []
   if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
     records = writers.drop_superseded(writers.read_metrics(workdir))
@@ -437,7 +334,7 @@ def run_report(workdir, out_dir):
   model_lines, layer_rows = _model_section(run)
   lines += model_lines
   classification = run.config.get("task", "classification") == "classification"
-  logits, metrics = predict(run) if classification else (None, {})
+  logits, metrics = restored_run.predict(run) if classification else (None, {})
   lines += _metrics_section(run, metrics, records)
   if records:
     visualize.plot_learning_curves(

@@ -8,6 +8,7 @@ import pytest
 
 from cnn_jax import plotting
 from cnn_jax import report
+from cnn_jax import restored_run
 from cnn_jax import train
 from cnn_jax import visualize
 from cnn_jax import visualize_model
@@ -65,8 +66,8 @@ def tiny_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def restored(tiny_run):
   workdir, _ = tiny_run
-  run = report.load_run(workdir)
-  logits, _ = report.predict(run)
+  run = restored_run.load_run(workdir)
+  logits, _ = restored_run.predict(run)
   return run, logits
 
 

@@ -29,6 +29,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from cnn_jax import report  # pylint: disable=g-import-not-at-top
+from cnn_jax import restored_run  # pylint: disable=g-import-not-at-top
 from cnn_jax.data import ArrayDataset  # pylint: disable=g-import-not-at-top
 from experiments.lecture import common  # pylint: disable=g-import-not-at-top
 
@@ -74,7 +75,7 @@ def invariance(run, images, labels, shifts):
   """{d: (accuracy, stability)} averaged over the four directions, and the
   predictions [copies, N]."""
   dataset, keys = shifted_set(images, labels, shifts)
-  logits, _ = report.predict(run, dataset=dataset)
+  logits, _ = restored_run.predict(run, dataset=dataset)
   predictions = logits.argmax(-1).reshape(len(keys), len(images))
   reference = predictions[keys.index((0, "right"))]
   table = {}
@@ -149,7 +150,7 @@ def run(out, smoke=False):
         f"_shift{train_shift}" if train_shift else "")
     workdir = os.path.join(out, "runs", tag)
     run_summary = common.train_or_reuse(config, workdir)
-    restored = report.load_run(workdir)
+    restored = restored_run.load_run(workdir)
     test = restored.splits["test"]
     count = min(len(test), 200 if smoke else NUM_TEST)
     images, labels = np.asarray(test.images[:count]), test.labels[:count]
