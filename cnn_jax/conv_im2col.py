@@ -301,7 +301,7 @@ def _conv_bwd(geometry, mode, residuals, dy):
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-def _canonical_pads(padding, in_sizes, window, strides, dilations):
+def canonical_pads(padding, in_sizes, window, strides, dilations):
   if isinstance(padding, str):
     effective = tuple(d * (m - 1) + 1 for m, d in zip(window, dilations))
     padding = lax.padtype_to_pads(in_sizes, effective, strides, padding)
@@ -337,7 +337,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   strides = tuple(int(s) for s in window_strides)
   dilations = (1,) * n if rhs_dilation is None else tuple(
       int(d) for d in rhs_dilation)
-  pads = _canonical_pads(padding, lhs.shape[1:-1], window, strides, dilations)
+  pads = canonical_pads(padding, lhs.shape[1:-1], window, strides, dilations)
   dtype = jnp.result_type(lhs, rhs)
   if precision is not None and not isinstance(precision, (str, tuple)):
     precision = lax.Precision(precision)

@@ -1,17 +1,24 @@
-"""Which code runs a convolution: XLA's own, or matrix multiplies (im2col).
+"""Which code runs a convolution: XLA's own, oneDNN's, or matrix multiplies.
 
 `conv_general_dilated` has `lax.conv_general_dilated`'s signature, result and
 gradients and takes `impl`:
   'xla':    lax.conv_general_dilated, XLA's own convolution (cuDNN on GPU).
+  'onednn': on the CPU, oneDNN's convolutions as XLA custom calls
+            (cnn_jax/onednn.py): the forward and both gradients.
   'im2col': forward and both gradients as matrix multiplies, batch-chunked
             on the CPU (cnn_jax/conv_im2col.py).
   'mixed':  XLA's forward and input gradient, im2col's kernel gradient.
-  'auto':   'xla' on GPU/TPU; on CPU the fastest of the three for the
-            layer's shape and dtype, from the measurements in
-            experiments/bench_cpu.py.
+  'auto':   'xla' on GPU/TPU; on a single CPU device 'onednn' where
+            oneDNN is installed and takes the convolution (1.3-1.7x
+            PyTorch's train step in experiments/bench_cpu.py), else the
+            fastest of 'xla', 'im2col' and 'mixed' for the layer's shape
+            and dtype, from the same benchmark.
 'im2col' and 'mixed' fall back to 'xla' where im2col does not apply
-(conv_im2col.supported). `layers.Conv` takes its convolution from `conv_fn`,
-so parameters keep nn.Conv's layout whichever implementation runs.
+(conv_im2col.supported); 'onednn' falls back to 'xla' off the CPU, where
+oneDNN does not take the convolution (onednn.supported) or is not
+available here (onednn.unavailable_reason). `layers.Conv` takes its
+convolution from `conv_fn`, so parameters keep nn.Conv's layout whichever
+implementation runs.
 """
 
 import contextlib
@@ -25,8 +32,9 @@ from jax import lax
 import jax.numpy as jnp
 
 from cnn_jax import conv_im2col
+from cnn_jax import onednn
 
-CONV_IMPLS = ("auto", "xla", "im2col", "mixed")
+CONV_IMPLS = ("auto", "xla", "onednn", "im2col", "mixed")
 
 # Read when a convolution is traced, so a jitted function keeps the choice it
 # was compiled with. Set from the environment (CNN_JAX_CONV_IMPL=xla) or with
@@ -99,12 +107,13 @@ def resolve_conv_impl(impl: Optional[str], lhs_shape, rhs_shape,
                       batch_group_count: int = 1,
                       dtype=jnp.float32,
                       backend: Optional[str] = None) -> str:
-  """'xla', 'im2col' or 'mixed': what `conv_general_dilated(..., impl=impl)`
-  runs for these shapes.
+  """'xla', 'onednn', 'im2col' or 'mixed': what
+  `conv_general_dilated(..., impl=impl)` runs for these shapes.
 
   `impl=None` means `default_conv_impl()`; 'im2col' and 'mixed' resolve to
-  'xla' where im2col does not apply (`conv_im2col.supported`); 'auto' picks
-  by backend (default: `jax.default_backend()`), shape and dtype.
+  'xla' where im2col does not apply (`conv_im2col.supported`), 'onednn' to
+  'xla' off the CPU or where oneDNN cannot run it; 'auto' picks by backend
+  (default: `jax.default_backend()`), shape and dtype.
   """
   impl = check_conv_impl(default_conv_impl() if impl is None else impl)
   if impl == "xla":
@@ -113,9 +122,20 @@ def resolve_conv_impl(impl: Optional[str], lhs_shape, rhs_shape,
                            lhs_dilation, feature_group_count,
                            batch_group_count) is not None:
     return "xla"
+  backend = jax.default_backend() if backend is None else backend
+  # 'auto' keeps XLA's convolutions on several CPU devices: a custom call has
+  # no sharding rule, so data parallelism would gather the batch to run it.
+  single_cpu = backend == "cpu" and (impl == "onednn"
+                                     or len(jax.devices("cpu")) == 1)
+  if impl in ("onednn", "auto") and single_cpu:
+    if (onednn.supported(lhs_shape, rhs_shape, dimension_numbers,
+                         lhs_dilation, feature_group_count, batch_group_count,
+                         dtype) is None and onednn.available()):
+      return "onednn"
+  if impl == "onednn":
+    return "xla"
   if impl != "auto":
     return impl
-  backend = jax.default_backend() if backend is None else backend
   if backend == "cpu":
     return _cpu_conv_impl(tuple(lhs_shape), tuple(rhs_shape),
                           jnp.dtype(dtype))
@@ -130,9 +150,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   """`lax.conv_general_dilated` with a choice of implementation.
 
   Same arguments, result and gradients as `lax.conv_general_dilated` (up to
-  float summation order); `impl` is 'auto', 'xla', 'im2col', 'mixed' or None
-  (the process default), resolved by `resolve_conv_impl`. 'im2col' and
-  'mixed' have a custom VJP: reverse-mode differentiation only. This is the function
+  float summation order); `impl` is one of CONV_IMPLS or None (the process
+  default), resolved by `resolve_conv_impl`. 'onednn', 'im2col' and 'mixed'
+  have a custom VJP: reverse-mode differentiation only. This is the function
   `layers.Conv` hands to `flax.linen.Conv`, so parameters keep nn.Conv's
   layout whichever implementation runs.
   """
@@ -150,6 +170,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   if chosen == "xla":
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding,
                                     **kwargs)
+  if chosen == "onednn":
+    return onednn.conv_general_dilated(lhs, rhs, window_strides, padding,
+                                       **kwargs)
   return conv_im2col.conv_general_dilated(lhs, rhs, window_strides, padding,
                                           mode=chosen, **kwargs)
 

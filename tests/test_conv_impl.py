@@ -198,7 +198,7 @@ def test_resolve_conv_impl_by_backend_and_name():
         jax.random.key(0), jnp.ones((1, 6, 6, 2)))
 
 
-CPU_CHOICES = ("xla", "mixed")
+CPU_CHOICES = ("xla", "mixed", "onednn")
 
 
 def test_default_conv_impl_is_settable():
@@ -213,7 +213,7 @@ def test_default_conv_impl_is_settable():
     conv_impls.set_default_conv_impl(previous)
 
 
-@pytest.mark.parametrize("impl", ["xla", "im2col", "mixed", "auto"])
+@pytest.mark.parametrize("impl", ["xla", "onednn", "im2col", "mixed", "auto"])
 def test_layers_conv_has_nn_conv_parameters_and_results(impl):
   x = _rand(9, (2, 10, 10, 3))
   reference = nn.Conv(8, (3, 3), strides=(2, 2), padding="SAME")
@@ -230,7 +230,7 @@ def test_simple_cnn_train_gradients_agree_across_impls():
   x = _rand(10, (4, 28, 28, 1))
   labels = jnp.arange(4)
   grads = {}
-  for impl in ("xla", "im2col", "mixed"):
+  for impl in ("xla", "onednn", "im2col", "mixed"):
     model = MODELS["simple_cnn"](conv_impl=impl, features=(8, 16), hidden=32)
     params = model.init(jax.random.key(0), x)["params"]
 
@@ -239,6 +239,6 @@ def test_simple_cnn_train_gradients_agree_across_impls():
       return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), labels])
 
     grads[impl] = jax.jit(jax.grad(loss))(params)
-  for impl in ("im2col", "mixed"):
+  for impl in ("onednn", "im2col", "mixed"):
     chex.assert_trees_all_close(grads[impl], grads["xla"], atol=1e-5,
                                 rtol=1e-4)
