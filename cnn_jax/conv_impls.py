@@ -8,9 +8,9 @@ gradients and takes `impl`:
   'im2col': forward and both gradients as matrix multiplies, batch-chunked
             on the CPU (cnn_jax/conv_im2col.py).
   'mixed':  XLA's forward and input gradient, im2col's kernel gradient.
-  'auto':   'xla' on GPU/TPU; on a single CPU device 'onednn' where
-            oneDNN is installed and takes the convolution (1.3-1.7x
-            PyTorch's train step in experiments/bench_cpu.py), else the
+  'auto':   'xla' on GPU/TPU; on the CPU 'onednn' where oneDNN is
+            installed and takes the convolution (the MNIST CNN's train
+            step at 1.3-1.7x PyTorch's in experiments/bench_cpu.py), else the
             fastest of 'xla', 'im2col' and 'mixed' for the layer's shape
             and dtype, from the same benchmark.
 'im2col' and 'mixed' fall back to 'xla' where im2col does not apply
@@ -123,11 +123,7 @@ def resolve_conv_impl(impl: Optional[str], lhs_shape, rhs_shape,
                            batch_group_count) is not None:
     return "xla"
   backend = jax.default_backend() if backend is None else backend
-  # 'auto' keeps XLA's convolutions on several CPU devices: a custom call has
-  # no sharding rule, so data parallelism would gather the batch to run it.
-  single_cpu = backend == "cpu" and (impl == "onednn"
-                                     or len(jax.devices("cpu")) == 1)
-  if impl in ("onednn", "auto") and single_cpu:
+  if impl in ("onednn", "auto") and backend == "cpu":
     if (onednn.supported(lhs_shape, rhs_shape, dimension_numbers,
                          lhs_dilation, feature_group_count, batch_group_count,
                          dtype) is None and onednn.available()):

@@ -22,8 +22,10 @@ The compiled library is cached under $CNN_JAX_CACHE_DIR (default
 compile happens once per machine.
 
 Differentiation: reverse mode, to any order (each pass's VJP is made of the
-other passes); no forward mode (jvp), as with any custom VJP. Under vmap a
-call runs once per vmapped member.
+other passes); no forward mode (jvp), as with any custom VJP. Under vmap,
+members that share the kernel fold into one call's batch; otherwise they run
+one after another. Under data parallelism (`jax.sharding`), each device
+convolves its shard of the batch.
 """
 
 import ctypes
@@ -42,7 +44,9 @@ from typing import Optional, Sequence, Tuple
 
 from absl import logging
 import jax
+from jax import custom_batching
 from jax import lax
+from jax.experimental import custom_partitioning
 import jax.numpy as jnp
 import numpy as np
 
@@ -197,34 +201,139 @@ def _out_sizes(geometry: Geometry) -> Tuple[int, ...]:
                                       dilations))
 
 
-def _call(target: str, shape, dtype, a, b, geometry: Geometry):
+def _result_shape(target: str, a_shape, b_shape, geometry: Geometry):
+  """The custom call's result shape from its operands' (per-device) shapes:
+  forward (x, kernel) -> y, backward_data (dy, kernel) -> dx,
+  backward_weights (x, dy) -> dkernel."""
+  in_sizes, window = geometry[0], geometry[1]
+  if target == _FORWARD:
+    return (a_shape[0], *_out_sizes(geometry), b_shape[-1])
+  if target == _BACKWARD_DATA:
+    return (a_shape[0], *in_sizes, b_shape[-2])
+  return (*window, a_shape[-1], b_shape[-1])
+
+
+def _local_call(target: str, geometry: Geometry, a, b):
   _, _, strides, pads, dilations = geometry
-  return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, dtype),
-                          vmap_method="sequential")(
+  shape = _result_shape(target, a.shape, b.shape, geometry)
+  return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, a.dtype))(
       a, b, strides=np.asarray(strides, np.int64),
       pads_lo=np.asarray([lo for lo, _ in pads], np.int64),
       pads_hi=np.asarray([hi for _, hi in pads], np.int64),
       dilations=np.asarray(dilations, np.int64))
 
 
+# Data parallelism: without a partitioning rule, XLA's SPMD partitioner would
+# gather a batch-sharded operand onto every device to run a custom call. The
+# three passes are independent per example, so they run on each device's
+# shard of the batch; the kernel gradient sums the shards' contributions.
+_call = custom_partitioning.custom_partitioning(_local_call,
+                                                static_argnums=(0, 1))
+
+
+def _batch_axes(arg_shapes):
+  """The mesh axes the batch (dim 0 of the first operand) is sharded over."""
+  sharding = arg_shapes[0].sharding
+  spec = getattr(sharding, "spec", None)
+  return spec[0] if spec else None
+
+
+def _shardings(target, mesh, batch):
+  """(result sharding, operand shardings) for a batch sharded over `batch`."""
+  by_batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(batch))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  if target == _BACKWARD_WEIGHTS:
+    return replicated, (by_batch, by_batch)
+  return by_batch, (by_batch, replicated)
+
+
+def _infer_sharding(target, geometry, mesh, arg_shapes, result_shape):
+  del geometry, result_shape
+  return _shardings(target, mesh, _batch_axes(arg_shapes))[0]
+
+
+def _partition(target, geometry, mesh, arg_shapes, result_shape):
+  del result_shape
+  batch = _batch_axes(arg_shapes)
+  result_sharding, arg_shardings = _shardings(target, mesh, batch)
+
+  def lower(a, b):
+    out = _local_call(target, geometry, a, b)
+    if target == _BACKWARD_WEIGHTS and batch is not None:
+      out = lax.psum(out, batch)
+    return out
+
+  return mesh, lower, result_sharding, arg_shardings
+
+
+def _sharding_rule(target, geometry, mesh, operand_types, result_types):
+  """Shardy's rule: only the batch dim may be sharded; the kernel gradient
+  reduces over it."""
+  del mesh, operand_types, result_types
+  n = len(geometry[0])
+  x = " ".join(f"x{i}" for i in range(n))
+  y = " ".join(f"y{i}" for i in range(n))
+  k = " ".join(f"k{i}" for i in range(n))
+  rule = {_FORWARD: f"b {x} c, {k} c o -> b {y} o",
+          _BACKWARD_DATA: f"b {y} o, {k} c o -> b {x} c",
+          _BACKWARD_WEIGHTS: f"b {x} c, b {y} o -> {k} c o"}[target]
+  # Shardy wants the factors in the order they first appear in the rule.
+  order = list(dict.fromkeys(rule.replace(",", " ").replace("->", " ").split()))
+  factors = {"need_replication_factors": tuple(f for f in order if f != "b")}
+  if target == _BACKWARD_WEIGHTS:
+    factors["reduction_factors"] = ("b",)
+  return rule, factors
+
+
+_call.def_partition(partition=_partition,
+                    infer_sharding_from_operands=_infer_sharding,
+                    sharding_rule=_sharding_rule)
+
+
+@functools.lru_cache(maxsize=None)
+def _pass(target: str, geometry: Geometry):
+  """One pass as a function of its two operands that vmap can batch.
+
+  (custom_partitioning has no batching rule.) Members vmapped over the
+  activations with a shared kernel fold into the batch: one call. Anything
+  else (per-member kernels, or the kernel gradient, which must stay per
+  member) runs the members one after another with lax.map.
+  """
+
+  @custom_batching.custom_vmap
+  def run(a, b):
+    return _call(target, geometry, a, b)
+
+  @run.def_vmap
+  def _rule(axis_size, in_batched, a, b):
+    a_batched, b_batched = in_batched
+    if a_batched and not b_batched and target != _BACKWARD_WEIGHTS:
+      out = run(a.reshape(axis_size * a.shape[1], *a.shape[2:]), b)
+      return out.reshape(axis_size, a.shape[1], *out.shape[1:]), True
+    if not a_batched:
+      a = jnp.broadcast_to(a, (axis_size, *a.shape))
+    if not b_batched:
+      b = jnp.broadcast_to(b, (axis_size, *b.shape))
+    return lax.map(lambda ab: run(*ab), (a, b)), True
+
+  return run
+
+
 # Each pass is linear in each operand, and each one's VJP is made of the
 # other two, so reverse mode works to any order.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _forward(x, kernel, geometry):
-  shape = (x.shape[0], *_out_sizes(geometry), kernel.shape[-1])
-  return _call(_FORWARD, shape, x.dtype, x, kernel, geometry)
+  return _pass(_FORWARD, geometry)(x, kernel)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _backward_data(dy, kernel, geometry):
-  shape = (dy.shape[0], *geometry[0], kernel.shape[-2])
-  return _call(_BACKWARD_DATA, shape, dy.dtype, dy, kernel, geometry)
+  return _pass(_BACKWARD_DATA, geometry)(dy, kernel)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _backward_weights(x, dy, geometry):
-  shape = (*geometry[1], x.shape[-1], dy.shape[-1])
-  return _call(_BACKWARD_WEIGHTS, shape, x.dtype, x, dy, geometry)
+  return _pass(_BACKWARD_WEIGHTS, geometry)(x, dy)
 
 
 def _forward_fwd(x, kernel, geometry):

@@ -1,7 +1,11 @@
 """oneDNN convolutions (cnn_jax/onednn.py) against lax.conv_general_dilated."""
 
 import functools
+import json
+import os
 import platform
+import subprocess
+import sys
 
 import chex
 import jax
@@ -14,6 +18,7 @@ import pytest
 from cnn_jax import conv_impls
 from cnn_jax import onednn
 from cnn_jax.models import MODELS
+from tests.conftest import REPO
 
 _NUMBERS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"),
             3: ("NDHWC", "DHWIO", "NDHWC")}
@@ -177,6 +182,72 @@ def test_vmap_runs_each_member():
   actual = jax.jit(jax.vmap(jax.grad(loss(onednn.conv_general_dilated),
                                      (0, 1))))(xs, ks)
   chex.assert_trees_all_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_vmap_with_a_shared_kernel_and_per_example_gradients():
+  """Members that share the kernel fold into one call's batch; per-example
+  kernel gradients (vmap of grad) and nested vmaps stay per member."""
+  xs, k = _rand(3, (2, 3, 6, 6, 2)), _rand(4, (3, 3, 2, 4))
+
+  def loss(fn):
+    return lambda x, k: jnp.sum(jnp.sin(fn(
+        x[None], k, (1, 1), "SAME", dimension_numbers=_NUMBERS[2])))
+
+  def per_example(fn):  # [2, 3] examples -> gradients of each
+    return jax.vmap(jax.vmap(jax.grad(loss(fn), (0, 1)), (0, None)),
+                    (0, None))
+
+  expected = per_example(lax.conv_general_dilated)(xs, k)
+  actual = jax.jit(per_example(onednn.conv_general_dilated))(xs, k)
+  chex.assert_trees_all_close(actual, expected, rtol=1e-5, atol=1e-5)
+  forward = jax.vmap(lambda x: onednn.conv_general_dilated(
+      x, k, (1, 1), "SAME", dimension_numbers=_NUMBERS[2]))
+  assert jax.jit(forward).lower(xs).as_text().count("cnn_onednn_conv_fwd") == 1
+
+
+_DATA_PARALLEL = r"""
+import json
+import jax, jax.numpy as jnp, numpy as np
+from jax import lax
+from jax.sharding import NamedSharding, PartitionSpec as P
+from cnn_jax import onednn
+assert len(jax.devices()) == 4
+mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+rng = np.random.default_rng(0)
+x = rng.normal(size=(8, 10, 10, 3)).astype(np.float32)
+k = rng.normal(size=(3, 3, 3, 4)).astype(np.float32)
+def grads(fn):
+  return jax.grad(lambda x, k: jnp.sum(jnp.tanh(fn(
+      x, k, (2, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))),
+      (0, 1))
+step = jax.jit(grads(onednn.conv_general_dilated))
+xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+ks = jax.device_put(k, NamedSharding(mesh, P()))
+hlo = step.lower(xs, ks).compile().as_text()
+dx, dk = step(xs, ks)
+ex, ek = grads(lax.conv_general_dilated)(x, k)
+print(json.dumps({
+    "all_gather": "all-gather" in hlo, "all_reduce": "all-reduce" in hlo,
+    "local_forward": "f32[2,5,10,4]{3,2,1,0} custom-call" in hlo,
+    "dx_spec": list(dx.sharding.spec), "dx_diff": float(np.abs(dx - ex).max()),
+    "dk_diff": float(np.abs(dk - ek).max())}))
+"""
+
+
+def test_data_parallel_runs_each_devices_shard_of_the_batch():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  run = subprocess.run([sys.executable, "-c", _DATA_PARALLEL], cwd=REPO,
+                       env=env, capture_output=True, text=True, timeout=300,
+                       check=False)
+  assert run.returncode == 0, run.stderr[-3000:]
+  result = json.loads(run.stdout.strip().splitlines()[-1])
+  # No gathering of the batch: each device convolves its 2 examples, and
+  # the kernel gradient is summed across devices.
+  assert not result["all_gather"], result
+  assert result["all_reduce"] and result["local_forward"], result
+  assert result["dx_spec"] == ["data"]
+  assert result["dx_diff"] < 1e-5 and result["dk_diff"] < 1e-4, result
 
 
 def test_auto_picks_onednn_on_the_cpu_only():
