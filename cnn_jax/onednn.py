@@ -152,6 +152,8 @@ def _load() -> Optional[str]:
   try:
     library = ctypes.CDLL(str(_compile(_onednn_root())))
   except (Unavailable, OSError) as e:
+    logging.warning("oneDNN convolutions unavailable, XLA's run instead "
+                    "(slower on the CPU): %s", e)
     return str(e)
   for target, symbol in _SYMBOLS.items():
     jax.ffi.register_ffi_target(

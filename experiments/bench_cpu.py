@@ -16,6 +16,7 @@ over rounds, the spread, and the ratio to PyTorch, plus images per CPU-second
   python experiments/bench_cpu.py            # about 3-4 minutes on 2 cores
   python experiments/bench_cpu.py --quick    # batch 128 only, no ResNet
   python experiments/bench_cpu.py --single_core   # both pinned to one core
+  python experiments/bench_cpu.py --quick --bf16  # + bfloat16 compute rows
 
 On a shared machine the two-core figures move with the other processes'
 load (printed with the results); PyTorch's OpenMP threads lose most when a
@@ -140,8 +141,10 @@ def torch_resnet18_cifar(num_classes=10):
       tnn.Linear(512, num_classes))
 
 
-def torch_train_step(make_model, batch, image_shape, num_classes=10, seed=0):
-  """A `run(n)` that does n eager PyTorch train steps (NCHW input)."""
+def torch_train_step(make_model, batch, image_shape, num_classes=10, seed=0,
+                     bfloat16=False):
+  """A `run(n)` that does n eager PyTorch train steps (NCHW input); with
+  `bfloat16`, the forward pass under torch.autocast (bfloat16 on the CPU)."""
   torch.manual_seed(seed)
   model = make_model()
   model.train()
@@ -154,7 +157,8 @@ def torch_train_step(make_model, batch, image_shape, num_classes=10, seed=0):
   def run(n):
     for _ in range(n):
       opt.zero_grad(set_to_none=True)
-      loss = tnn.functional.cross_entropy(model(images), labels)
+      with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+        loss = tnn.functional.cross_entropy(model(images), labels)
       loss.backward()
       opt.step()
 
@@ -227,6 +231,10 @@ def main():
   parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
                       help="keep: cpu_malloc.keep_freed_memory() for the "
                       "whole process (both frameworks); default: glibc's")
+  parser.add_argument("--bf16", action="store_true",
+                      help="also time bfloat16 compute: JAX 'auto' with the "
+                      "model in bfloat16 (float32 parameters) vs PyTorch "
+                      "autocast(bfloat16)")
   parser.add_argument("--single_core", action="store_true",
                       help="pin the process to one core, PyTorch to 1 thread")
   parser.add_argument("--quick", action="store_true",
@@ -255,10 +263,19 @@ def main():
     for impl in impls:
       runs[f"jax {impl}"] = jax_train_step("simple_cnn", impl, batch,
                                            (28, 28, 1))
+    if args.bf16:
+      runs["jax auto bf16"] = jax_train_step("simple_cnn", "auto", batch,
+                                             (28, 28, 1), dtype=jnp.bfloat16)
     if torch is not None:
       runs["torch"] = torch_train_step(torch_simple_cnn, batch, (28, 28, 1))
+      if args.bf16:
+        runs["torch bf16"] = torch_train_step(torch_simple_cnn, batch,
+                                              (28, 28, 1), bfloat16=True)
     results = measure(runs, batch, args.rounds, args.window, warmup_s=3.0)
     print_table("MNIST CNN (simple_cnn) train step", results, batch)
+    if "jax auto bf16" in results and "torch bf16" in results:
+      headline[f"ratio_bf16_b{batch}"] = round(
+          results["jax auto bf16"][0] / results["torch bf16"][0], 2)
     jax_auto = results.get("jax auto", next(iter(results.values())))[0]
     headline[f"jax_img_s_b{batch}"] = round(jax_auto)
     headline[f"jax_img_per_cpu_s_b{batch}"] = round(

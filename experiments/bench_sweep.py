@@ -22,9 +22,10 @@ over the rounds. Ratio = sweep img/s / sequential img/s (>1: the sweep wins).
 device first and cycled (no host input pipeline).
 
 Measured (K=8, batch 128): idle 2-core CPU (Xeon, jaxlib 0.10.2) 1.21-1.24x
-(members unrolled: XLA runs two members' ops at once, one per core; one vmap
-0.41x); NVIDIA H200 (jax 0.11.2) 4.0-5.3x (0.97M img/s; one vmap with im2col
-convolutions; with XLA's vmapped convolutions 2.2-3.0x), steps alone
+with XLA's convolutions (members unrolled: XLA runs two members' ops at once,
+one per core; one vmap 0.41x), 1.11x with oneDNN's (conv_impl 'auto':
+2,956 vs 2,653 img/s, load 1.8; one vmap 0.88x); NVIDIA H200 (jax 0.11.2)
+4.0-5.3x (0.97M img/s; one vmap with im2col convolutions; with XLA's vmapped convolutions 2.2-3.0x), steps alone
 (--resident=8) 4.16x. Files: experiments/results/gpu_bench_sweep_*.txt.
 
 Prints a table, then as its LAST line one JSON object with the headline
