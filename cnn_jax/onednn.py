@@ -188,6 +188,8 @@ def supported(lhs_shape: Sequence[int], rhs_shape: Sequence[int],
     return reason
   if jnp.dtype(dtype) not in DTYPES:
     return f"dtype {jnp.dtype(dtype).name} (oneDNN path: float32, bfloat16)"
+  if 0 in tuple(lhs_shape) or 0 in tuple(rhs_shape):
+    return f"an empty operand ({tuple(lhs_shape)}, {tuple(rhs_shape)})"
   return None
 
 

@@ -170,6 +170,12 @@ def test_supported_names_what_it_cannot_run():
                                        _NUMBERS[2], dtype=jnp.float16)
   assert "feature_group_count=2" in onednn.supported(
       (2, 6, 6, 4), (3, 3, 2, 8), _NUMBERS[2], feature_group_count=2)
+  assert "empty operand" in onednn.supported((0, 6, 6, 4), (3, 3, 4, 8),
+                                             _NUMBERS[2])
+  empty = onednn.conv_general_dilated(jnp.zeros((0, 6, 6, 4)),
+                                      jnp.ones((3, 3, 4, 8)), (1, 1), "SAME",
+                                      dimension_numbers=_NUMBERS[2])
+  chex.assert_shape(empty, (0, 6, 6, 8))
 
 
 def test_vmap_runs_each_member():
