@@ -17,6 +17,7 @@ from cnn_jax import checkpoint
 from cnn_jax import multistep
 from cnn_jax import optim
 from cnn_jax import preemption
+from cnn_jax import train_log
 from cnn_jax import transfer
 from cnn_jax import visualize
 from cnn_jax import workdirs
@@ -30,6 +31,7 @@ from cnn_jax.models import MODELS
 from cnn_jax.tasks import CLASSIFICATION
 from cnn_jax.tasks import get_task
 from cnn_jax.tasks import task_for_run
+from cnn_jax.train_log import DivergedError
 from cnn_jax.train_state import TrainState
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -191,32 +193,6 @@ def normalization_stats(data_config, train_set):
   return channel_stats(train_set.images)
 
 
-class DivergedError(FloatingPointError):
-  """A non-finite loss; `step` is the first step that produced one."""
-
-  def __init__(self, step, loss):
-    super().__init__(
-        f"training diverged: non-finite loss ({loss}) at step {step}; lower "
-        "config.optim.learning_rate or add config.optim.grad_clip_norm")
-    self.step = step
-
-
-def _check_finite(records, first_step):
-  for offset, record in enumerate(records):
-    if not np.isfinite(record["loss"]):
-      raise DivergedError(first_step + offset + 1, record["loss"])
-
-
-def _log_steps(previous, step, every, epoch_done):
-  """The steps in (previous, step] that end a log window: the multiples of
-  `every`, and `step` itself when it ends an epoch."""
-  first = (previous // every + 1) * every
-  steps = list(range(first, step + 1, every))
-  if epoch_done and step not in steps:
-    steps.append(step)
-  return steps
-
-
 def _interval_crossed(previous, step, every):
   """Whether a multiple of `every` (0: never) lies in (previous, step]."""
   return bool(every) and step // every > previous // every
@@ -254,7 +230,7 @@ def _save_checkpoint(manager, state, position, pending, test_metrics,
   """
   records = multistep.host_records(pending)
   step = int(state.step)
-  _check_finite(records, step - len(records))  # names the step of a NaN loss
+  train_log.check_finite(records, step - len(records))  # names a NaN's step
   meta = {"step": step, "position": dataclasses.asdict(position),
           "pending_metrics": [{k: float(v) for k, v in r.items()}
                               for r in records],
@@ -337,8 +313,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     writers.report(f"resuming from the checkpoint of step {step} "
                    f"(epoch {position.epoch}, batch {position.batch})")
   bar = writers.progress_bar(total_steps, initial=step)
-  window_start, window_images = time.time(), 0
-  train_seconds, train_images, first_window = 0.0, 0, True
+  log = train_log.TrainLog(writer, bar, schedule, per_epoch,
+                           config.train.log_every_steps, pending)
   stop, stopping = preemption.StopRequest(), False
   host_batches = batching.train_batches(train_set, batch_size, config.seed,
                                         position)
@@ -358,39 +334,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         state = transfer.at_step(state, step, config.get("transfer"),
                                  per_epoch)
         state, call_metrics = p_train_call(state, batch)
-        pending.append(call_metrics)
         count = 1 if per_call == 1 else len(batch["image"])  # [n, B, ...]
         previous, step = step, step + count
-        window_images += count * batch_size
         epoch_done = position.batch == 0
-        log_steps = _log_steps(previous, step, config.train.log_every_steps,
-                               epoch_done)
-        if log_steps:
-          records = multistep.host_records(pending)
-          # Timed per call (its steps finish together): a window that ends
-          # inside a call is timed up to the end of that call.
-          elapsed = time.time() - window_start
-          throughput = window_images / max(elapsed, 1e-9)
-          if not first_window:  # the first window holds the compilation
-            train_seconds += elapsed
-            train_images += window_images
-          for log_step in log_steps:
-            window = records[:len(records) - (step - log_step)]
-            records = records[len(window):]
-            _check_finite(window, log_step - len(window))
-            summary = {k: float(np.mean([r[k] for r in window]))
-                       for k in window[0]}
-            summary.update(learning_rate=float(schedule(log_step - 1)),
-                           img_per_s=throughput, epoch=log_step / per_epoch)
-            writer.write(log_step, "train", summary)
-          bar.set_postfix(epoch=f"{step / per_epoch:.2f}",
-                          loss=f"{summary['loss']:.4f}",
-                          img_s=f"{throughput:.0f}")
-          bar.update(step - bar.n)
-          # The steps of this call after its last log step open the next
-          # window.
-          pending, first_window = records, False
-          window_start, window_images = time.time(), 0
+        log.add(call_metrics, previous, step, count * batch_size, epoch_done)
         evaluated = epoch_done and (
             position.epoch % config.train.eval_every_epochs == 0
             or step == total_steps)
@@ -403,7 +350,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
           writers.report(
               f"epoch {position.epoch} step {step}: test {headline}accuracy "
               f"{test_metrics['accuracy']:.4f} loss {test_metrics['loss']:.4f}")
-          window_start = time.time()  # evaluation time is not training time
+          log.pause()  # evaluation time is not training time
         # Stops, and step-based checkpoints, that fall inside a call happen
         # at its end: the first call boundary at or after the step.
         if previous < config.train.stop_after_steps <= step:
@@ -414,8 +361,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
             or _interval_crossed(previous, step,
                                  config.checkpoint.every_steps)
             or (evaluated and config.checkpoint.keep_best_metric)):
-          _save_checkpoint(manager, state, position, pending, test_metrics,
-                           evaluated, run_meta)
+          _save_checkpoint(manager, state, position, log.pending,
+                           test_metrics, evaluated, run_meta)
         if stopping:
           break
   except FloatingPointError as e:
@@ -456,7 +403,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       "epochs": config.train.num_epochs,
       "resumed_from_step": progress["step"] if resuming else None,
       "wall_seconds": time.time() - start_time,
-      "train_img_per_s": train_images / train_seconds if train_seconds else None,
+      "train_img_per_s": log.train_img_per_s,
       "normalization": run_meta["normalization"],
       "device": jax.devices()[0].device_kind,
       "config": config.to_dict(),
