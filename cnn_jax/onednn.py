@@ -416,3 +416,19 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   if preferred_element_type is not None:
     y = y.astype(preferred_element_type)
   return y
+
+
+def main():
+  """`python -m cnn_jax.onednn`: builds the custom calls if needed and says
+  whether 'auto' will use them here."""
+  reason = unavailable_reason()
+  if reason is None:
+    print(f"oneDNN convolutions ready (oneDNN under {_onednn_root()}); "
+          "conv_impl 'auto' uses them on the CPU")
+  else:
+    print(f"oneDNN convolutions unavailable: {reason}")
+  return 0 if reason is None else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -317,3 +317,8 @@ def test_compiled_library_is_cached_by_content(monkeypatch, tmp_path):
   assert onednn._compile(root) == first  # pylint: disable=protected-access
   assert first.stat().st_mtime_ns == mtime  # not rebuilt
   assert [p.name for p in first.parent.iterdir()] == [first.name]
+
+
+def test_command_line_status(capsys):
+  assert onednn.main() == 0
+  assert "oneDNN convolutions ready" in capsys.readouterr().out
