@@ -18,8 +18,9 @@
 // oneDNN primitives are built once per geometry and cached (building one
 // takes milliseconds). Weights are reordered between the [*window, C, O]
 // layout and whatever blocked layout the primitive prefers on every call:
-// they are small next to the activations. Scratch memory is a per-thread
-// buffer, so two XLA threads may run convolutions at once.
+// they are small next to the activations. Scratch memory and the reordered
+// weights live in per-thread buffers, so two XLA threads may run
+// convolutions at once.
 
 #include <cstdint>
 #include <cstring>
@@ -52,9 +53,13 @@ dnnl::stream& Stream() {
   return stream;
 }
 
-// Scratch memory for the primitive running on this thread.
-void* Scratch(size_t bytes) {
-  thread_local std::vector<uint8_t> buffer;
+// Per-thread buffers, kept between calls: the primitive's scratch memory
+// and its copy of the weights in oneDNN's layout. Fresh allocations of
+// megabytes each call would page-fault on every step.
+enum Slot { kScratch = 0, kWeights = 1 };
+void* Buffer(Slot slot, size_t bytes) {
+  thread_local std::vector<uint8_t> buffers[2];
+  std::vector<uint8_t>& buffer = buffers[slot];
   if (buffer.size() < bytes) buffer.resize(bytes);
   return buffer.data();
 }
@@ -212,14 +217,15 @@ ffi::Error Run(const Geometry& g, Pass pass, void* activation, void* weights,
     memory user_weights(g.UserWeights(), Engine(), weights);
     memory prim_weights = user_weights;
     if (c.reorder_weights) {
-      prim_weights = memory(c.weights, Engine());
+      prim_weights = memory(c.weights, Engine(),
+                            Buffer(kWeights, c.weights.get_size()));
       if (pass != Pass::kBackwardWeights) {
         c.weight_reorder.execute(stream, user_weights, prim_weights);
       }
     }
     memory scratch(memory::desc({static_cast<int64_t>(c.scratch_bytes)},
                                 memory::data_type::u8, Tag::a),
-                   Engine(), Scratch(c.scratch_bytes));
+                   Engine(), Buffer(kScratch, c.scratch_bytes));
     memory src(g.Src(), Engine(), activation);  // x or dx
     memory dst(g.Dst(), Engine(), other);       // y or dy
     if (pass == Pass::kForward) {
