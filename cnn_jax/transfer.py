@@ -6,8 +6,9 @@ Paths are the '/'-joined keys of a variable inside its collection:
 pattern is a Python regex that must match a whole path (`re.fullmatch`):
 `layer1_0/.*` is that block, `.*layer[12]_.*` the first two stages,
 `head/.*` the simple CNN's classifier. A pattern that selects nothing is an
-error naming it (it is almost always a typo). `python -m cnn_jax.transfer
---config ...` lists what each variable of a config's model becomes (dry run).
+error naming it (it is almost always a typo). `python -m
+cnn_jax.transfer_dry_run --config ...` lists what each variable of a
+config's model becomes (transfer_dry_run.py).
 
 Frozen means bitwise unchanged by training:
   * params: in the 'frozen' group of `optax.multi_transform`, whose update is
@@ -61,7 +62,6 @@ import dataclasses
 import functools
 import os
 import re
-import sys
 from typing import NamedTuple, Tuple
 
 import flax.linen as nn
@@ -586,62 +586,3 @@ def at_step(state, step, transfer_config, steps_per_epoch):
   return state.replace(apply_fn=frozen_apply(
       state.apply_fn.__wrapped__,
       dataclasses.replace(plan, unfrozen=step >= start)))
-
-
-# --- dry run ------------------------------------------------------------------
-
-
-def dry_run(config, example_shape):
-  """The table of what each variable of `config`'s model becomes (restored
-  or fresh; frozen, backbone, head, unfrozen), without computing anything
-  but reading init_from. Raises ValueError for a bad pattern or shape."""
-  from cnn_jax import train  # pylint: disable=import-outside-toplevel
-  transfer_config = config.get("transfer")
-  if not is_active(transfer_config):
-    return "config.transfer is absent or off: every variable trains"
-  model = train.create_model(config.model)
-  variables = jax.eval_shape(
-      functools.partial(model.init, train=False),
-      {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)},
-      jnp.zeros((1, *example_shape)))
-  variables = {c: variables.get(c, {}) for c in COLLECTIONS}
-  plan = Plan.from_config(transfer_config)
-  plan.check(variables)
-  restored = ()
-  if transfer_config.init_from:
-    _, restored = restore_variables(
-        plan, variables, load_source(transfer_config.init_from),
-        repr(transfer_config.init_from))
-  return plan.describe(variables, restored)
-
-
-def main(argv=None):
-  """python -m cnn_jax.transfer --config configs/transfer_digits.py:fine_tune
-
-  Prints dry_run's table for a config (any --config.key=value override).
-  """
-  from absl import app  # pylint: disable=import-outside-toplevel
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  from absl import logging  # pylint: disable=import-outside-toplevel
-  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
-
-  config_flags.DEFINE_config_file("config", None, "A configs/*.py file.",
-                                  lock_config=True)
-  flags.DEFINE_list("example_shape", "28,28,1", "Input shape H,W,C.")
-  flags.mark_flags_as_required(["config"])
-
-  def run(_):
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every read at INFO
-    try:
-      print(dry_run(flags.FLAGS.config,
-                    tuple(int(s) for s in flags.FLAGS.example_shape)))
-    except (ValueError, FileNotFoundError) as e:
-      print(f"error: {e}", file=sys.stderr)
-      return 1
-    return 0
-
-  app.run(run, argv=argv or sys.argv)
-
-
-if __name__ == "__main__":
-  main()

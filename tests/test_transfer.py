@@ -22,6 +22,7 @@ from cnn_jax import preemption
 from cnn_jax import pretrained
 from cnn_jax import train
 from cnn_jax import transfer
+from cnn_jax import transfer_dry_run
 from configs import mnist as mnist_config
 
 SHAPE = (28, 28, 1)
@@ -406,7 +407,7 @@ def test_transfer_digits_configs_build(tmp_path, method):
   np.savez(tmp_path / "source.npz", **pretrained.to_flat_variables(source))
   if config.transfer.init_from:
     config.transfer.init_from = str(tmp_path / "source.npz")
-  table = transfer.dry_run(config, SHAPE)
+  table = transfer_dry_run.dry_run(config, SHAPE)
   assert ("off: every variable trains" in table) == (method == "scratch")
   abstract = train.abstract_train_state(config, SHAPE, 3)
   assert hasattr(abstract.apply_fn, "plan") == (method != "scratch")
