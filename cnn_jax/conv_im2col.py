@@ -301,11 +301,22 @@ def _conv_bwd(geometry, mode, residuals, dy):
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-def canonical_pads(padding, in_sizes, window, strides, dilations):
+def channels_last_geometry(lhs_shape, rhs_shape, window_strides, padding,
+                           rhs_dilation=None):
+  """(window, strides, pads, dilations) of a channels-last convolution
+  (`supported` layouts), as tuples of ints; string padding ('SAME',
+  'VALID') resolved to (low, high) pairs."""
+  n = len(lhs_shape) - 2
+  window = tuple(int(m) for m in rhs_shape[:n])
+  strides = tuple(int(s) for s in window_strides)
+  dilations = (1,) * n if rhs_dilation is None else tuple(
+      int(d) for d in rhs_dilation)
   if isinstance(padding, str):
     effective = tuple(d * (m - 1) + 1 for m, d in zip(window, dilations))
-    padding = lax.padtype_to_pads(in_sizes, effective, strides, padding)
-  return tuple((int(lo), int(hi)) for lo, hi in padding)
+    padding = lax.padtype_to_pads(lhs_shape[1:-1], effective, strides,
+                                  padding)
+  pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+  return window, strides, pads, dilations
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
@@ -332,12 +343,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
         feature_group_count=feature_group_count,
         batch_group_count=batch_group_count, precision=precision,
         preferred_element_type=preferred_element_type)
-  n = lhs.ndim - 2
-  window = rhs.shape[:n]
-  strides = tuple(int(s) for s in window_strides)
-  dilations = (1,) * n if rhs_dilation is None else tuple(
-      int(d) for d in rhs_dilation)
-  pads = canonical_pads(padding, lhs.shape[1:-1], window, strides, dilations)
+  _, strides, pads, dilations = channels_last_geometry(
+      lhs.shape, rhs.shape, window_strides, padding, rhs_dilation)
   dtype = jnp.result_type(lhs, rhs)
   if precision is not None and not isinstance(precision, (str, tuple)):
     precision = lax.Precision(precision)

@@ -390,16 +390,11 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   lhs = jnp.asarray(lhs)
   rhs = jnp.asarray(rhs)
   dtype = jnp.result_type(lhs, rhs)
-  n = lhs.ndim - 2
-  window = tuple(rhs.shape[:n])
-  strides = tuple(int(s) for s in window_strides)
-  dilations = (1,) * n if rhs_dilation is None else tuple(
-      int(d) for d in rhs_dilation)
   fallback = supported(lhs.shape, rhs.shape, dimension_numbers, lhs_dilation,
                        feature_group_count, batch_group_count, dtype)
   if fallback is None:
-    pads = conv_im2col.canonical_pads(padding, lhs.shape[1:-1], window,
-                                      strides, dilations)
+    window, strides, pads, dilations = conv_im2col.channels_last_geometry(
+        lhs.shape, rhs.shape, window_strides, padding, rhs_dilation)
     if any(p < 0 for pair in pads for p in pair):
       fallback = f"negative padding {pads}"
   if fallback is None:
