@@ -16,7 +16,7 @@ gradients and takes `impl`:
 'im2col' and 'mixed' fall back to 'xla' where im2col does not apply
 (conv_im2col.supported); 'onednn' falls back to 'xla' off the CPU, where
 oneDNN does not take the convolution (onednn.supported) or is not
-available here (onednn.unavailable_reason). `layers.Conv` takes its
+available here (onednn_build.unavailable_reason). `layers.Conv` takes its
 convolution from `conv_fn`, so parameters keep nn.Conv's layout whichever
 implementation runs.
 """
@@ -33,6 +33,7 @@ import jax.numpy as jnp
 
 from cnn_jax import conv_im2col
 from cnn_jax import onednn
+from cnn_jax import onednn_build
 
 CONV_IMPLS = ("auto", "xla", "onednn", "im2col", "mixed")
 
@@ -126,7 +127,7 @@ def resolve_conv_impl(impl: Optional[str], lhs_shape, rhs_shape,
   if impl in ("onednn", "auto") and backend == "cpu":
     if (onednn.supported(lhs_shape, rhs_shape, dimension_numbers,
                          lhs_dilation, feature_group_count, batch_group_count,
-                         dtype) is None and onednn.available()):
+                         dtype) is None and onednn_build.available()):
       return "onednn"
   if impl == "onednn":
     return "xla"

@@ -3,23 +3,16 @@
 XLA:CPU's own convolutions are the slow part of a small CNN's train step on
 a CPU (issue 12: on 2 cores a 3x3 32->64 convolution's forward, input and
 kernel gradients take 8, 10 and 10+ ms at batch 128 against oneDNN's 4.6,
-4.3 and 4.0 ms; oneDNN is what PyTorch runs on the CPU). This module
+4.3 and 4.0 ms; oneDNN is what PyTorch runs on the CPU). onednn_build.py
 compiles `native/onednn_conv.cc` against the oneDNN wheel on first use and
 registers its three passes (forward, input gradient, kernel gradient) as
-XLA:CPU custom calls. `conv_general_dilated` here has
+XLA:CPU custom calls; this module makes them a differentiable, vmappable,
+shardable convolution. `conv_general_dilated` here has
 `lax.conv_general_dilated`'s signature and is what `conv_impl='onednn'` (and
 'auto' on the CPU) runs; everything around the convolutions stays in XLA.
 
-Requirements, checked on first use (`unavailable_reason()` says which one is
-missing; 'auto' then keeps XLA's convolutions):
-  * Linux x86-64 and the oneDNN wheels `onednn-cpu-gomp` and
-    `onednn-devel-cpu-gomp` (setup.cfg installs them there), or a oneDNN
-    install named by CNN_JAX_ONEDNN_ROOT (with include/ and lib/);
-  * a C++17 compiler (`$CXX`, else g++), and jaxlib's FFI headers;
-  * CNN_JAX_ONEDNN not set to 0 (set it to 0 to turn this path off).
-The compiled library is cached under $CNN_JAX_CACHE_DIR (default
-~/.cache/cnn_jax), keyed by the source, jaxlib and oneDNN, so the ~5 s
-compile happens once per machine.
+Where oneDNN or a compiler is missing (onednn_build.unavailable_reason()),
+`conv_general_dilated` runs XLA's convolution.
 
 Differentiation: reverse mode, to any order (each pass's VJP is made of the
 other passes); no forward mode (jvp), as with any custom VJP. Under vmap,
@@ -28,21 +21,9 @@ one after another. Under data parallelism (`jax.sharding`), each device
 convolves its shard of the batch.
 """
 
-import ctypes
 import functools
-import hashlib
-import os
-import pathlib
-import platform
-import shutil
-import site
-import subprocess
-import sys
-import tempfile
-import time
 from typing import Optional, Sequence, Tuple
 
-from absl import logging
 import jax
 from jax import custom_batching
 from jax import lax
@@ -51,124 +32,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnn_jax import conv_im2col
+from cnn_jax import onednn_build
 
-_SOURCE = pathlib.Path(__file__).parent / "native" / "onednn_conv.cc"
-# XLA target name -> the symbol native/onednn_conv.cc exports for it.
-_FORWARD = "cnn_onednn_conv_fwd"
-_BACKWARD_DATA = "cnn_onednn_conv_bwd_data"
-_BACKWARD_WEIGHTS = "cnn_onednn_conv_bwd_weights"
-_SYMBOLS = {
-    _FORWARD: "CnnOnednnConvForward",
-    _BACKWARD_DATA: "CnnOnednnConvBackwardData",
-    _BACKWARD_WEIGHTS: "CnnOnednnConvBackwardWeights",
-}
 DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
-
-
-class Unavailable(RuntimeError):
-  """Why the oneDNN convolutions cannot be built or loaded here."""
-
-
-def _onednn_root() -> pathlib.Path:
-  """The prefix holding include/oneapi/dnnl/dnnl.hpp and lib/libdnnl.so*."""
-  named = os.environ.get("CNN_JAX_ONEDNN_ROOT")
-  # pip puts the wheels' include/ and lib/ under the environment's prefix
-  # (or the user base, for `pip install --user`).
-  candidates = [pathlib.Path(named)] if named else [
-      pathlib.Path(p) for p in dict.fromkeys(
-          (sys.prefix, sys.base_prefix, site.getuserbase()))]
-  for root in candidates:
-    header = root / "include" / "oneapi" / "dnnl" / "dnnl.hpp"
-    if header.is_file() and _library(root) is not None:
-      return root
-  where = (f"CNN_JAX_ONEDNN_ROOT={named}" if named else
-           " or ".join(str(c) for c in candidates))
-  raise Unavailable(
-      f"no oneDNN headers and library under {where} (install the wheels "
-      "onednn-cpu-gomp and onednn-devel-cpu-gomp, or set CNN_JAX_ONEDNN_ROOT "
-      "to a oneDNN install prefix)")
-
-
-def _library(root: pathlib.Path) -> Optional[pathlib.Path]:
-  for name in ("libdnnl.so.3", "libdnnl.so"):
-    if (root / "lib" / name).exists():
-      return root / "lib" / name
-  return None
-
-
-def _cache_dir() -> pathlib.Path:
-  named = os.environ.get("CNN_JAX_CACHE_DIR")
-  if named:
-    return pathlib.Path(named)
-  base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
-  return pathlib.Path(base) / "cnn_jax"
-
-
-def _compile(root: pathlib.Path) -> pathlib.Path:
-  """The compiled custom-call library (built now if not cached)."""
-  compiler = shutil.which(os.environ.get("CXX", "g++"))
-  if compiler is None:
-    raise Unavailable(f"no C++ compiler ({os.environ.get('CXX', 'g++')!r} "
-                      "not on PATH; set CXX)")
-  library = _library(root)
-  ffi_include = pathlib.Path(jax.ffi.include_dir())
-  source = _SOURCE.read_bytes()
-  key = hashlib.sha256(b"\0".join([
-      source, jax.lib.__version__.encode(), str(library.resolve()).encode(),
-      str(library.stat().st_size).encode(), compiler.encode()])).hexdigest()
-  target = _cache_dir() / "native" / f"onednn_conv-{key[:16]}.so"
-  if target.exists():
-    return target
-  target.parent.mkdir(parents=True, exist_ok=True)
-  start = time.perf_counter()
-  # Compiled to a temporary name and renamed: concurrent processes never see
-  # (or load) a half-written library.
-  with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-    out = pathlib.Path(tmp) / target.name
-    command = [
-        compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
-        str(_SOURCE), "-o", str(out), f"-I{root / 'include'}",
-        f"-I{ffi_include}", str(library), f"-Wl,-rpath,{library.parent}"]
-    result = subprocess.run(command, capture_output=True, text=True,
-                            check=False)
-    if result.returncode != 0:
-      raise Unavailable(f"compiling {_SOURCE.name} failed "
-                        f"({' '.join(command)}):\n{result.stderr[-2000:]}")
-    os.replace(out, target)
-  logging.info("Compiled oneDNN convolutions to %s in %.1f s", target,
-               time.perf_counter() - start)
-  return target
-
-
-@functools.lru_cache(maxsize=None)
-def _load() -> Optional[str]:
-  """Builds, loads and registers the custom calls once; None, or why not."""
-  if os.environ.get("CNN_JAX_ONEDNN", "1").lower() in ("0", "false", "off"):
-    return "turned off by CNN_JAX_ONEDNN=0"
-  if platform.system() != "Linux" or platform.machine() not in ("x86_64",
-                                                                 "AMD64"):
-    return (f"oneDNN path is built for Linux x86-64, not "
-            f"{platform.system()} {platform.machine()}")
-  try:
-    library = ctypes.CDLL(str(_compile(_onednn_root())))
-  except (Unavailable, OSError) as e:
-    logging.warning("oneDNN convolutions unavailable, XLA's run instead "
-                    "(slower on the CPU): %s", e)
-    return str(e)
-  for target, symbol in _SYMBOLS.items():
-    jax.ffi.register_ffi_target(
-        target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
-  return None
-
-
-def unavailable_reason() -> Optional[str]:
-  """None if the oneDNN convolutions are ready, else why not (builds them
-  on the first call)."""
-  return _load()
-
-
-def available() -> bool:
-  return _load() is None
+# The custom-call targets onednn_build registers, one per pass.
+_FORWARD = onednn_build.FORWARD
+_BACKWARD_DATA = onednn_build.BACKWARD_DATA
+_BACKWARD_WEIGHTS = onednn_build.BACKWARD_WEIGHTS
 
 
 def supported(lhs_shape: Sequence[int], rhs_shape: Sequence[int],
@@ -179,7 +49,8 @@ def supported(lhs_shape: Sequence[int], rhs_shape: Sequence[int],
 
   Channels-last input/output and a [*window, C_in, C_out] kernel (flax's
   layout), 1 to 3 spatial dims, float32 or bfloat16, no input dilation or
-  groups. Whether oneDNN is installed is `unavailable_reason()`'s question.
+  groups. Whether oneDNN is installed is
+  `onednn_build.unavailable_reason()`'s question.
   """
   reason = conv_im2col.supported(lhs_shape, rhs_shape, dimension_numbers,
                                  lhs_dilation, feature_group_count,
@@ -385,7 +256,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   Same arguments, result and gradients (up to float summation order; float32
   is computed in full float32 whatever `precision` says). Convolutions
   oneDNN does not take (`supported`), negative padding, or a machine
-  without oneDNN (`unavailable_reason`) run `lax.conv_general_dilated`.
+  without oneDNN (`onednn_build.unavailable_reason`) run
+  `lax.conv_general_dilated`.
   """
   lhs = jnp.asarray(lhs)
   rhs = jnp.asarray(rhs)
@@ -398,7 +270,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     if any(p < 0 for pair in pads for p in pair):
       fallback = f"negative padding {pads}"
   if fallback is None:
-    fallback = unavailable_reason()
+    fallback = onednn_build.unavailable_reason()
   if fallback is not None:
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
@@ -411,19 +283,3 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   if preferred_element_type is not None:
     y = y.astype(preferred_element_type)
   return y
-
-
-def main():
-  """`python -m cnn_jax.onednn`: builds the custom calls if needed and says
-  whether 'auto' will use them here."""
-  reason = unavailable_reason()
-  if reason is None:
-    print(f"oneDNN convolutions ready (oneDNN under {_onednn_root()}); "
-          "conv_impl 'auto' uses them on the CPU")
-  else:
-    print(f"oneDNN convolutions unavailable: {reason}")
-  return 0 if reason is None else 1
-
-
-if __name__ == "__main__":
-  sys.exit(main())

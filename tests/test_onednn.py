@@ -17,6 +17,7 @@ import pytest
 
 from cnn_jax import conv_impls
 from cnn_jax import onednn
+from cnn_jax import onednn_build
 from cnn_jax.models import MODELS
 from tests.conftest import REPO
 
@@ -31,7 +32,7 @@ _EXPECTED_HERE = (platform.system() == "Linux"
 
 @pytest.fixture(scope="module", autouse=True)
 def _needs_onednn():
-  reason = onednn.unavailable_reason()
+  reason = onednn_build.unavailable_reason()
   if reason is not None:
     if _EXPECTED_HERE and "CNN_JAX_ONEDNN=0" not in reason:
       pytest.fail(f"oneDNN convolutions unavailable: {reason}")
@@ -217,6 +218,7 @@ import jax, jax.numpy as jnp, numpy as np
 from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec as P
 from cnn_jax import onednn
+from cnn_jax import onednn_build
 assert len(jax.devices()) == 4
 mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 rng = np.random.default_rng(0)
@@ -283,8 +285,9 @@ def test_train_step_matches_xla_convolutions():
 
     @jax.jit
     def step(params, opt_state, model=model, tx=tx):
-      grads = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(
-          model.apply({"params": p}, x), labels).mean())(params)
+      loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(
+          model.apply({"params": p}, x), labels).mean()
+      grads = jax.grad(loss)(params)
       updates, opt_state = tx.update(grads, opt_state, params)
       return optax.apply_updates(params, updates), opt_state
 
@@ -297,28 +300,30 @@ def test_train_step_matches_xla_convolutions():
 
 def test_unavailable_reasons_name_the_missing_piece(monkeypatch, tmp_path):
   monkeypatch.setenv("CNN_JAX_ONEDNN_ROOT", str(tmp_path))
-  with pytest.raises(onednn.Unavailable, match=str(tmp_path)):
-    onednn._onednn_root()  # pylint: disable=protected-access
+  with pytest.raises(onednn_build.Unavailable, match=str(tmp_path)):
+    onednn_build.onednn_root()
   monkeypatch.delenv("CNN_JAX_ONEDNN_ROOT")
-  root = onednn._onednn_root()  # pylint: disable=protected-access
+  root = onednn_build.onednn_root()
   monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
-  with pytest.raises(onednn.Unavailable, match="no-such-compiler"):
-    onednn._compile(root)  # pylint: disable=protected-access
+  with pytest.raises(onednn_build.Unavailable, match="no-such-compiler"):
+    onednn_build._compile(root)  # pylint: disable=protected-access
   monkeypatch.setenv("CNN_JAX_ONEDNN", "0")
-  assert "CNN_JAX_ONEDNN=0" in onednn._load.__wrapped__()  # pylint: disable=protected-access
+  load = onednn_build._load.__wrapped__  # pylint: disable=protected-access
+  assert "CNN_JAX_ONEDNN=0" in load()
 
 
 def test_compiled_library_is_cached_by_content(monkeypatch, tmp_path):
   monkeypatch.setenv("CNN_JAX_CACHE_DIR", str(tmp_path))
-  root = onednn._onednn_root()  # pylint: disable=protected-access
-  first = onednn._compile(root)  # pylint: disable=protected-access
+  root = onednn_build.onednn_root()
+  first = onednn_build._compile(root)  # pylint: disable=protected-access
   assert first.parent.parent == tmp_path and first.is_file()
   mtime = first.stat().st_mtime_ns
-  assert onednn._compile(root) == first  # pylint: disable=protected-access
+  again = onednn_build._compile(root)  # pylint: disable=protected-access
+  assert again == first
   assert first.stat().st_mtime_ns == mtime  # not rebuilt
   assert [p.name for p in first.parent.iterdir()] == [first.name]
 
 
 def test_command_line_status(capsys):
-  assert onednn.main() == 0
+  assert onednn_build.main() == 0
   assert "oneDNN convolutions ready" in capsys.readouterr().out
