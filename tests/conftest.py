@@ -2,6 +2,8 @@
 
 import gzip
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,6 +17,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # inherited by the tests' subprocesses. An XLA_FLAGS of your own wins, e.g.
 # XLA_FLAGS= python -m pytest (empty) tests with XLA's default optimisation.
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+
+
+def run_on_cpu_devices(code, devices, timeout=600):
+  """Runs Python `code` in a subprocess whose JAX has `devices` CPU devices
+  (the count is fixed when JAX starts) and returns its stdout; fails the
+  test with the end of its stderr if it exits non-zero."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout,
+                          check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout
 
 
 def write_idx(path, array):

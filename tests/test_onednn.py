@@ -2,10 +2,7 @@
 
 import functools
 import json
-import os
 import platform
-import subprocess
-import sys
 
 import chex
 import jax
@@ -19,7 +16,7 @@ from cnn_jax import conv_impls
 from cnn_jax import onednn
 from cnn_jax import onednn_build
 from cnn_jax.models import MODELS
-from tests.conftest import REPO
+from tests.conftest import run_on_cpu_devices
 
 _NUMBERS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"),
             3: ("NDHWC", "DHWIO", "NDHWC")}
@@ -243,13 +240,8 @@ print(json.dumps({
 
 
 def test_data_parallel_runs_each_devices_shard_of_the_batch():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-  run = subprocess.run([sys.executable, "-c", _DATA_PARALLEL], cwd=REPO,
-                       env=env, capture_output=True, text=True, timeout=300,
-                       check=False)
-  assert run.returncode == 0, run.stderr[-3000:]
-  result = json.loads(run.stdout.strip().splitlines()[-1])
+  stdout = run_on_cpu_devices(_DATA_PARALLEL, devices=4, timeout=300)
+  result = json.loads(stdout.strip().splitlines()[-1])
   # No gathering of the batch: each device convolves its 2 examples, and
   # the kernel gradient is summed across devices.
   assert not result["all_gather"], result

@@ -7,14 +7,11 @@ subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=8.
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from cnn_jax import parallel
-from tests.conftest import REPO
+from tests.conftest import run_on_cpu_devices
 
 _EIGHT_DEVICES = r"""
 import functools, json
@@ -97,14 +94,8 @@ print(json.dumps(result))
 
 
 def test_data_parallel_on_eight_devices_matches_one_device():
-  env = dict(os.environ,
-             XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-  run = subprocess.run([sys.executable, "-c", _EIGHT_DEVICES], cwd=REPO,
-                       env=env, capture_output=True, text=True, timeout=600,
-                       check=False)
-  assert run.returncode == 0, run.stderr[-3000:]
-  result = json.loads(run.stdout.strip().splitlines()[-1])
+  stdout = run_on_cpu_devices(_EIGHT_DEVICES, devices=8)
+  result = json.loads(stdout.strip().splitlines()[-1])
   assert result["mesh"] == {"members": 1, "data": 8}
   assert result["examples_per_device"] == 32 // 8
   assert result["params_replicated"]

@@ -1,9 +1,6 @@
 """prefetch_to_device keeps order and positions, raises producer errors, and
 stops when closed; data_sharding splits the global batch over devices."""
 
-import os
-import subprocess
-import sys
 import textwrap
 import threading
 
@@ -14,7 +11,7 @@ import pytest
 from cnn_jax.data import ArrayDataset
 from cnn_jax.data import batching
 from cnn_jax.data import prefetch
-from tests.conftest import REPO
+from tests.conftest import run_on_cpu_devices
 
 
 def _dataset(n=40):
@@ -89,12 +86,6 @@ def test_global_batch_is_split_over_two_host_devices():
         print("ERR", e)
       print("OK", len(jax.devices()))
       """)
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120,
-                          check=False)
-  assert result.returncode == 0, result.stderr[-2000:]
-  assert "OK 2" in result.stdout
-  assert "config.data.batch_size=7 does not split evenly over 2" in (
-      result.stdout)
+  stdout = run_on_cpu_devices(code, devices=2, timeout=120)
+  assert "OK 2" in stdout
+  assert "config.data.batch_size=7 does not split evenly over 2" in stdout
