@@ -53,7 +53,7 @@ MODES = ("im2col", "mixed")
 _CHUNK_BYTES = 1 << 20
 
 
-def _channels_last_numbers(ndim: int) -> lax.ConvDimensionNumbers:
+def channels_last_numbers(ndim: int) -> lax.ConvDimensionNumbers:
   """(lhs, rhs, out) specs of [B, *S, C] x [*W, I, O] -> [B, *S, C]."""
   spatial = tuple(range(1, ndim - 1))
   return lax.ConvDimensionNumbers(
@@ -72,7 +72,7 @@ def supported(lhs_shape: Sequence[int], rhs_shape: Sequence[int],
     return f"{ndim - 2} spatial dims (im2col handles 1 to 3)"
   numbers = lax.conv_dimension_numbers(tuple(lhs_shape), tuple(rhs_shape),
                                        dimension_numbers)
-  if numbers != _channels_last_numbers(ndim):
+  if numbers != channels_last_numbers(ndim):
     return (f"layout {numbers} is not channels-last input/output with a "
             "[*window, C_in, C_out] kernel")
   if lhs_dilation is not None and any(d != 1 for d in lhs_dilation):
@@ -272,7 +272,7 @@ def _xla_conv(x, kernel, geometry):
   strides, pads, dilations, precision = geometry
   return lax.conv_general_dilated(
       x, kernel, strides, pads, rhs_dilation=dilations,
-      dimension_numbers=_channels_last_numbers(x.ndim), precision=precision)
+      dimension_numbers=channels_last_numbers(x.ndim), precision=precision)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))

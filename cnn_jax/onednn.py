@@ -12,7 +12,10 @@ shardable convolution. `conv_general_dilated` here has
 'auto' on the CPU) runs; everything around the convolutions stays in XLA.
 
 Where oneDNN or a compiler is missing (onednn_build.unavailable_reason()),
-`conv_general_dilated` runs XLA's convolution.
+`conv_general_dilated` runs XLA's convolution. Each pass of each convolution
+(its geometry without the batch size) is checked on this machine before it
+is used (onednn_verify.py): one that oneDNN cannot create on this CPU, or
+that disagrees with a reference, runs as XLA's convolution instead.
 
 Differentiation: reverse mode, to any order (each pass's VJP is made of the
 other passes); no forward mode (jvp), as with any custom VJP. Under vmap,
@@ -33,6 +36,7 @@ import numpy as np
 
 from cnn_jax import conv_im2col
 from cnn_jax import onednn_build
+from cnn_jax import onednn_verify
 
 DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 # The custom-call targets onednn_build registers, one per pass.
@@ -68,21 +72,13 @@ def supported(lhs_shape: Sequence[int], rhs_shape: Sequence[int],
 Geometry = Tuple[Tuple[int, ...], ...]
 
 
-def _out_sizes(geometry: Geometry) -> Tuple[int, ...]:
-  in_sizes, window, strides, pads, dilations = geometry
-  return tuple(
-      (n + lo + hi - d * (k - 1) - 1) // s + 1
-      for n, k, s, (lo, hi), d in zip(in_sizes, window, strides, pads,
-                                      dilations))
-
-
 def _result_shape(target: str, a_shape, b_shape, geometry: Geometry):
   """The custom call's result shape from its operands' (per-device) shapes:
   forward (x, kernel) -> y, backward_data (dy, kernel) -> dx,
   backward_weights (x, dy) -> dkernel."""
   in_sizes, window = geometry[0], geometry[1]
   if target == _FORWARD:
-    return (a_shape[0], *_out_sizes(geometry), b_shape[-1])
+    return (a_shape[0], *onednn_verify.out_sizes(geometry), b_shape[-1])
   if target == _BACKWARD_DATA:
     return (a_shape[0], *in_sizes, b_shape[-2])
   return (*window, a_shape[-1], b_shape[-1])
@@ -194,21 +190,48 @@ def _pass(target: str, geometry: Geometry):
   return run
 
 
+def _xla_pass(target: str, geometry: Geometry, a, b):
+  """The same pass as XLA's convolution (or its transpose): what runs where
+  onednn_verify rejects oneDNN's primitive on this CPU."""
+  in_sizes, window, strides, pads, dilations = geometry
+  conv = functools.partial(
+      lax.conv_general_dilated, window_strides=strides, padding=pads,
+      rhs_dilation=dilations,
+      dimension_numbers=conv_im2col.channels_last_numbers(len(in_sizes) + 2))
+  if target == _FORWARD:
+    return conv(a, b)
+  if target == _BACKWARD_DATA:
+    x = jax.ShapeDtypeStruct((a.shape[0], *in_sizes, b.shape[-2]), a.dtype)
+    return jax.linear_transpose(lambda x: conv(x, b), x)(a)[0]
+  w = jax.ShapeDtypeStruct((*window, a.shape[-1], b.shape[-1]), a.dtype)
+  return jax.linear_transpose(lambda w: conv(a, w), w)(b)[0]
+
+
+def _checked_pass(target: str, geometry: Geometry, a, b):
+  """oneDNN's pass where onednn_verify accepts it on this CPU, else XLA's."""
+  channels = ((a.shape[-1], b.shape[-1]) if target == _BACKWARD_WEIGHTS
+              else (b.shape[-2], b.shape[-1]))
+  if onednn_verify.rejection(target, geometry, channels,
+                             jnp.dtype(a.dtype).name) is None:
+    return _pass(target, geometry)(a, b)
+  return _xla_pass(target, geometry, a, b)
+
+
 # Each pass is linear in each operand, and each one's VJP is made of the
 # other two, so reverse mode works to any order.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _forward(x, kernel, geometry):
-  return _pass(_FORWARD, geometry)(x, kernel)
+  return _checked_pass(_FORWARD, geometry, x, kernel)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _backward_data(dy, kernel, geometry):
-  return _pass(_BACKWARD_DATA, geometry)(dy, kernel)
+  return _checked_pass(_BACKWARD_DATA, geometry, dy, kernel)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _backward_weights(x, dy, geometry):
-  return _pass(_BACKWARD_WEIGHTS, geometry)(x, dy)
+  return _checked_pass(_BACKWARD_WEIGHTS, geometry, x, dy)
 
 
 def _forward_fwd(x, kernel, geometry):
@@ -247,6 +270,26 @@ _backward_data.defvjp(_backward_data_fwd, _backward_data_bwd)
 _backward_weights.defvjp(_backward_weights_fwd, _backward_weights_bwd)
 
 
+def _subsampled(lhs, geometry: Geometry):
+  """A strided 1x1 convolution as the stride-1 convolution of the pixels it
+  reads: (lhs padded and subsampled in XLA, its new geometry).
+
+  oneDNN 3.2's AVX2 kernel gradient of strided 1x1 convolutions (it
+  subsamples internally) is wrong for fewer than 8 input channels on more
+  than one thread: the ResNet shortcut's case. Subsampling here costs the
+  same copy and leaves oneDNN a plain matrix multiply on every CPU.
+  """
+  _, window, strides, pads, _ = geometry
+  n = len(window)
+  out = onednn_verify.out_sizes(geometry)
+  if any(lo or hi for lo, hi in pads):
+    lhs = jnp.pad(lhs, ((0, 0), *pads, (0, 0)))
+  lhs = lax.slice(lhs, (0,) * (n + 2),
+                  (lhs.shape[0], *((m - 1) * s + 1 for m, s in zip(out, strides)),
+                   lhs.shape[-1]), (1, *strides, 1))
+  return lhs, (out, window, (1,) * n, ((0, 0),) * n, (1,) * n)
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None,
                          feature_group_count=1, batch_group_count=1,
@@ -278,8 +321,11 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
         feature_group_count=feature_group_count,
         batch_group_count=batch_group_count, precision=precision,
         preferred_element_type=preferred_element_type)
+  lhs = lhs.astype(dtype)
   geometry = (tuple(lhs.shape[1:-1]), window, strides, pads, dilations)
-  y = _forward(lhs.astype(dtype), rhs.astype(dtype), geometry)
+  if all(k == 1 for k in window) and any(s > 1 for s in strides):
+    lhs, geometry = _subsampled(lhs, geometry)
+  y = _forward(lhs, rhs.astype(dtype), geometry)
   if preferred_element_type is not None:
     y = y.astype(preferred_element_type)
   return y

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Optional
+from typing import Optional, Tuple
 
 from absl import logging
 import jax
@@ -120,46 +120,84 @@ def _compile(root: pathlib.Path) -> pathlib.Path:
 
 
 @functools.lru_cache(maxsize=None)
-def _load() -> Optional[str]:
-  """Builds, loads and registers the custom calls once; None, or why not."""
+def _load() -> Tuple[Optional[ctypes.CDLL], Optional[pathlib.Path],
+                     Optional[str]]:
+  """Builds, loads and registers the custom calls once: (the library, its
+  path, None), or (None, None, why not)."""
   if os.environ.get("CNN_JAX_ONEDNN", "1").lower() in ("0", "false", "off"):
-    return "turned off by CNN_JAX_ONEDNN=0"
+    return None, None, "turned off by CNN_JAX_ONEDNN=0"
   if platform.system() != "Linux" or platform.machine() not in ("x86_64",
                                                                  "AMD64"):
-    return (f"oneDNN path is built for Linux x86-64, not "
-            f"{platform.system()} {platform.machine()}")
+    return None, None, (f"oneDNN path is built for Linux x86-64, not "
+                        f"{platform.system()} {platform.machine()}")
   try:
-    library = ctypes.CDLL(str(_compile(onednn_root())))
+    path = _compile(onednn_root())
+    library = ctypes.CDLL(str(path))
   except (Unavailable, OSError) as e:
     logging.warning("oneDNN convolutions unavailable, XLA's run instead "
                     "(slower on the CPU): %s", e)
-    return str(e)
+    return None, None, str(e)
   for target, symbol in _SYMBOLS.items():
     jax.ffi.register_ffi_target(
         target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
-  return None
+  library.CnnOnednnCpuIsa.restype = ctypes.c_char_p
+  library.CnnOnednnRunPass.restype = ctypes.c_int
+  return library, path, None
+
+
+def library() -> ctypes.CDLL:
+  """The loaded custom-call library (its C functions CnnOnednnCpuIsa and
+  CnnOnednnRunPass serve onednn_verify); raises Unavailable if it is not."""
+  loaded, _, reason = _load()
+  if loaded is None:
+    raise Unavailable(reason)
+  return loaded
+
+
+def library_path() -> pathlib.Path:
+  """The compiled library's path in the cache (its name holds the build
+  key, so the verdicts filed beside it belong to this build)."""
+  library()
+  return _load()[1]
+
+
+def cpu_isa() -> str:
+  """The instruction set oneDNN dispatches to here, e.g. 'avx2' or
+  'avx512_core_amx' (ONEDNN_MAX_CPU_ISA lowers it)."""
+  return library().CnnOnednnCpuIsa().decode()
 
 
 def unavailable_reason() -> Optional[str]:
   """None if the oneDNN convolutions are ready, else why not (builds them
   on the first call)."""
-  return _load()
+  return _load()[2]
 
 
 def available() -> bool:
-  return _load() is None
+  return unavailable_reason() is None
 
 
 def main():
-  """`python -m cnn_jax.onednn_build`: builds the custom calls if needed
-  and says whether conv_impl 'auto' will use them here."""
+  """`python -m cnn_jax.onednn_build`: builds the custom calls if needed,
+  says whether conv_impl 'auto' will use them here, the ISA oneDNN
+  dispatches to, and each convolution checked on this machine so far."""
   reason = unavailable_reason()
-  if reason is None:
-    print(f"oneDNN convolutions ready (oneDNN under {onednn_root()}); "
-          "conv_impl 'auto' uses them on the CPU")
-  else:
+  if reason is not None:
     print(f"oneDNN convolutions unavailable: {reason}")
-  return 0 if reason is None else 1
+    return 1
+  # Imported here: onednn_verify runs on top of this module.
+  from cnn_jax import onednn_verify  # pylint: disable=g-import-not-at-top
+  print(f"oneDNN convolutions ready (oneDNN under {onednn_root()}); "
+        "conv_impl 'auto' uses them on the CPU")
+  print(f"oneDNN dispatches to {cpu_isa()} with {onednn_verify.threads()} "
+        f"threads; verdicts in {onednn_verify.verdict_file()}")
+  verdicts = onednn_verify.verdicts()
+  if not verdicts:
+    print("no convolution checked yet (each is checked on first use)")
+  for key, rejected in sorted(verdicts.items()):
+    print(f"  {'in use' if rejected is None else 'XLA   '}  {key}"
+          + ("" if rejected is None else f": {rejected}"))
+  return 0
 
 
 if __name__ == "__main__":

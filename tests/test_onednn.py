@@ -2,7 +2,10 @@
 
 import functools
 import json
+import os
 import platform
+import subprocess
+import sys
 
 import chex
 import jax
@@ -12,10 +15,13 @@ import numpy as np
 import optax
 import pytest
 
+from cnn_jax import conv_im2col
 from cnn_jax import conv_impls
 from cnn_jax import onednn
 from cnn_jax import onednn_build
+from cnn_jax import onednn_verify
 from cnn_jax.models import MODELS
+from tests.conftest import REPO
 from tests.conftest import run_on_cpu_devices
 
 _NUMBERS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"),
@@ -71,6 +77,9 @@ _CASES = (
     ((2, 9, 10, 3), (3, 3, 3, 5), (2, 2), "SAME", (1, 1)),
     ((2, 9, 10, 3), (3, 2, 3, 5), (2, 1), ((1, 2), (0, 3)), (1, 2)),
     ((2, 8, 8, 4), (1, 1, 4, 6), (2, 2), "VALID", (1, 1)),
+    # Strided 1x1 with few channels (wrong kernel gradients in oneDNN 3.2's
+    # AVX2 kernel), padded: runs subsampled, as a stride-1 convolution.
+    ((3, 14, 13, 3), (1, 1, 3, 5), (2, 3), ((1, 0), (0, 2)), (1, 1)),
     ((2, 7, 7, 3), (7, 7, 3, 2), (2, 2), ((3, 3), (3, 3)), (1, 1)),
     ((3, 28, 28, 1), (3, 3, 1, 8), (1, 1), "SAME", (1, 1)),
     ((1, 5, 6, 7, 2), (2, 3, 2, 2, 3), (1, 2, 1), "VALID", (2, 1, 1)),
@@ -111,20 +120,216 @@ def test_runs_as_custom_calls_not_xla_convolutions():
   assert "convolution" not in hlo.replace("cnn_onednn_conv", "")
 
 
-def test_bfloat16_matches_float32_reference():
+def _bfloat16_vjp_error():
+  """(HLO of a bfloat16 convolution's VJP, each result's largest error
+  relative to the float32 reference's largest magnitude)."""
   x, k = _rand(3, (4, 12, 12, 16)), _rand(4, (3, 3, 16, 8)) * 0.1
   fn = functools.partial(_conv, strides=(1, 1), padding="SAME",
                          dilation=(1, 1))
-  y, vjp = jax.vjp(functools.partial(fn, onednn.conv_general_dilated),
-                   x.astype(jnp.bfloat16), k.astype(jnp.bfloat16))
-  g = _rand(5, y.shape)
-  dx, dk = vjp(g.astype(jnp.bfloat16))
-  chex.assert_type((y, dx, dk), jnp.bfloat16)
+
+  def vjp(x, k, g):
+    y, pullback = jax.vjp(functools.partial(fn, onednn.conv_general_dilated),
+                          x, k)
+    return (y, *pullback(g))
+
+  args = (x.astype(jnp.bfloat16), k.astype(jnp.bfloat16),
+          _rand(5, (4, 12, 12, 8)).astype(jnp.bfloat16))
+  results = jax.jit(vjp)(*args)
+  chex.assert_type(results, jnp.bfloat16)
   y32, vjp32 = jax.vjp(functools.partial(fn, lax.conv_general_dilated), x, k)
-  dx32, dk32 = vjp32(g)
-  for a, e in ((y, y32), (dx, dx32), (dk, dk32)):
-    scale = float(jnp.abs(e).max())
-    np.testing.assert_allclose(a.astype(jnp.float32), e, atol=0.02 * scale)
+  expected = (y32, *vjp32(_rand(5, y32.shape)))
+  errors = [float(jnp.abs(a.astype(jnp.float32) - e).max() / jnp.abs(e).max())
+            for a, e in zip(results, expected)]
+  return jax.jit(vjp).lower(*args).as_text(), errors
+
+
+# The oneDNN ISAs with bfloat16 convolutions (AVX-512-BF16 and newer).
+_BF16_ISAS = ("avx512_core_bf16", "avx512_core_fp16", "avx512_core_amx",
+              "avx512_core_amx_fp16")
+
+
+def test_bfloat16_matches_float32_reference():
+  """On any CPU: oneDNN's bfloat16 primitives where it has them, XLA's
+  convolutions where it has not; either way the values are right."""
+  hlo, errors = _bfloat16_vjp_error()
+  assert max(errors) < 0.02, errors
+  uses_onednn = "cnn_onednn_conv" in hlo
+  assert uses_onednn == (onednn_build.cpu_isa() in _BF16_ISAS), (
+      onednn_build.cpu_isa(), uses_onednn)
+
+
+_BFLOAT16_ON_AVX2 = r"""
+import json
+from cnn_jax import onednn_build, onednn_verify
+from tests import test_onednn
+hlo, errors = test_onednn._bfloat16_vjp_error()
+print(json.dumps({"isa": onednn_build.cpu_isa(), "errors": errors,
+                  "custom_calls": hlo.count("cnn_onednn_conv"),
+                  "convolutions": hlo.count("convolution(")}))
+"""
+
+
+def test_bfloat16_falls_back_to_xla_without_bf16_instructions():
+  """What a CPU without bf16 instructions does (forced on any CPU with
+  ONEDNN_MAX_CPU_ISA=AVX2): oneDNN cannot create the primitives, the
+  check says so, and XLA's convolutions run instead of a failing call."""
+  result = _run_with_isa(_BFLOAT16_ON_AVX2, "AVX2")
+  assert result["isa"] == "avx2", result
+  assert result["custom_calls"] == 0 and result["convolutions"] >= 3, result
+  assert max(result["errors"]) < 0.02, result
+
+
+def _run_with_isa(code, isa, threads=2):
+  env = dict(os.environ, ONEDNN_MAX_CPU_ISA=isa, OMP_NUM_THREADS=str(threads),
+             JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300,
+                          check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+_RAW_STRIDED_1X1 = r"""
+import json
+from cnn_jax import onednn_build, onednn_verify
+geometry = ((8, 8), (1, 1), (2, 2), ((0, 0), (0, 0)), (1, 1))
+print(json.dumps({"isa": onednn_build.cpu_isa(), "verdicts": [
+    onednn_verify.check(target, geometry, (4, 6), "float32")
+    for target in onednn_verify.PASSES]}))
+"""
+
+
+@pytest.mark.parametrize("isa,threads,wrong", [("AVX2", 2, True),
+                                               ("AVX2", 1, False),
+                                               ("AVX", 2, False)])
+def test_check_catches_the_avx2_strided_1x1_kernel_gradient(isa, threads,
+                                                            wrong):
+  """oneDNN 3.2's own fault, called directly (conv_general_dilated routes
+  strided 1x1 convolutions around it): its AVX2 kernel gradient of a 1x1
+  stride-2 convolution with 4 input channels is wrong on 2 threads, right
+  on one thread or with AVX; forward and input gradient are right."""
+  result = _run_with_isa(_RAW_STRIDED_1X1, isa, threads)
+  assert result["isa"] == isa.lower(), result
+  forward, input_grad, kernel_grad = result["verdicts"]
+  assert forward is None and input_grad is None, result
+  if wrong:
+    assert "kernel gradient disagrees" in kernel_grad, result
+  else:
+    assert kernel_grad is None, result
+
+
+@pytest.fixture(name="fresh_verdicts")
+def _fresh_verdicts(monkeypatch, tmp_path):
+  """An empty verdict store in tmp_path (the machine's own is untouched)."""
+  path = tmp_path / "verdicts.json"
+  monkeypatch.setattr(onednn_verify, "verdict_file", lambda: path)
+  monkeypatch.setattr(onednn_verify, "_verdicts", {})
+  monkeypatch.setattr(onednn_verify, "_loaded_from", None)
+  monkeypatch.setattr(onednn_verify, "_warned", set())
+  return path
+
+
+def _grads_and_hlo(x_shape, k_shape):
+  x, k = _rand(1, x_shape), _rand(2, k_shape)
+  loss = lambda fn: lambda x, k: jnp.sum(jnp.tanh(fn(
+      x, k, (1, 1), "SAME", dimension_numbers=_NUMBERS[2])))
+  step = jax.jit(jax.grad(loss(onednn.conv_general_dilated), (0, 1)))
+  expected = jax.grad(loss(lax.conv_general_dilated), (0, 1))(x, k)
+  chex.assert_trees_all_close(step(x, k), expected, rtol=1e-5, atol=1e-5)
+  return step.lower(x, k).as_text()
+
+
+def test_a_primitive_that_cannot_be_created_runs_on_xla(
+    fresh_verdicts, monkeypatch, caplog):
+  def cannot(*args, **kwargs):
+    raise RuntimeError("could not create a primitive descriptor")
+
+  monkeypatch.setattr(onednn_verify, "run", cannot)
+  with caplog.at_level("WARNING"):
+    hlo = _grads_and_hlo((2, 9, 9, 3), (3, 3, 3, 7))
+  assert "cnn_onednn_conv" not in hlo
+  assert hlo.count("convolution(") >= 3
+  warnings = [r.getMessage() for r in caplog.records
+              if "XLA's convolution runs it instead" in r.getMessage()]
+  # One line per pass (forward, input and kernel gradient), each naming it.
+  assert len(warnings) == 3, warnings
+  assert all("cannot create" in w and "c=3->7" in w for w in warnings)
+  stored = json.loads(fresh_verdicts.read_text())
+  assert len(stored) == 3 and all("could not create" in v
+                                  for v in stored.values())
+
+
+def test_a_pass_that_disagrees_runs_on_xla_and_the_others_stay(
+    fresh_verdicts, monkeypatch):
+  real = onednn_verify.run
+
+  def wrong_kernel_gradient(target, *args):
+    out = real(target, *args)
+    return out * 1.5 if target == onednn_build.BACKWARD_WEIGHTS else out
+
+  monkeypatch.setattr(onednn_verify, "run", wrong_kernel_gradient)
+  hlo = _grads_and_hlo((2, 9, 9, 3), (3, 3, 3, 9))
+  assert "cnn_onednn_conv_fwd" in hlo and "cnn_onednn_conv_bwd_data" in hlo
+  assert "cnn_onednn_conv_bwd_weights" not in hlo
+  verdicts = onednn_verify.verdicts()
+  rejected = [k for k, v in verdicts.items() if v is not None]
+  assert len(rejected) == 1 and rejected[0].startswith("kernel gradient")
+  assert "disagrees" in verdicts[rejected[0]]
+
+
+def test_verdicts_are_checked_once_per_machine(fresh_verdicts, monkeypatch):
+  _grads_and_hlo((2, 9, 9, 3), (3, 3, 3, 11))
+  stored = json.loads(fresh_verdicts.read_text())
+  assert len(stored) == 3 and all(v is None for v in stored.values())
+
+  def no_second_check(*args):
+    raise AssertionError("checked again")
+
+  # A new process (empty memory) reads the verdicts instead of checking.
+  monkeypatch.setattr(onednn_verify, "_verdicts", {})
+  monkeypatch.setattr(onednn_verify, "_loaded_from", None)
+  monkeypatch.setattr(onednn_verify, "check", no_second_check)
+  hlo = _grads_and_hlo((2, 9, 9, 3), (3, 3, 3, 11))
+  assert "cnn_onednn_conv_bwd_weights" in hlo
+  # A damaged file is checked again, not trusted.
+  fresh_verdicts.write_text("{not json")
+  monkeypatch.setattr(onednn_verify, "_loaded_from", None)
+  with pytest.raises(AssertionError, match="checked again"):
+    _grads_and_hlo((2, 9, 9, 3), (3, 3, 3, 11))
+
+
+@pytest.mark.parametrize("target", list(onednn_verify.PASSES))
+@pytest.mark.parametrize("x_shape,k_shape,strides,padding,dilation",
+                         _CASES[:6:2] + _CASES[8:9])
+def test_reference_matches_lax(target, x_shape, k_shape, strides, padding,
+                               dilation):
+  """The NumPy reference the check trusts is itself right."""
+  x, k = _rand(1, x_shape), _rand(2, k_shape)
+  n = len(x_shape) - 2
+  window, strides, pads, dilations = conv_im2col.channels_last_geometry(
+      x_shape, k_shape, strides, padding, dilation)
+  geometry = (tuple(x_shape[1:-1]), window, strides, pads, dilations)
+  conv = lambda x, k: lax.conv_general_dilated(
+      x, k, strides, pads, rhs_dilation=dilations,
+      dimension_numbers=_NUMBERS[n], precision=lax.Precision.HIGHEST)
+  y, vjp = jax.vjp(conv, x, k)
+  g = _rand(3, y.shape)
+  dx, dk = vjp(g)
+  a, b, expected = {onednn_build.FORWARD: (x, k, y),
+                    onednn_build.BACKWARD_DATA: (g, k, dx),
+                    onednn_build.BACKWARD_WEIGHTS: (x, g, dk)}[target]
+  actual = onednn_verify.reference(target, geometry, np.asarray(a),
+                                   np.asarray(b))
+  chex.assert_shape(actual, expected.shape)
+  np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_command_line_lists_isa_and_verdicts(fresh_verdicts, capsys):
+  _grads_and_hlo((2, 5, 5, 2), (3, 3, 2, 3))
+  assert onednn_build.main() == 0
+  out = capsys.readouterr().out
+  assert f"oneDNN dispatches to {onednn_build.cpu_isa()}" in out
+  assert out.count("in use  ") == 3 and "c=2->3" in out
 
 
 def test_preferred_element_type_and_mixed_operand_dtypes():
@@ -301,7 +506,7 @@ def test_unavailable_reasons_name_the_missing_piece(monkeypatch, tmp_path):
     onednn_build._compile(root)  # pylint: disable=protected-access
   monkeypatch.setenv("CNN_JAX_ONEDNN", "0")
   load = onednn_build._load.__wrapped__  # pylint: disable=protected-access
-  assert "CNN_JAX_ONEDNN=0" in load()
+  assert "CNN_JAX_ONEDNN=0" in load()[2]
 
 
 def test_compiled_library_is_cached_by_content(monkeypatch, tmp_path):

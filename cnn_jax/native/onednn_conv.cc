@@ -15,6 +15,15 @@
 // Attributes (int64 arrays, one entry per spatial dim): strides, pads_lo,
 // pads_hi, dilations (XLA's: 1 = no dilation).
 //
+// Two plain C functions serve cnn_jax/onednn_verify.py, which checks each
+// primitive once per machine against a reference before XLA may use it
+// (oneDNN 3.2's AVX2 kernels computed a wrong kernel gradient for some
+// strided 1x1 convolutions, and cannot create bfloat16 primitives without
+// bf16 instructions):
+//   CnnOnednnCpuIsa()   the instruction set oneDNN dispatches to here;
+//   CnnOnednnRunPass()  one pass on caller-owned buffers, returning oneDNN's
+//                       error message instead of failing an XLA program.
+//
 // oneDNN primitives are built once per geometry and cached (building one
 // takes milliseconds). Weights are reordered between the [*window, C, O]
 // layout and whatever blocked layout the primitive prefers on every call:
@@ -23,6 +32,7 @@
 // convolutions at once.
 
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -304,7 +314,56 @@ ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy,
              dy.untyped_data());
 }
 
+const char* IsaName(dnnl::cpu_isa isa) {
+  switch (isa) {
+    case dnnl::cpu_isa::sse41: return "sse41";
+    case dnnl::cpu_isa::avx: return "avx";
+    case dnnl::cpu_isa::avx2: return "avx2";
+    case dnnl::cpu_isa::avx2_vnni: return "avx2_vnni";
+    case dnnl::cpu_isa::avx2_vnni_2: return "avx2_vnni_2";
+    case dnnl::cpu_isa::avx512_core: return "avx512_core";
+    case dnnl::cpu_isa::avx512_core_vnni: return "avx512_core_vnni";
+    case dnnl::cpu_isa::avx512_core_bf16: return "avx512_core_bf16";
+    case dnnl::cpu_isa::avx512_core_fp16: return "avx512_core_fp16";
+    case dnnl::cpu_isa::avx512_core_amx: return "avx512_core_amx";
+    case dnnl::cpu_isa::avx512_core_amx_fp16: return "avx512_core_amx_fp16";
+    default: return "default";
+  }
+}
+
 }  // namespace
+
+// The instruction set oneDNN dispatches to on this CPU (after
+// ONEDNN_MAX_CPU_ISA), e.g. "avx2", "avx512_core_amx".
+extern "C" const char* CnnOnednnCpuIsa() {
+  return IsaName(dnnl::get_effective_cpu_isa());
+}
+
+// Runs one pass (0 forward, 1 backward data, 2 backward weights) with the
+// custom calls' conventions: dims of x [N, *sp, C], w [*win, C, O] and
+// y [N, *out_sp, O], `spatial` entries per attribute; `activation` is x (dx
+// for backward data), `other` is y (dy). dtype: 0 float32, 1 bfloat16.
+// Returns 0, or 1 with oneDNN's message in `message`.
+extern "C" int CnnOnednnRunPass(int pass, int dtype, int spatial,
+                                const int64_t* x, const int64_t* w,
+                                const int64_t* y, const int64_t* strides,
+                                const int64_t* pads_lo, const int64_t* pads_hi,
+                                const int64_t* dilations, void* activation,
+                                void* weights, void* other, char* message,
+                                size_t message_size) {
+  const size_t rank = static_cast<size_t>(spatial) + 2;
+  const size_t n = static_cast<size_t>(spatial);
+  auto g = MakeGeometry(dtype == 0 ? ffi::DataType::F32 : ffi::DataType::BF16,
+                        {x, rank}, {w, rank}, {y, rank}, {strides, n},
+                        {pads_lo, n}, {pads_hi, n}, {dilations, n});
+  ffi::Error error = g.has_error()
+                         ? g.error()
+                         : Run(*g, static_cast<Pass>(pass), activation,
+                               weights, other);
+  if (error.success()) return 0;
+  std::snprintf(message, message_size, "%s", error.message().c_str());
+  return 1;
+}
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnOnednnConvForward, Forward,
                               ffi::Ffi::Bind()
