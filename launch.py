@@ -11,7 +11,8 @@
   python launch.py --config configs/multidigit.py --workdir runs/multidigit \
       --mode=heatmap [--step=N] [--heatmap_method=gradcam]
 
-Exit status: 0 done; 1 an error (one line on stderr); 2 bad flags;
+Exit status: 0 done; 1 an error (one line on stderr; for a --config file
+whose get_config() raised, followed by the file's frames); 2 bad flags;
 128 + signal number (143 SIGTERM, 130 SIGINT) when training stopped on a
 signal after saving a checkpoint: rerun the same command to resume.
 """
@@ -21,8 +22,8 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
+from cnn_jax import config_file
 from cnn_jax import heatmaps
 from cnn_jax import preemption
 from cnn_jax import report
@@ -49,7 +50,7 @@ flags.DEFINE_string("heatmap_layer", "", "--mode=heatmap: the module path "
                     "feature layer / the last feature-map layer).")
 flags.DEFINE_integer("heatmap_count", 8, "--mode=heatmap: how many test "
                      "images.")
-config_flags.DEFINE_config_file(
+config_file.define_flag(
     "config", None, "A configs/*.py file; override keys with --config.a.b=v.",
     lock_config=True)
 flags.DEFINE_bool("overwrite_report", False, "--mode=report: replace a "
@@ -66,17 +67,22 @@ flags.register_multi_flags_validator(
 
 # Errors a user can cause and fix: reported as one line, without a traceback.
 _USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError,
-                train.workdirs.WorkdirInUseError)
+                train.workdirs.WorkdirInUseError, train.workdirs.WorkdirError)
 
 
 def parse_flags(argv):
-  """absl's flag parsing, with a misspelt --config.key reported in one line.
+  """absl's flag parsing, with a misspelt --config.key reported in one line
+  (exit status 2), and a broken --config file by name, with its frames of
+  the traceback (exit status 1).
 
   (ml_collections raises AttributeError/KeyError with a traceback for a key
   the locked config does not have.)
   """
   try:
     return FLAGS(argv)
+  except config_file.ConfigFileError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
   except flags.Error as e:
     print(f"error: {e}", file=sys.stderr)
   except (AttributeError, KeyError) as e:

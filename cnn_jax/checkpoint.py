@@ -13,8 +13,10 @@ previous checkpoint. Nothing is unpickled: arrays are stored by TensorStore
 """
 
 import datetime
+import glob
 import json
 import os
+import shutil
 import zlib
 
 from absl import logging
@@ -28,6 +30,8 @@ _ITEMS = ("state", "meta")
 # Test metrics that are better when smaller (for keep_best_metric).
 _MINIMIZED = ("loss",)
 _BEST_METRICS = ("accuracy", "loss")
+# Orbax writes step N into N.orbax-checkpoint-tmp... and renames it when done.
+_UNFINISHED_SUFFIX = ".orbax-checkpoint-tmp"
 
 
 class CheckpointError(ValueError):
@@ -44,6 +48,18 @@ def saved_steps(workdir):
   if not os.path.isdir(directory):
     return []
   return sorted(ocp.utils.checkpoint_steps(directory))
+
+
+def remove_unfinished(workdir):
+  """Deletes the folders of saves that never completed (a process killed
+  while Orbax wrote `<step>.orbax-checkpoint-tmp...`; never read as a
+  checkpoint) and returns their names, so the run can save those steps again.
+  (Orbax's cleanup_tmp_directories does the same, in the background.)"""
+  found = sorted(glob.glob(os.path.join(checkpoint_dir(workdir),
+                                        "*" + _UNFINISHED_SUFFIX + "*")))
+  for path in found:
+    shutil.rmtree(path)
+  return [os.path.basename(path) for path in found]
 
 
 class _EverySeconds:

@@ -43,6 +43,53 @@ class ScaledSchedule:
     return self.peak * self.shape(step)
 
 
+def check_schedule(optim_config, num_epochs, steps_per_epoch=None):
+  """Raises ValueError naming the config keys when config.optim's schedule
+  does not fit a run of `num_epochs` (config.train.num_epochs) epochs: a
+  warm-up longer than the run (for warmup_cosine, optax would raise on
+  negative decay steps after data loading; one_cycle would silently never
+  reach its peak), a negative warm-up, an end factor outside [0, 1].
+
+  Needs no data, so train_and_evaluate (and a sweep's) call it before any
+  I/O; with `steps_per_epoch` (learning_rate_schedule) it also checks the
+  warm-up rounded to whole steps.
+  """
+  name = optim_config.schedule
+  if name not in SCHEDULES:
+    raise ValueError(f"config.optim.schedule={name!r} is not one of: "
+                     f"{', '.join(SCHEDULES)}")
+  if num_epochs <= 0:
+    raise ValueError(f"config.train.num_epochs={num_epochs} must be > 0")
+  if name in ("cosine", "warmup_cosine") and not (
+      0.0 <= optim_config.end_lr_factor <= 1.0):
+    raise ValueError(f"config.optim.end_lr_factor="
+                     f"{optim_config.end_lr_factor} is not in [0, 1] ({name}: "
+                     "the final learning rate over the peak)")
+  if name not in ("warmup_cosine", "one_cycle"):
+    return  # constant, cosine: warmup_epochs is not read
+  warmup = optim_config.warmup_epochs
+  if warmup < 0:
+    raise ValueError(f"config.optim.warmup_epochs={warmup} must be >= 0")
+  # warmup_cosine needs steps to decay in after its warm-up. one_cycle may
+  # warm up for the whole run (configs/mnist.py for 1 epoch), though optax
+  # then drops the warm-up (pct_start=1: it anneals from peak / 25).
+  if name == "one_cycle":
+    fits, must = (lambda warm, run: warm <= run), "must not be longer than"
+  else:
+    fits, must = (lambda warm, run: warm < run), "must be shorter than"
+  if not fits(warmup, num_epochs):
+    raise ValueError(f"config.optim.warmup_epochs={warmup} {must} "
+                     f"config.train.num_epochs={num_epochs} ({name})")
+  if steps_per_epoch:
+    warmup_steps = int(round(warmup * steps_per_epoch))
+    total_steps = num_epochs * steps_per_epoch
+    if not fits(warmup_steps, total_steps):
+      raise ValueError(
+          f"config.optim.warmup_epochs={warmup} ({warmup_steps} steps) {must} "
+          f"config.train.num_epochs={num_epochs} ({total_steps} steps of "
+          f"{steps_per_epoch}) ({name})")
+
+
 def _unit_schedule(optim_config, total_steps, steps_per_epoch):
   """The schedule's shape with a peak of 1 (every schedule here is linear in
   its peak, so peak * shape is the schedule)."""

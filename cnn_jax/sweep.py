@@ -36,6 +36,7 @@ import ml_collections
 import numpy as np
 
 from cnn_jax import checkpoint
+from cnn_jax import optim
 from cnn_jax import parallel
 from cnn_jax import sweep_config
 from cnn_jax import sweep_steps
@@ -50,6 +51,9 @@ from cnn_jax.tasks import CLASSIFICATION
 
 
 def _check_supported(config):
+  # Members share the schedule (sweep_config lets them differ in none of
+  # its keys, nor in train.num_epochs): checked once, before any I/O.
+  optim.check_schedule(config.optim, config.train.num_epochs)
   if config.get("task", "classification") != "classification":
     raise ValueError(f"config.task={config.task!r}: sweeps train "
                      "classification only")
@@ -89,6 +93,7 @@ def _member_batches(train_set, batch_size, seeds):
 
 
 def _prepare(workdir):
+  workdirs.check_writable(workdir)  # an existing workdir, before any write
   existing = [f for f in ("summary.json", "metrics.jsonl", "members",
                           "checkpoints")
               if os.path.exists(os.path.join(workdir, f))]
@@ -97,7 +102,8 @@ def _prepare(workdir):
         f"workdir {workdir!r} already holds results ({', '.join(existing)}); "
         "choose a new --workdir (results are never overwritten; a sweep is "
         "not resumed)")
-  os.makedirs(workdir, exist_ok=True)
+  with workdirs.writing(workdir):
+    os.makedirs(workdir, exist_ok=True)
 
 
 def _chunks(count, size):
@@ -111,15 +117,18 @@ class _SweepWriter:
   member's own metrics.jsonl / TensorBoard folder."""
 
   def __init__(self, workdir):
-    self._file = open(os.path.join(workdir, "metrics.jsonl"), "a",
-                      encoding="utf-8")
+    self._workdir = workdir
+    with workdirs.writing(workdir):
+      self._file = open(os.path.join(workdir, "metrics.jsonl"), "a",
+                        encoding="utf-8")
 
   def write(self, member, step, split, metrics):
     member.writer.write(step, split, metrics)
     record = {"step": int(step), "split": split, "member": member.index}
     record.update({k: writers._plain(v) for k, v in metrics.items()})  # pylint: disable=protected-access
-    self._file.write(json.dumps(record) + "\n")
-    self._file.flush()
+    with workdirs.writing(self._workdir, self._file.name):
+      self._file.write(json.dumps(record) + "\n")
+      self._file.flush()
 
   def close(self):
     self._file.close()
@@ -256,7 +265,8 @@ def _train_chunk(indices, overrides, configs, data, run):
   members = []
   for index in indices:
     member_dir = os.path.join(run["workdir"], "members", str(index))
-    os.makedirs(member_dir)
+    with workdirs.writing(run["workdir"]):
+      os.makedirs(member_dir)
     members.append(_Member(index, overrides[index], configs[index],
                            member_dir, writers.MetricWriter(member_dir)))
   members += [None] * (chunk_size - len(indices))
@@ -448,7 +458,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                  "diverged_at_step": member.diverged_at,
                  "workdir": os.path.join("members", str(member.index))})
   table = summary_markdown(rows, names)
-  with open(os.path.join(workdir, "summary.md"), "w", encoding="utf-8") as f:
+  with workdirs.writing(workdir), open(os.path.join(workdir, "summary.md"),
+                                       "w", encoding="utf-8") as f:
     f.write(f"# Sweep: {len(configs)} members over {', '.join(names)}\n\n"
             + table)
   all_diverged = all(r["status"] == "diverged" for r in rows)

@@ -67,6 +67,7 @@ def initialized(rng, model, example_shape):
 
 def learning_rate_schedule(config, steps_per_epoch):
   """The learning rate as a function of the step, over the whole run."""
+  optim.check_schedule(config.optim, config.train.num_epochs, steps_per_epoch)
   total_steps = config.train.num_epochs * steps_per_epoch
   return optim.make_schedule(config.optim, total_steps, steps_per_epoch)
 
@@ -217,8 +218,9 @@ def _resume(config, workdir, example_shape, steps_per_epoch):
       manager, abstract, check_meta=lambda meta: workdirs.check_resumable(
           meta["config"], config, meta["step"]))
   manager.close()
-  checkpoint.set_aside(workdir, [s for s in checkpoint.saved_steps(workdir)
-                                 if s > meta["step"]])
+  with workdirs.writing(workdir):
+    checkpoint.set_aside(workdir, [s for s in checkpoint.saved_steps(workdir)
+                                   if s > meta["step"]])
   return state, meta
 
 
@@ -245,8 +247,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
 
   Rerunning with the same workdir resumes from the latest intact checkpoint:
   same step, data order and RNG stream, so the result is bitwise the same as
-  an uninterrupted run (on CPU). On SIGTERM/SIGINT it finishes the current
-  call (config.train.steps_per_call steps), saves a checkpoint and raises
+  an uninterrupted run (on CPU); with no complete checkpoint yet (a run
+  killed in its first minutes), the same config starts again from step 0.
+  On SIGTERM/SIGINT it finishes the current call
+  (config.train.steps_per_call steps), saves a checkpoint and raises
   preemption.Preempted. On a non-finite loss it raises FloatingPointError,
   keeping the last good checkpoint, with status 'diverged' in summary.json.
 
@@ -255,8 +259,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   end; logs, evaluations and unfreezing fall on the same steps as with N = 1.
   """
   start_time = time.time()
-  per_call = multistep.steps_per_call(config.train)  # checked before any I/O
+  # Checked before any I/O: a bad value leaves the workdir untouched.
+  per_call = multistep.steps_per_call(config.train)
+  optim.check_schedule(config.optim, config.train.num_epochs)
+  workdirs.check_writable(workdir)  # an existing workdir, before any write
+  # An earlier attempt's records (looked for before this run writes any).
+  used = os.path.exists(os.path.join(workdir, "metrics.jsonl"))
   resuming = workdirs.prepare(workdir, config, checkpoint.saved_steps(workdir))
+  # Killed before its first complete checkpoint: the same run from step 0.
+  restarting = used and not resuming
   splits = load_splits(config.data)
   train_set, test_set = splits["train"], splits["test"]
   task = task_for_run(config, train_set)  # config.task, fitted to train
@@ -280,7 +291,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     progress = _fresh_progress()
   run_meta = {"config": config.to_dict(),
               "normalization": {"mean": mean.tolist(), "std": std.tolist()}}
-  manager = checkpoint.make_manager(workdir, config.checkpoint)
 
   step_fn = functools.partial(train_step, mean=mean, std=std,
                               augment_config=config.data.augment.to_dict(),
@@ -306,12 +316,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   pending = [{k: np.float32(v) for k, v in record.items()}
              for record in progress["pending_metrics"]]
   test_metrics = progress["test_metrics"]
-  writer = writers.MetricWriter(workdir,
-                                purge_step=step + 1 if resuming else None)
-  if resuming:
-    writer.write(step, "resumed", {"epoch": step / per_epoch})
-    writers.report(f"resuming from the checkpoint of step {step} "
-                   f"(epoch {position.epoch}, batch {position.batch})")
+  # The run's first writes (checkpoints/, metrics.jsonl, tensorboard/): a
+  # file in the way, no permission, a read-only or full disk is one line.
+  with workdirs.writing(workdir):
+    workdirs.write_config(workdir, config)  # what a restart is checked against
+    unfinished = checkpoint.remove_unfinished(workdir)  # cut short by a kill
+    if unfinished:
+      writers.report("removed unfinished checkpoint(s): "
+                     + ", ".join(unfinished))
+    manager = checkpoint.make_manager(workdir, config.checkpoint)
+    writer = writers.MetricWriter(
+        workdir, purge_step=step + 1 if resuming or restarting else None)
+    if resuming or restarting:
+      # Supersedes the records logged after `step` (writers.drop_superseded).
+      writer.write(step, "resumed", {"epoch": step / per_epoch})
+    if resuming:
+      writers.report(f"resuming from the checkpoint of step {step} "
+                     f"(epoch {position.epoch}, batch {position.batch})")
+    if restarting:
+      writers.report(f"no complete checkpoint in {workdir}: starting the run "
+                     "again from step 0 (the earlier attempt's records stay "
+                     "in metrics.jsonl, superseded)")
   bar = writers.progress_bar(total_steps, initial=step)
   log = train_log.TrainLog(writer, bar, schedule, per_epoch,
                            config.train.log_every_steps, pending)
@@ -401,7 +426,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       "test_metrics": test_metrics,
       "steps": step,
       "epochs": config.train.num_epochs,
-      "resumed_from_step": progress["step"] if resuming else None,
+      "resumed_from_step": (progress["step"] if resuming or restarting
+                            else None),
       "wall_seconds": time.time() - start_time,
       "train_img_per_s": log.train_img_per_s,
       "normalization": run_meta["normalization"],

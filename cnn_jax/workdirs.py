@@ -9,9 +9,14 @@ A workdir is in one of three states:
     config is the same but for a larger config.train.num_epochs (and the
     keys in RESUMABLE_KEYS): that continues the run from its final
     checkpoint, and its summary.json is kept as summary.step<N>.json.
-A workdir that holds results but no complete checkpoint is refused.
+A workdir that holds results but no complete checkpoint (an attempt killed
+before its first checkpoint was written) starts again from step 0 if its
+saved config (config.json, written when a run starts, and summary.json's) is
+the same run; otherwise it is refused.
 """
 
+import contextlib
+import errno
 import json
 import os
 
@@ -20,12 +25,59 @@ class WorkdirInUseError(RuntimeError):
   """The workdir holds another run's results."""
 
 
+class WorkdirError(RuntimeError):
+  """The workdir cannot be created or written: a file where a folder should
+  be, no permission, a read-only or full file system."""
+
+
+@contextlib.contextmanager
+def writing(workdir, path=None):
+  """An OSError raised inside becomes a WorkdirError naming `workdir` and
+  the path that failed (the error's, else `path`, else `workdir`), e.g.
+  "cannot write the workdir 'runs/x/y': Not a directory: 'runs/x'"."""
+  try:
+    yield
+  except OSError as e:
+    culprit = repr(e.filename if e.filename is not None else path or workdir)
+    if e.filename2 is not None:
+      culprit += f" -> {e.filename2!r}"
+    # makedirs of a path that is a file raises "File exists".
+    reason = ("a file, not a folder" if isinstance(e, FileExistsError)
+              else e.strerror or str(e))
+    raise WorkdirError(f"cannot write the workdir {workdir!r}: {reason}: "
+                       f"{culprit}") from e
+
+
+def check_writable(workdir):
+  """Raises WorkdirError if the folder `workdir` cannot take new files: a
+  read-only file system, no permission, or a full disk. Called before a run
+  writes into an existing workdir, so that such a workdir is left as it was
+  (not with some of the run's files begun in it). A `workdir` that does not
+  exist is not checked: creating it fails if it cannot be written."""
+  if not os.path.isdir(workdir):
+    return
+  stats = os.statvfs(workdir)
+  # Root may also fill the blocks reserved for it. (Some file systems
+  # report no blocks at all: not checked.)
+  free = stats.f_bfree if os.geteuid() == 0 else stats.f_bavail
+  for failed, code in ((stats.f_flag & os.ST_RDONLY, errno.EROFS),
+                       (not os.access(workdir, os.W_OK | os.X_OK),
+                        errno.EACCES),
+                       (stats.f_blocks > 0 and free == 0, errno.ENOSPC)):
+    if failed:
+      raise WorkdirError(f"cannot write the workdir {workdir!r}: "
+                         f"{os.strerror(code)}: {workdir!r}")
+
+
 class ConfigMismatchError(ValueError):
   """The config would change the run stored in the workdir's checkpoint."""
 
 
+# The config a run started with, written before its first step.
+CONFIG_FILE = "config.json"
+
 # Files whose presence means a run already wrote results here.
-RESULT_FILES = ("summary.json", "metrics.jsonl", "checkpoints")
+RESULT_FILES = ("summary.json", "metrics.jsonl", "checkpoints", CONFIG_FILE)
 
 # Config keys (and sections) a resumed run may change: they decide what is
 # logged, evaluated and saved, not what is trained. Besides these,
@@ -52,7 +104,10 @@ def prepare(workdir, config, checkpoint_steps=()):
     config: the run's config.
     checkpoint_steps: steps of the complete checkpoints in `workdir`.
   Returns:
-    True to resume from the latest checkpoint, False for a fresh run.
+    True to resume from the latest checkpoint, False to start at step 0: a
+    fresh run, or the same run again after an attempt that died before its
+    first complete checkpoint (its records stay in metrics.jsonl; the
+    caller marks them superseded).
   Raises:
     WorkdirInUseError: the workdir holds results that must not be touched.
   """
@@ -74,12 +129,48 @@ def prepare(workdir, config, checkpoint_steps=()):
   existing = [f for f in RESULT_FILES
               if os.path.exists(os.path.join(workdir, f))]
   if existing:
-    raise WorkdirInUseError(
-        f"workdir {workdir!r} already holds a run ({', '.join(existing)}) "
-        "with no complete checkpoint to resume from; choose a new --workdir "
-        "(results are never overwritten)")
-  os.makedirs(workdir, exist_ok=True)
+    # No complete checkpoint: the same run starts again from step 0, keeping
+    # what the dead attempt wrote; another run is refused.
+    differences = list(dict.fromkeys(
+        difference for saved in saved_configs(workdir, summary)
+        for difference in config_differences(saved, config.to_dict())))
+    if differences:
+      raise WorkdirInUseError(
+          f"workdir {workdir!r} already holds a run ({', '.join(existing)}) "
+          "with no complete checkpoint, started with another config (it "
+          f"differs in: {'; '.join(differences)}); rerun with its values to "
+          "start it again, or choose a new --workdir (results are never "
+          "overwritten)")
+  with writing(workdir):
+    os.makedirs(workdir, exist_ok=True)
   return False
+
+
+def saved_configs(workdir, summary=None):
+  """The config dicts saved in `workdir` without a checkpoint: config.json's
+  (the run's start) and `summary`'s (its last attempt), where they exist."""
+  configs = []
+  path = os.path.join(workdir, CONFIG_FILE)
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      configs.append(json.load(f))
+  if summary is not None and "config" in summary:
+    configs.append(summary["config"])
+  return configs
+
+
+def write_config(workdir, config):
+  """Writes config.json, the config the run starts training with (after its
+  data loaded: a run that failed before leaves an empty workdir), unless it
+  exists (a resumed or restarted run keeps the first). Renamed into place,
+  so a kill leaves no half-written file."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if os.path.exists(path):
+    return
+  with writing(workdir, path):
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+      json.dump(config.to_dict(), f, indent=2)
+    os.replace(path + ".tmp", path)
 
 
 def flatten(tree, prefix=""):
@@ -143,13 +234,16 @@ def write_summary(workdir, summary):
   kept as summary.step<N>.json, never overwritten."""
   path = os.path.join(workdir, "summary.json")
   previous = read_summary(workdir)
-  if previous is not None and previous.get("status") == "finished":
-    kept = os.path.join(workdir, f"summary.step{previous['steps']}.json")
-    if os.path.exists(kept):
-      raise WorkdirInUseError(f"cannot keep {path} as {kept}: it exists")
-    os.rename(path, kept)
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(summary, f, indent=2)
+  with writing(workdir, path):
+    if previous is not None and previous.get("status") == "finished":
+      kept = os.path.join(workdir, f"summary.step{previous['steps']}.json")
+      if os.path.exists(kept):
+        raise WorkdirInUseError(f"cannot keep {path} as {kept}: it exists")
+      os.rename(path, kept)
+    # Renamed into place: a full disk or a kill never leaves half a file.
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+      json.dump(summary, f, indent=2)
+    os.replace(path + ".tmp", path)
   return path
 
 

@@ -7,6 +7,8 @@ import sys
 import numpy as np
 import tqdm
 
+from cnn_jax import workdirs
+
 
 def _plain(value):
   if isinstance(value, (np.generic, np.ndarray)):
@@ -23,31 +25,44 @@ class MetricWriter:
   A resumed run passes `purge_step` (the step after its checkpoint's):
   TensorBoard then hides the earlier run's events from that step on, which
   the resumed run logs again.
+
+  An OSError writing metrics.jsonl (or creating the TensorBoard folder) is
+  raised as workdirs.WorkdirError naming the file: a full disk, for one.
   """
 
   def __init__(self, workdir, purge_step=None):
     self.path = os.path.join(workdir, "metrics.jsonl")
-    self._file = open(self.path, "a", encoding="utf-8")
+    self._workdir = workdir
+    with workdirs.writing(workdir, self.path):
+      self._file = open(self.path, "a", encoding="utf-8")
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
-                             purge_step=purge_step)
+    tensorboard_dir = os.path.join(workdir, "tensorboard")
+    try:
+      with workdirs.writing(workdir, tensorboard_dir):
+        self._tb = SummaryWriter(tensorboard_dir, purge_step=purge_step)
+    except workdirs.WorkdirError:
+      self._file.close()
+      raise
 
   def write(self, step, split, metrics):
     record = {"step": int(step), "split": split}
     record.update({k: _plain(v) for k, v in metrics.items()})
-    self._file.write(json.dumps(record) + "\n")
-    self._file.flush()
+    with workdirs.writing(self._workdir, self.path):
+      self._file.write(json.dumps(record) + "\n")
+      self._file.flush()
     for key, value in record.items():
       if key not in ("step", "split") and isinstance(value, (int, float)):
         self._tb.add_scalar(f"{split}/{key}", value, int(step))
 
   def flush(self):
-    self._file.flush()
+    with workdirs.writing(self._workdir, self.path):
+      self._file.flush()
     self._tb.flush()
 
   def close(self):
-    self._file.close()
     self._tb.close()
+    with workdirs.writing(self._workdir, self.path):
+      self._file.close()
 
 
 def read_metrics(workdir):
@@ -59,7 +74,8 @@ def read_metrics(workdir):
 def drop_superseded(records):
   """The records of the run as it finally went: a 'resumed' record at step N
   (written when a run resumes from its checkpoint of step N) supersedes the
-  earlier records after step N, which the resumed run logs again. Nothing is
+  earlier records after step N, which the resumed run logs again (at step 0:
+  an attempt killed before its first checkpoint, started again). Nothing is
   deleted from metrics.jsonl; readers call this."""
   kept = []
   for record in records:

@@ -1,10 +1,13 @@
-"""Shared fixtures: small MNIST-format data written to a temporary folder."""
+"""Shared fixtures: small MNIST-format data written to a temporary folder,
+and the tiny run that the resume and fault tests compare (tests/tiny_run.py)."""
 
 import gzip
 import os
 import subprocess
 import sys
 
+import jax
+from jax.experimental.compilation_cache import compilation_cache
 import numpy as np
 import pytest
 
@@ -69,3 +72,50 @@ def write_tiny_mnist(path):
 def tiny_mnist_dir(tmp_path):
   """write_tiny_mnist in the test's temporary folder."""
   return write_tiny_mnist(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_run_data(tmp_path_factory):
+  """write_tiny_mnist once per session: the data of tests/tiny_run.py."""
+  return write_tiny_mnist(tmp_path_factory.mktemp("tiny_run_data"))
+
+
+@pytest.fixture(scope="session")
+def jit_cache_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp("jit")
+
+
+@pytest.fixture(scope="module")
+def launch_env(jit_cache_dir):
+  """The environment for launch.py subprocesses (modules that run the tiny
+  run use it: pytestmark = pytest.mark.usefixtures("launch_env")).
+
+  Their runs, here and in subprocesses, compile the same programs: they
+  share one persistent compilation cache, so only the first run pays for
+  compiling (switched off again after the module).
+  """
+  options = {"jax_compilation_cache_dir": str(jit_cache_dir),
+             "jax_persistent_cache_min_compile_time_secs": 0,
+             "jax_persistent_cache_min_entry_size_bytes": -1}
+  previous = {name: getattr(jax.config, name) for name in options}
+  for name, value in options.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+  yield {**os.environ, **{name.upper(): str(value)
+                          for name, value in options.items()}}
+  for name, value in previous.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_run_data, launch_env, tmp_path_factory):
+  """The workdir of the tiny run (tests/tiny_run.py) trained in this process
+  and never stopped: what every stopped, killed and resumed run must equal."""
+  del launch_env  # requested for its cache
+  # Here, not at the top: tests/tiny_run.py imports this file.
+  from cnn_jax import train  # pylint: disable=g-import-not-at-top
+  from tests import tiny_run  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp("uninterrupted") / "run"
+  train.train_and_evaluate(tiny_run.config(tiny_run_data), str(workdir))
+  return workdir

@@ -1,8 +1,7 @@
 """cnn_jax.checkpoint on small hand-made states: exact round trip, no pickle,
-damaged checkpoints, never saving NaN, and the save/keep policies."""
+the save/keep policies, setting a step aside. Damaged checkpoints and never
+saving NaN: tests/test_faults.py (on a real run's checkpoints)."""
 
-import glob
-import logging
 import os
 import pickle
 import time
@@ -17,12 +16,6 @@ import pytest
 
 from cnn_jax import checkpoint
 from cnn_jax.train_state import TrainState
-
-# When TensorStore fails to read a damaged file, Orbax leaves a coroutine
-# behind that complains when it is garbage-collected (in whichever test).
-pytestmark = pytest.mark.filterwarnings(
-    "ignore::pytest.PytestUnraisableExceptionWarning")
-
 
 def _state(step=0, scale=1.0):
   # The kernel is large enough (16 KiB) to be stored in a file of its own
@@ -84,69 +77,6 @@ def test_restore_never_unpickles(tmp_path, monkeypatch):
     monkeypatch.setattr(pickle, name, refuse)
   state, _ = _restore_latest(tmp_path)
   assert int(state.step) == 1
-
-
-def _largest_array_file(step_dir):
-  files = glob.glob(os.path.join(step_dir, "state", "**", "d", "*"),
-                    recursive=True)
-  return max(files, key=os.path.getsize)
-
-
-def _truncate(path):
-  with open(path, "r+b") as f:
-    f.truncate(os.path.getsize(path) // 2)
-
-
-def _flip_a_bit(path):
-  with open(path, "r+b") as f:
-    f.seek(os.path.getsize(path) // 2)
-    byte = f.read(1)[0]
-    f.seek(-1, os.SEEK_CUR)
-    f.write(bytes([byte ^ 0x10]))
-
-
-DAMAGE = {
-    "truncated array file": lambda d: _truncate(_largest_array_file(d)),
-    "flipped bit in array file": lambda d: _flip_a_bit(_largest_array_file(d)),
-    "deleted array index": lambda d: os.remove(
-        os.path.join(d, "state", "manifest.ocdbt")),
-    "truncated meta": lambda d: _truncate(os.path.join(d, "meta", "metadata")),
-}
-
-
-@pytest.mark.parametrize("damage", sorted(DAMAGE))
-def test_damaged_latest_falls_back_to_previous(tmp_path, caplog, damage):
-  _saved(tmp_path, [1, 2, 3])
-  DAMAGE[damage](os.path.join(checkpoint.checkpoint_dir(tmp_path), "3"))
-  with caplog.at_level(logging.WARNING):
-    state, meta = _restore_latest(tmp_path)
-  assert int(state.step) == 2 and meta["step"] == 2
-  chex.assert_trees_all_equal(state.params, _state(2, scale=2).params)
-  assert "checkpoint step 3" in caplog.text
-
-
-def test_no_intact_checkpoint_is_a_clear_error(tmp_path):
-  with pytest.raises(checkpoint.CheckpointError, match="no checkpoint in"):
-    _restore_latest(tmp_path)
-  _saved(tmp_path, [4])
-  DAMAGE["truncated array file"](
-      os.path.join(checkpoint.checkpoint_dir(tmp_path), "4"))
-  with pytest.raises(checkpoint.CheckpointError,
-                     match="no intact checkpoint .* checkpoint step 4"):
-    _restore_latest(tmp_path)
-
-
-def test_a_poisoned_state_is_never_saved(tmp_path):
-  _saved(tmp_path, [1])
-  state = _state(2)
-  state = state.replace(params={**state.params, "conv": {
-      **state.params["conv"], "kernel": state.params["conv"]["kernel"].at[
-          0, 0, 0].set(jnp.nan)}})
-  manager = checkpoint.make_manager(tmp_path, _options())
-  with pytest.raises(FloatingPointError, match="after step 2 holds NaN"):
-    checkpoint.save(manager, state, {"step": 2})
-  manager.close()
-  assert checkpoint.saved_steps(tmp_path) == [1]
 
 
 def test_keeps_the_newest_and_the_best(tmp_path):
