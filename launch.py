@@ -24,12 +24,12 @@ from absl import flags
 from absl import logging
 
 from cnn_jax import config_file
-from cnn_jax import heatmaps
-from cnn_jax import preemption
-from cnn_jax import report
-from cnn_jax import sweep
-from cnn_jax import sweep_config
-from cnn_jax import train
+from cnn_jax.reports import heatmaps
+from cnn_jax.training import preemption
+from cnn_jax.reports import report
+from cnn_jax.sweeps import sweep
+from cnn_jax.sweeps import sweep_config
+from cnn_jax.training import train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Folder for logs, checkpoints, results.")

@@ -24,7 +24,7 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
-from cnn_jax import conv_impls
+from cnn_jax.conv import conv_impls
 
 IntOrSeq = Union[int, Sequence[int]]
 Padding = Union[str, int, Sequence[Union[int, Tuple[int, int]]]]

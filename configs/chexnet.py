@@ -9,7 +9,7 @@ cnn_jax/data/chestxray.py):
   python launch.py --config configs/chexnet.py --workdir runs/chexnet \
       --config.data.data_dir=/path/to/ChestX-ray14 --mode=heatmap
 CheXNet started from ImageNet weights; to do the same, convert torchvision's
-densenet121 weights (cnn_jax/pretrained.py reads .safetensors/.npz/.pth) and
+densenet121 weights (cnn_jax/transfer/pretrained.py reads .safetensors/.npz/.pth) and
 add --config.transfer.init_from=/path/to/densenet121.safetensors
 --config.transfer.dont_load='("classifier/.*",)'.
 
@@ -27,14 +27,14 @@ split). The paper reports a mean AUROC of 0.841 over the 14 classes.
 
 Not trained here: the full data (112,120 images, 45 GB) is not part of this
 repository. The loader and one training step are tested on a generated
-folder in the same layout (tests/test_chestxray.py).
+folder in the same layout (tests/data/test_chestxray.py).
 """
 
 import ml_collections
 
 from configs import mnist
 from configs import multidigit
-from cnn_jax import transfer
+from cnn_jax.transfer import transfer
 from cnn_jax.data import chestxray
 
 
@@ -69,7 +69,7 @@ def get_config():
   config.optim.b1 = 0.9
   config.optim.b2 = 0.999
   config.optim.weight_decay = 0.0
-  # Reduce on plateau (cnn_jax/optim.py): x0.1 when the training loss,
+  # Reduce on plateau (cnn_jax/training/optim.py): x0.1 when the training loss,
   # averaged over ~one epoch (77,000 images / 16), stops improving.
   config.optim.plateau_factor = 0.1
   config.optim.plateau_patience = 1

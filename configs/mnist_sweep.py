@@ -14,7 +14,7 @@ checkpoints/). Evaluate member k as the single run it stands for:
 
 Axes are config keys, nested as in the config; override them from the
 command line, e.g. --config.sweep.axes.seed="(0,1,2)". Members may differ in
-cnn_jax/sweep_config.py's VARYING keys (seed, optimizer hyperparameters, dropout
+cnn_jax/sweeps/sweep_config.py's VARYING keys (seed, optimizer hyperparameters, dropout
 rate, label smoothing, data.augment.*); `sweep.chunk` bounds how many train
 at once (memory).
 

@@ -15,7 +15,7 @@ and Dice per class). Data: source 'tfds_segmentation'
 examples, images resized bilinearly and trimaps by nearest neighbour to
 128x128; raw trimap values (2, 1, 3) become classes (0 background, 1 pet,
 2 border). Model: U-Net, 32 features, depth 4. Not trained here (the data is
-not available offline); tests/test_segmentation.py runs it on
+not available offline); tests/tasks/test_segmentation.py runs it on
 tfds.testing.mock_data.
 """
 

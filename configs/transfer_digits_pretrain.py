@@ -12,7 +12,7 @@ the 5,139 test images of digits 0-4 in 2 epochs (478 steps), a minute or two
 on a 2-core CPU.
 """
 
-from cnn_jax import transfer
+from cnn_jax.transfer import transfer
 from configs import mnist
 
 DATA_DIR = "runs/transfer_digits/data"

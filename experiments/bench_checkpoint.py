@@ -33,8 +33,8 @@ import numpy as np
 # The repository root, for `configs` (run as python experiments/...).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cnn_jax import checkpoint  # pylint: disable=g-import-not-at-top
-from cnn_jax import train
+from cnn_jax.runs import checkpoint  # pylint: disable=g-import-not-at-top
+from cnn_jax.training import train
 from configs import mnist as mnist_config
 
 flags.DEFINE_integer("repeats", 3, "Saves per model and mode (median kept).")

@@ -34,7 +34,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cnn_jax import train  # pylint: disable=g-import-not-at-top
+from cnn_jax.training import train  # pylint: disable=g-import-not-at-top
 from cnn_jax.data import augment
 from cnn_jax.data import batching
 from cnn_jax.data import load_splits

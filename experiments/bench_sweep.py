@@ -6,7 +6,7 @@
 Training images/s of configs/mnist.py's simple CNN (batch 128, bundled
 MNIST) for K members (learning rates x seeds), measured two ways in the same
 process, each after warm-up (compilation excluded):
-  * sweep: cnn_jax/sweep_steps.py's step trains all K members at once, in one
+  * sweep: cnn_jax/sweeps/sweep_steps.py's step trains all K members at once, in one
     program (one row per --vmap_width: w members share one vmap, groups of
     w follow one another unrolled; 'auto' is what a sweep uses by default:
     K on GPU/TPU, 1 on CPU);
@@ -48,11 +48,11 @@ import ml_collections
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cnn_jax import conv_impls  # pylint: disable=g-import-not-at-top
-from cnn_jax import sweep  # pylint: disable=g-import-not-at-top
-from cnn_jax import sweep_config
-from cnn_jax import sweep_steps
-from cnn_jax import train
+from cnn_jax.conv import conv_impls  # pylint: disable=g-import-not-at-top
+from cnn_jax.sweeps import sweep  # pylint: disable=g-import-not-at-top
+from cnn_jax.sweeps import sweep_config
+from cnn_jax.sweeps import sweep_steps
+from cnn_jax.training import train
 from cnn_jax.data import batching
 from cnn_jax.data import load_splits
 from cnn_jax.data import prefetch

@@ -31,8 +31,8 @@ if __package__ in (None, ""):  # run as a file: the repository root on the path
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
       __file__))))
 
-from cnn_jax import checkpoint
-from cnn_jax import train
+from cnn_jax.runs import checkpoint
+from cnn_jax.training import train
 from cnn_jax.data import augment
 from cnn_jax.data import load_splits
 from cnn_jax.tasks import detection

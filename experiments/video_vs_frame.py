@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # run as a file: the repository root on the path
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 
-from cnn_jax import train
+from cnn_jax.training import train
 from cnn_jax.models import summary as model_summary
 from configs import video_digits
 

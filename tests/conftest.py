@@ -114,7 +114,7 @@ def uninterrupted(tiny_run_data, launch_env, tmp_path_factory):
   and never stopped: what every stopped, killed and resumed run must equal."""
   del launch_env  # requested for its cache
   # Here, not at the top: tests/tiny_run.py imports this file.
-  from cnn_jax import train  # pylint: disable=g-import-not-at-top
+  from cnn_jax.training import train  # pylint: disable=g-import-not-at-top
   from tests import tiny_run  # pylint: disable=g-import-not-at-top
   workdir = tmp_path_factory.mktemp("uninterrupted") / "run"
   train.train_and_evaluate(tiny_run.config(tiny_run_data), str(workdir))

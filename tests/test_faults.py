@@ -42,12 +42,12 @@ import numpy as np
 import pytest
 
 import launch
-from cnn_jax import checkpoint
+from cnn_jax.runs import checkpoint
 from cnn_jax import config_file
-from cnn_jax import optim
-from cnn_jax import train
-from cnn_jax import workdirs
-from cnn_jax import writers
+from cnn_jax.training import optim
+from cnn_jax.training import train
+from cnn_jax.runs import workdirs
+from cnn_jax.runs import writers
 from cnn_jax.data import bundled_data_dir
 from cnn_jax.data import idx
 from cnn_jax.data import load_mnist

@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from cnn_jax import plotting
-from cnn_jax import train
+from cnn_jax.reports import plotting
+from cnn_jax.training import train
 from experiments import run_all
 from experiments.lecture import common
 from experiments.lecture import cross_correlation

@@ -17,10 +17,10 @@ import time
 
 import chex
 
-from cnn_jax import checkpoint
-from cnn_jax import train
-from cnn_jax import workdirs
-from cnn_jax import writers
+from cnn_jax.runs import checkpoint
+from cnn_jax.training import train
+from cnn_jax.runs import workdirs
+from cnn_jax.runs import writers
 from configs import mnist as mnist_config
 from tests.conftest import REPO
 
@@ -102,7 +102,7 @@ def signal_after_step(signum, step):
   `step`."""
   return f"""
 import os
-from cnn_jax import writers
+from cnn_jax.runs import writers
 _write = writers.MetricWriter.write
 def _write_then_signal(self, step, split, metrics):
   _write(self, step, split, metrics)

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from cnn_jax import conv_impls
+from cnn_jax.conv import conv_impls
 
 
 class Conv(nn.Conv):

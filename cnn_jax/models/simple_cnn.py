@@ -20,7 +20,7 @@ from cnn_jax.models import layers
 
 class Dropout(nn.Module):
   """nn.Dropout whose `rate` may also be a traced scalar: a sweep member's
-  own dropout rate in a vmapped sweep (cnn_jax/sweep.py). Zeroes each unit
+  own dropout rate in a vmapped sweep (cnn_jax/sweeps/sweep.py). Zeroes each unit
   with probability `rate` and scales the rest by 1 / (1 - rate)."""
 
   rate: Any = 0.0

@@ -2,7 +2,7 @@
 
 import jax.numpy as jnp
 
-from cnn_jax import losses
+from cnn_jax.tasks import losses
 from cnn_jax.tasks.base import Task
 
 

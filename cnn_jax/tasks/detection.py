@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnn_jax import boxes as boxes_lib
+from cnn_jax.tasks import boxes as boxes_lib
 from cnn_jax.tasks.base import Task
 
 BOX_CHANNELS = 4

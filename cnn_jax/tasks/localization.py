@@ -24,8 +24,8 @@ giou_weight (default 2.0).
 import jax
 import jax.numpy as jnp
 
-from cnn_jax import boxes as boxes_lib
-from cnn_jax import losses
+from cnn_jax.tasks import boxes as boxes_lib
+from cnn_jax.tasks import losses
 from cnn_jax.tasks.base import Task
 
 BOX_OUTPUTS = 4

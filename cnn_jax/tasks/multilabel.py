@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnn_jax import losses
-from cnn_jax import metrics
+from cnn_jax.tasks import losses
+from cnn_jax.tasks import metrics
 from cnn_jax.tasks.base import Task
 
 WEIGHTINGS = ("chexnet", "none")

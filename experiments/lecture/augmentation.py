@@ -22,7 +22,7 @@ import os
 import jax
 import numpy as np
 
-from cnn_jax import visualize
+from cnn_jax.reports import visualize
 from cnn_jax.data import augment
 from cnn_jax.data import bundled_data_dir
 from cnn_jax.data import cifar

@@ -22,9 +22,9 @@ import time
 import ml_collections
 import numpy as np
 
-from cnn_jax import train
-from cnn_jax import workdirs
-from cnn_jax import writers
+from cnn_jax.training import train
+from cnn_jax.runs import workdirs
+from cnn_jax.runs import writers
 from cnn_jax.data import bundled_data_dir
 from cnn_jax.data import load_mnist
 
@@ -100,7 +100,7 @@ def write_result(out, name, title, finding, body, started=None,
 
 
 def markdown_table(header, rows):
-  from cnn_jax import report  # pylint: disable=g-import-not-at-top
+  from cnn_jax.reports import report  # pylint: disable=g-import-not-at-top
   return report.markdown_table(header, rows)
 
 

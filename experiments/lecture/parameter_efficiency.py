@@ -26,8 +26,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-from cnn_jax import report  # pylint: disable=g-import-not-at-top
-from cnn_jax import train  # pylint: disable=g-import-not-at-top
+from cnn_jax.reports import report  # pylint: disable=g-import-not-at-top
+from cnn_jax.training import train  # pylint: disable=g-import-not-at-top
 from cnn_jax.models import summary  # pylint: disable=g-import-not-at-top
 from experiments.lecture import common  # pylint: disable=g-import-not-at-top
 

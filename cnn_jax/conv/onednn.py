@@ -1,0 +1,331 @@
+"""oneDNN convolutions on the CPU, called from XLA as jax.ffi custom calls.
+
+XLA:CPU's own convolutions are the slow part of a small CNN's train step on
+a CPU (issue 12: on 2 cores a 3x3 32->64 convolution's forward, input and
+kernel gradients take 8, 10 and 10+ ms at batch 128 against oneDNN's 4.6,
+4.3 and 4.0 ms; oneDNN is what PyTorch runs on the CPU). onednn_build.py
+compiles `native/onednn_conv.cc` against the oneDNN wheel on first use and
+registers its three passes (forward, input gradient, kernel gradient) as
+XLA:CPU custom calls; this module makes them a differentiable, vmappable,
+shardable convolution. `conv_general_dilated` here has
+`lax.conv_general_dilated`'s signature and is what `conv_impl='onednn'` (and
+'auto' on the CPU) runs; everything around the convolutions stays in XLA.
+
+Where oneDNN or a compiler is missing (onednn_build.unavailable_reason()),
+`conv_general_dilated` runs XLA's convolution. Each pass of each convolution
+(its geometry without the batch size) is checked on this machine before it
+is used (onednn_verify.py): one that oneDNN cannot create on this CPU, or
+that disagrees with a reference, runs as XLA's convolution instead.
+
+Differentiation: reverse mode, to any order (each pass's VJP is made of the
+other passes); no forward mode (jvp), as with any custom VJP. Under vmap,
+members that share the kernel fold into one call's batch; otherwise they run
+one after another. Under data parallelism (`jax.sharding`), each device
+convolves its shard of the batch.
+"""
+
+import functools
+from typing import Optional, Sequence, Tuple
+
+import jax
+from jax import custom_batching
+from jax import lax
+from jax.experimental import custom_partitioning
+import jax.numpy as jnp
+import numpy as np
+
+from cnn_jax.conv import conv_im2col
+from cnn_jax.conv import onednn_build
+from cnn_jax.conv import onednn_verify
+
+DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+# The custom-call targets onednn_build registers, one per pass.
+_FORWARD = onednn_build.FORWARD
+_BACKWARD_DATA = onednn_build.BACKWARD_DATA
+_BACKWARD_WEIGHTS = onednn_build.BACKWARD_WEIGHTS
+
+
+def supported(lhs_shape: Sequence[int], rhs_shape: Sequence[int],
+              dimension_numbers=None, lhs_dilation=None,
+              feature_group_count: int = 1, batch_group_count: int = 1,
+              dtype=jnp.float32) -> Optional[str]:
+  """None if this convolution can run on oneDNN, else why it cannot.
+
+  Channels-last input/output and a [*window, C_in, C_out] kernel (flax's
+  layout), 1 to 3 spatial dims, float32 or bfloat16, no input dilation or
+  groups. Whether oneDNN is installed is
+  `onednn_build.unavailable_reason()`'s question.
+  """
+  reason = conv_im2col.supported(lhs_shape, rhs_shape, dimension_numbers,
+                                 lhs_dilation, feature_group_count,
+                                 batch_group_count)
+  if reason is not None:
+    return reason
+  if jnp.dtype(dtype) not in DTYPES:
+    return f"dtype {jnp.dtype(dtype).name} (oneDNN path: float32, bfloat16)"
+  if 0 in tuple(lhs_shape) or 0 in tuple(rhs_shape):
+    return f"an empty operand ({tuple(lhs_shape)}, {tuple(rhs_shape)})"
+  return None
+
+
+# geometry: (in_sizes, window, strides, pads, dilations), all tuples of ints.
+Geometry = Tuple[Tuple[int, ...], ...]
+
+
+def _result_shape(target: str, a_shape, b_shape, geometry: Geometry):
+  """The custom call's result shape from its operands' (per-device) shapes:
+  forward (x, kernel) -> y, backward_data (dy, kernel) -> dx,
+  backward_weights (x, dy) -> dkernel."""
+  in_sizes, window = geometry[0], geometry[1]
+  if target == _FORWARD:
+    return (a_shape[0], *onednn_verify.out_sizes(geometry), b_shape[-1])
+  if target == _BACKWARD_DATA:
+    return (a_shape[0], *in_sizes, b_shape[-2])
+  return (*window, a_shape[-1], b_shape[-1])
+
+
+def _local_call(target: str, geometry: Geometry, a, b):
+  _, _, strides, pads, dilations = geometry
+  shape = _result_shape(target, a.shape, b.shape, geometry)
+  return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, a.dtype))(
+      a, b, strides=np.asarray(strides, np.int64),
+      pads_lo=np.asarray([lo for lo, _ in pads], np.int64),
+      pads_hi=np.asarray([hi for _, hi in pads], np.int64),
+      dilations=np.asarray(dilations, np.int64))
+
+
+# Data parallelism: without a partitioning rule, XLA's SPMD partitioner would
+# gather a batch-sharded operand onto every device to run a custom call. The
+# three passes are independent per example, so they run on each device's
+# shard of the batch; the kernel gradient sums the shards' contributions.
+_call = custom_partitioning.custom_partitioning(_local_call,
+                                                static_argnums=(0, 1))
+
+
+def _batch_axes(arg_shapes):
+  """The mesh axes the batch (dim 0 of the first operand) is sharded over."""
+  sharding = arg_shapes[0].sharding
+  spec = getattr(sharding, "spec", None)
+  return spec[0] if spec else None
+
+
+def _shardings(target, mesh, batch):
+  """(result sharding, operand shardings) for a batch sharded over `batch`."""
+  by_batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(batch))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  if target == _BACKWARD_WEIGHTS:
+    return replicated, (by_batch, by_batch)
+  return by_batch, (by_batch, replicated)
+
+
+def _infer_sharding(target, geometry, mesh, arg_shapes, result_shape):
+  del geometry, result_shape
+  return _shardings(target, mesh, _batch_axes(arg_shapes))[0]
+
+
+def _partition(target, geometry, mesh, arg_shapes, result_shape):
+  del result_shape
+  batch = _batch_axes(arg_shapes)
+  result_sharding, arg_shardings = _shardings(target, mesh, batch)
+
+  def lower(a, b):
+    out = _local_call(target, geometry, a, b)
+    if target == _BACKWARD_WEIGHTS and batch is not None:
+      out = lax.psum(out, batch)
+    return out
+
+  return mesh, lower, result_sharding, arg_shardings
+
+
+def _sharding_rule(target, geometry, mesh, operand_types, result_types):
+  """Shardy's rule: only the batch dim may be sharded; the kernel gradient
+  reduces over it."""
+  del mesh, operand_types, result_types
+  n = len(geometry[0])
+  x = " ".join(f"x{i}" for i in range(n))
+  y = " ".join(f"y{i}" for i in range(n))
+  k = " ".join(f"k{i}" for i in range(n))
+  rule = {_FORWARD: f"b {x} c, {k} c o -> b {y} o",
+          _BACKWARD_DATA: f"b {y} o, {k} c o -> b {x} c",
+          _BACKWARD_WEIGHTS: f"b {x} c, b {y} o -> {k} c o"}[target]
+  # Shardy wants the factors in the order they first appear in the rule.
+  order = list(dict.fromkeys(rule.replace(",", " ").replace("->", " ").split()))
+  factors = {"need_replication_factors": tuple(f for f in order if f != "b")}
+  if target == _BACKWARD_WEIGHTS:
+    factors["reduction_factors"] = ("b",)
+  return rule, factors
+
+
+_call.def_partition(partition=_partition,
+                    infer_sharding_from_operands=_infer_sharding,
+                    sharding_rule=_sharding_rule)
+
+
+@functools.lru_cache(maxsize=None)
+def _pass(target: str, geometry: Geometry):
+  """One pass as a function of its two operands that vmap can batch.
+
+  (custom_partitioning has no batching rule.) Members vmapped over the
+  activations with a shared kernel fold into the batch: one call. Anything
+  else (per-member kernels, or the kernel gradient, which must stay per
+  member) runs the members one after another with lax.map.
+  """
+
+  @custom_batching.custom_vmap
+  def run(a, b):
+    return _call(target, geometry, a, b)
+
+  @run.def_vmap
+  def _rule(axis_size, in_batched, a, b):
+    a_batched, b_batched = in_batched
+    if a_batched and not b_batched and target != _BACKWARD_WEIGHTS:
+      out = run(a.reshape(axis_size * a.shape[1], *a.shape[2:]), b)
+      return out.reshape(axis_size, a.shape[1], *out.shape[1:]), True
+    if not a_batched:
+      a = jnp.broadcast_to(a, (axis_size, *a.shape))
+    if not b_batched:
+      b = jnp.broadcast_to(b, (axis_size, *b.shape))
+    return lax.map(lambda ab: run(*ab), (a, b)), True
+
+  return run
+
+
+def _xla_pass(target: str, geometry: Geometry, a, b):
+  """The same pass as XLA's convolution (or its transpose): what runs where
+  onednn_verify rejects oneDNN's primitive on this CPU."""
+  in_sizes, window, strides, pads, dilations = geometry
+  conv = functools.partial(
+      lax.conv_general_dilated, window_strides=strides, padding=pads,
+      rhs_dilation=dilations,
+      dimension_numbers=conv_im2col.channels_last_numbers(len(in_sizes) + 2))
+  if target == _FORWARD:
+    return conv(a, b)
+  if target == _BACKWARD_DATA:
+    x = jax.ShapeDtypeStruct((a.shape[0], *in_sizes, b.shape[-2]), a.dtype)
+    return jax.linear_transpose(lambda x: conv(x, b), x)(a)[0]
+  w = jax.ShapeDtypeStruct((*window, a.shape[-1], b.shape[-1]), a.dtype)
+  return jax.linear_transpose(lambda w: conv(a, w), w)(b)[0]
+
+
+def _checked_pass(target: str, geometry: Geometry, a, b):
+  """oneDNN's pass where onednn_verify accepts it on this CPU, else XLA's."""
+  channels = ((a.shape[-1], b.shape[-1]) if target == _BACKWARD_WEIGHTS
+              else (b.shape[-2], b.shape[-1]))
+  if onednn_verify.rejection(target, geometry, channels,
+                             jnp.dtype(a.dtype).name) is None:
+    return _pass(target, geometry)(a, b)
+  return _xla_pass(target, geometry, a, b)
+
+
+# Each pass is linear in each operand, and each one's VJP is made of the
+# other two, so reverse mode works to any order.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _forward(x, kernel, geometry):
+  return _checked_pass(_FORWARD, geometry, x, kernel)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _backward_data(dy, kernel, geometry):
+  return _checked_pass(_BACKWARD_DATA, geometry, dy, kernel)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _backward_weights(x, dy, geometry):
+  return _checked_pass(_BACKWARD_WEIGHTS, geometry, x, dy)
+
+
+def _forward_fwd(x, kernel, geometry):
+  return _forward(x, kernel, geometry), (x, kernel)
+
+
+def _forward_bwd(geometry, residuals, dy):
+  x, kernel = residuals
+  dy = dy.astype(x.dtype)
+  return (_backward_data(dy, kernel, geometry),
+          _backward_weights(x, dy, geometry))
+
+
+def _backward_data_fwd(dy, kernel, geometry):
+  return _backward_data(dy, kernel, geometry), (dy, kernel)
+
+
+def _backward_data_bwd(geometry, residuals, g):
+  dy, kernel = residuals
+  g = g.astype(dy.dtype)
+  return _forward(g, kernel, geometry), _backward_weights(g, dy, geometry)
+
+
+def _backward_weights_fwd(x, dy, geometry):
+  return _backward_weights(x, dy, geometry), (x, dy)
+
+
+def _backward_weights_bwd(geometry, residuals, g):
+  x, dy = residuals
+  g = g.astype(x.dtype)
+  return _backward_data(dy, g, geometry), _forward(x, g, geometry)
+
+
+_forward.defvjp(_forward_fwd, _forward_bwd)
+_backward_data.defvjp(_backward_data_fwd, _backward_data_bwd)
+_backward_weights.defvjp(_backward_weights_fwd, _backward_weights_bwd)
+
+
+def _subsampled(lhs, geometry: Geometry):
+  """A strided 1x1 convolution as the stride-1 convolution of the pixels it
+  reads: (lhs padded and subsampled in XLA, its new geometry).
+
+  oneDNN 3.2's AVX2 kernel gradient of strided 1x1 convolutions (it
+  subsamples internally) is wrong for fewer than 8 input channels on more
+  than one thread: the ResNet shortcut's case. Subsampling here costs the
+  same copy and leaves oneDNN a plain matrix multiply on every CPU.
+  """
+  _, window, strides, pads, _ = geometry
+  n = len(window)
+  out = onednn_verify.out_sizes(geometry)
+  if any(lo or hi for lo, hi in pads):
+    lhs = jnp.pad(lhs, ((0, 0), *pads, (0, 0)))
+  lhs = lax.slice(lhs, (0,) * (n + 2),
+                  (lhs.shape[0], *((m - 1) * s + 1 for m, s in zip(out, strides)),
+                   lhs.shape[-1]), (1, *strides, 1))
+  return lhs, (out, window, (1,) * n, ((0, 0),) * n, (1,) * n)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None,
+                         feature_group_count=1, batch_group_count=1,
+                         precision=None, preferred_element_type=None):
+  """`lax.conv_general_dilated` run by oneDNN on the CPU.
+
+  Same arguments, result and gradients (up to float summation order; float32
+  is computed in full float32 whatever `precision` says). Convolutions
+  oneDNN does not take (`supported`), negative padding, or a machine
+  without oneDNN (`onednn_build.unavailable_reason`) run
+  `lax.conv_general_dilated`.
+  """
+  lhs = jnp.asarray(lhs)
+  rhs = jnp.asarray(rhs)
+  dtype = jnp.result_type(lhs, rhs)
+  fallback = supported(lhs.shape, rhs.shape, dimension_numbers, lhs_dilation,
+                       feature_group_count, batch_group_count, dtype)
+  if fallback is None:
+    window, strides, pads, dilations = conv_im2col.channels_last_geometry(
+        lhs.shape, rhs.shape, window_strides, padding, rhs_dilation)
+    if any(p < 0 for pair in pads for p in pair):
+      fallback = f"negative padding {pads}"
+  if fallback is None:
+    fallback = onednn_build.unavailable_reason()
+  if fallback is not None:
+    return lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count, precision=precision,
+        preferred_element_type=preferred_element_type)
+  lhs = lhs.astype(dtype)
+  geometry = (tuple(lhs.shape[1:-1]), window, strides, pads, dilations)
+  if all(k == 1 for k in window) and any(s > 1 for s in strides):
+    lhs, geometry = _subsampled(lhs, geometry)
+  y = _forward(lhs, rhs.astype(dtype), geometry)
+  if preferred_element_type is not None:
+    y = y.astype(preferred_element_type)
+  return y

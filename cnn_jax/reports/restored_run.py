@@ -1,0 +1,114 @@
+"""A finished run read back from its workdir, and its predictions.
+
+`load_run(workdir)` gives a RestoredRun: summary.json, the config, the data
+splits, the normalisation and the train state of the final (or a chosen)
+checkpoint; `predict(run)` evaluates it on a whole split (or any
+ArrayDataset) and returns the logits with the task's metrics. Used by the
+reports (cnn_jax/reports/report.py) and the lecture experiments.
+"""
+
+import dataclasses
+import functools
+import os
+from typing import Any, Dict
+
+import jax
+import ml_collections
+import numpy as np
+
+from cnn_jax.runs import checkpoint
+from cnn_jax.training import train
+from cnn_jax.runs import workdirs
+from cnn_jax.data import load_splits
+
+
+@dataclasses.dataclass
+class RestoredRun:
+  """A finished run, read back: its summary.json, config, data and the
+  train state of its final checkpoint."""
+
+  workdir: str
+  summary: Dict[str, Any]
+  config: ml_collections.ConfigDict
+  splits: Dict[str, Any]
+  state: Any
+  step: int
+  mean: np.ndarray
+  std: np.ndarray
+
+  @property
+  def variables(self):
+    return {"params": self.state.params,
+            "batch_stats": self.state.batch_stats}
+
+  def normalize(self, images):
+    """uint8 images [B, H, W, C] -> the float inputs the model was trained
+    on."""
+    images = np.asarray(images, np.float32) / 255.0
+    return (images - self.mean) / self.std
+
+
+def load_run(workdir, step=None):
+  """RestoredRun of `workdir`: the checkpoint of `step`, default the final
+  one (summary.json's step, else the latest intact checkpoint).
+
+  Raises:
+    FileNotFoundError: no summary.json.
+    checkpoint.CheckpointError: no intact checkpoint.
+  """
+  summary = workdirs.read_summary(workdir)
+  if summary is None:
+    raise FileNotFoundError(
+        f"no summary.json in {workdir!r}: not a run folder, or the run has "
+        "not finished (train it with launch.py first)")
+  config = ml_collections.ConfigDict(summary["config"])
+  splits = load_splits(config.data)
+  train_set = splits["train"]
+  per_epoch = max(1, len(train_set) // config.data.batch_size)
+  abstract = train.abstract_train_state(config, train_set.example_shape,
+                                        per_epoch)
+  manager = checkpoint.make_manager(workdir)
+  try:
+    if step is None and summary.get("steps") in manager.all_steps():
+      step = summary["steps"]
+    if step is None:
+      state, _ = checkpoint.restore_latest(manager, abstract)
+    else:
+      state, _ = checkpoint.restore(manager, abstract, step)
+  finally:
+    manager.close()
+  normalization = summary.get("normalization")
+  if normalization:
+    mean = np.asarray(normalization["mean"], np.float32)
+    std = np.asarray(normalization["std"], np.float32)
+  else:
+    mean, std = train.normalization_stats(config.data, train_set)
+  return RestoredRun(os.path.abspath(workdir), summary, config, splits, state,
+                     int(state.step), mean, std)
+
+
+def predict(run, split="test", dataset=None):
+  """(logits float [N, K], metrics dict) of `run`'s model on every example of
+  `split` (or of `dataset`, an ArrayDataset such as shifted test images),
+  through train.eval_step/evaluate (last batch padded and masked).
+  """
+  base = _task(run.config)
+  task = dataclasses.replace(
+      base,
+      eval_examples=lambda logits, batch: {"logits": logits},
+      finalize=lambda sums, examples: {
+          **base.finalize(sums, {k: v for k, v in examples.items()
+                                 if k != "logits"}),
+          "logits": examples["logits"]})
+  eval_fn = jax.jit(functools.partial(train.eval_step, mean=run.mean,
+                                      std=run.std, task=task))
+  dataset = run.splits[split] if dataset is None else dataset
+  metrics = train.evaluate(eval_fn, run.state, dataset,
+                           run.config.data.eval_batch_size, task)
+  logits = np.asarray(metrics.pop("logits"))
+  return logits, metrics
+
+
+def _task(config):
+  from cnn_jax import tasks  # pylint: disable=g-import-not-at-top
+  return tasks.get_task(config.get("task", "classification"))

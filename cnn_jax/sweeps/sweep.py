@@ -1,0 +1,493 @@
+"""Sweeps in one program: K training runs ("members") stacked and vmapped.
+
+A sweep is a config with a `sweep` section (configs/mnist_sweep.py) whose
+axes name the config keys the members differ in. Three modules:
+  * cnn_jax/sweeps/sweep_config.py: the sweep section -> each member's config,
+    exactly the config of the single run it stands for;
+  * cnn_jax/sweeps/sweep_steps.py: the members' TrainStates stacked [K, ...] and
+    the jitted steps that vmap train.train_step over them, isolating a
+    member that diverges;
+  * this module: the run (train_and_evaluate), its outputs and the ranking.
+
+Memory: `sweep.chunk` members run at once; more run chunk after chunk with
+the same compiled program (the last chunk is padded with masked-out copies).
+
+Devices: a ('members', 'data') mesh (cnn_jax/sweeps/parallel.py). Each batch is
+split over 'data' (data parallelism, parameters replicated); with
+`sweep.member_devices` > 1 the members are split over 'members' as well.
+
+Outputs in the sweep's workdir:
+  members/<k>/   an ordinary run folder per member (summary.json with its
+                 resolved config, metrics.jsonl, tensorboard/, checkpoints/):
+                 `launch.py --config <sweep config> --mode=evaluate
+                 --workdir <sweep>/members/<k>` evaluates it as a single run;
+  metrics.jsonl  every member's records, with a 'member' field;
+  summary.json, summary.md   the members ranked by test accuracy.
+"""
+
+import dataclasses
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from cnn_jax.runs import checkpoint
+from cnn_jax.training import optim
+from cnn_jax.sweeps import parallel
+from cnn_jax.sweeps import sweep_config
+from cnn_jax.sweeps import sweep_steps
+from cnn_jax.training import train
+from cnn_jax.transfer import transfer
+from cnn_jax.runs import workdirs
+from cnn_jax.runs import writers
+from cnn_jax.data import batching
+from cnn_jax.data import load_splits
+from cnn_jax.data import prefetch
+from cnn_jax.tasks import CLASSIFICATION
+
+
+def _check_supported(config):
+  # Members share the schedule (sweep_config lets them differ in none of
+  # its keys, nor in train.num_epochs): checked once, before any I/O.
+  optim.check_schedule(config.optim, config.train.num_epochs)
+  if config.get("task", "classification") != "classification":
+    raise ValueError(f"config.task={config.task!r}: sweeps train "
+                     "classification only")
+  transfer_config = config.get("transfer")
+  if transfer_config is not None and transfer.is_active(transfer_config):
+    raise ValueError("sweeps do not support config.transfer (partial "
+                     "restore); run those members as single runs")
+
+
+@dataclasses.dataclass
+class _Member:
+  """Host-side record of one member during the run."""
+
+  index: int
+  overrides: dict
+  config: ml_collections.ConfigDict
+  workdir: str
+  writer: writers.MetricWriter = None
+  alive: bool = True
+  diverged_at: int = None  # the step whose loss/params were not finite
+  train_loss: float = None
+  test_metrics: dict = None
+
+
+def _member_batches(train_set, batch_size, seeds):
+  """Yields (position, {'image': [K, B, ...], 'label': [K, B]}): member k's
+  batch from its own seed's order (one host iterator per distinct seed)."""
+  distinct = sorted(set(seeds))
+  iterators = [batching.train_batches(train_set, batch_size, s)
+               for s in distinct]
+  rows = [distinct.index(s) for s in seeds]
+  for items in zip(*iterators):
+    position = items[0][0]
+    batches = [b for _, b in items]
+    yield position, {key: np.stack([batches[r][key] for r in rows])
+                     for key in batches[0]}
+
+
+def _prepare(workdir):
+  workdirs.check_writable(workdir)  # an existing workdir, before any write
+  existing = [f for f in ("summary.json", "metrics.jsonl", "members",
+                          "checkpoints")
+              if os.path.exists(os.path.join(workdir, f))]
+  if existing:
+    raise workdirs.WorkdirInUseError(
+        f"workdir {workdir!r} already holds results ({', '.join(existing)}); "
+        "choose a new --workdir (results are never overwritten; a sweep is "
+        "not resumed)")
+  with workdirs.writing(workdir):
+    os.makedirs(workdir, exist_ok=True)
+
+
+def _chunks(count, size):
+  return [list(range(start, min(start + size, count)))
+          for start in range(0, count, size)]
+
+
+
+class _SweepWriter:
+  """The sweep's metrics.jsonl (all members, with a 'member' field) and each
+  member's own metrics.jsonl / TensorBoard folder."""
+
+  def __init__(self, workdir):
+    self._workdir = workdir
+    with workdirs.writing(workdir):
+      self._file = open(os.path.join(workdir, "metrics.jsonl"), "a",
+                        encoding="utf-8")
+
+  def write(self, member, step, split, metrics):
+    member.writer.write(step, split, metrics)
+    record = {"step": int(step), "split": split, "member": member.index}
+    record.update({k: writers._plain(v) for k, v in metrics.items()})  # pylint: disable=protected-access
+    with workdirs.writing(self._workdir, self._file.name):
+      self._file.write(json.dumps(record) + "\n")
+      self._file.flush()
+
+  def close(self):
+    self._file.close()
+
+
+def _evaluate(p_eval_step, states, test_set, batch_size, sharding):
+  totals = None
+  for batch in batching.eval_batches(test_set, batch_size):
+    sums = p_eval_step(states, jax.device_put(batch, sharding))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  count = len(totals["count"])
+  return [CLASSIFICATION.finalize({k: v[i] for k, v in totals.items()})
+          for i in range(count)]
+
+
+def _log_window(members, records, first_step, schedule, sweep_writer, epoch,
+                throughput):
+  """Writes each live member's mean train metrics over the window and marks
+  the members that diverged in it."""
+  updated = np.stack([r["updated"] for r in records])  # [T, K]
+  for slot, member in enumerate(members):
+    if member is None or not member.alive:
+      continue
+    good = updated[:, slot]
+    if not good.all():
+      t = int(np.argmin(good))
+      member.alive = False
+      member.diverged_at = first_step + t + 1
+      loss = float(records[t]["loss"][slot])
+      writers.report(f"member {member.index} diverged at step "
+                     f"{member.diverged_at} (loss {loss}); its state is kept "
+                     "from the step before, the others continue")
+      sweep_writer.write(member, member.diverged_at, "diverged",
+                         {"loss": loss})
+    if not good.any():
+      continue
+    step = first_step + int(np.nonzero(good)[0][-1]) + 1
+    summary = {k: float(np.mean([r[k][slot] for r, g in zip(records, good)
+                                 if g]))
+               for k in ("loss", "accuracy")}
+    member.train_loss = summary["loss"]
+    summary.update(
+        learning_rate=float(member.config.optim.learning_rate
+                            * schedule.shape(step - 1)),
+        img_per_s=throughput, epoch=epoch)
+    sweep_writer.write(member, step, "train", summary)
+
+
+def _save_member(member, state, mean, std, per_epoch, test_metrics):
+  step = int(state.step)
+  position = batching.IteratorPosition(step // per_epoch, step % per_epoch)
+  checkpoint_config = member.config.get("checkpoint")
+  if checkpoint_config is None:
+    checkpoint_config = ml_collections.ConfigDict(
+        {"every_steps": 0, "every_seconds": 0.0, "keep": 1,
+         "keep_best_metric": "", "async_save": False})
+  manager = checkpoint.make_manager(member.workdir, checkpoint_config)
+  meta = {"step": step, "position": dataclasses.asdict(position),
+          "pending_metrics": [], "test_metrics": test_metrics,
+          "config": member.config.to_dict(),
+          "normalization": {"mean": mean.tolist(), "std": std.tolist()}}
+  checkpoint.save(manager, state, meta)
+  manager.wait_until_finished()
+  manager.close()
+  return step
+
+
+def _member_summary(member, sweep_workdir, steps, start_time, throughput,
+                    chunk_members, mean, std):
+  status = "finished" if member.alive else "diverged"
+  summary = {
+      "status": status,
+      "test_accuracy": member.test_metrics["accuracy"],
+      "test_loss": member.test_metrics["loss"],
+      "test_examples": member.test_metrics["count"],
+      "task": "classification",
+      "test_metrics": member.test_metrics,
+      "steps": steps,
+      "epochs": member.config.train.num_epochs,
+      "wall_seconds": time.time() - start_time,
+      # The member's share of its chunk's images/s (compilation excluded).
+      "train_img_per_s": throughput / chunk_members if throughput else None,
+      "normalization": {"mean": mean.tolist(), "std": std.tolist()},
+      "device": jax.devices()[0].device_kind,
+      "config": member.config.to_dict(),
+      "sweep": {"workdir": os.path.abspath(sweep_workdir),
+                "member": member.index, "overrides": member.overrides,
+                "diverged_at_step": member.diverged_at,
+                "chunk_train_img_per_s": throughput},
+  }
+  if not member.alive:
+    summary["step"] = steps
+    summary["error"] = (f"non-finite loss or parameters at step "
+                        f"{member.diverged_at}; state kept from step {steps}")
+  workdirs.write_summary(member.workdir, summary)
+  return summary
+
+
+def _compiled_steps(cache, program, augment_configs, vary_dropout, mean, std,
+                    chunk_size, width, mesh, conv_impl=None):
+  """The jitted (train_step, eval_step) for these static settings, compiled
+  once and reused by every chunk that shares them."""
+  key = (json.dumps(augment_configs, sort_keys=True), vary_dropout)
+  if key not in cache:
+    on_members = parallel.member_sharding(mesh)
+    cache[key] = (
+        jax.jit(sweep_steps.make_train_step(
+            program.model, augment_configs, mean=mean, std=std,
+            member_count=chunk_size, vary_dropout=vary_dropout,
+            vmap_width=width, conv_impl=conv_impl),
+                in_shardings=(on_members, on_members,
+                              parallel.batch_sharding(mesh, stacked=True),
+                              on_members),
+                out_shardings=(on_members, on_members, on_members),
+                donate_argnums=(0, 1)),
+        jax.jit(sweep_steps.make_eval_step(mean=mean, std=std,
+                                           member_count=chunk_size,
+                                           vmap_width=width),
+                in_shardings=(on_members, parallel.batch_sharding(mesh)),
+                out_shardings=on_members))
+  return cache[key]
+
+
+def _train_chunk(indices, overrides, configs, data, run):
+  """Trains members `indices` together (one chunk); returns their _Member
+  records and the chunk's training throughput (images/s, all members)."""
+  train_set, test_set, mean, std = data
+  chunk_size, mesh, program = run["chunk_size"], run["mesh"], run["program"]
+  base = configs[indices[0]]
+  # Padding: copies of the last member, masked out from the start.
+  slots = indices + [indices[-1]] * (chunk_size - len(indices))
+  chunk_configs = [configs[i] for i in slots]
+  members = []
+  for index in indices:
+    member_dir = os.path.join(run["workdir"], "members", str(index))
+    with workdirs.writing(run["workdir"]):
+      os.makedirs(member_dir)
+    members.append(_Member(index, overrides[index], configs[index],
+                           member_dir, writers.MetricWriter(member_dir)))
+  members += [None] * (chunk_size - len(indices))
+
+  batch_size = base.data.batch_size
+  per_epoch = batching.steps_per_epoch(len(train_set), batch_size)
+  total_steps = base.train.num_epochs * per_epoch
+  states, _ = sweep_steps.init_members(chunk_configs, train_set.example_shape,
+                                       per_epoch, program)
+  augment_configs = sweep_steps.distinct_augmentations(chunk_configs)
+  p_train_step, p_eval_step = _compiled_steps(
+      run["compiled"], program, augment_configs, run["vary_dropout"], mean,
+      std, chunk_size, run["vmap_width"], mesh, run["conv_impl"])
+  on_members = parallel.member_sharding(mesh)
+  states, alive, hparams = jax.device_put(
+      (states, jnp.asarray([m is not None for m in members]),
+       sweep_steps.hyperparameter_arrays(chunk_configs, augment_configs)),
+      on_members)
+
+  def evaluate_members(step, epoch, log):
+    results = _evaluate(p_eval_step, states, test_set,
+                        base.data.eval_batch_size,
+                        parallel.batch_sharding(mesh))
+    for member, metrics in zip(members, results):
+      if member is not None:
+        member.test_metrics = metrics
+        if log and member.alive:
+          run["writer"].write(member, step, "test",
+                              {**metrics, "epoch": epoch})
+
+  pending, step, evaluated_at = [], 0, None
+  window_start, window_images = time.time(), 0
+  train_seconds, train_images, first_window = 0.0, 0, True
+  batches = prefetch.prefetch_to_device(
+      _member_batches(train_set, batch_size, [c.seed for c in chunk_configs]),
+      size=2, sharding=parallel.batch_sharding(mesh, stacked=True))
+  try:
+    for position, batch in batches:
+      if step >= total_steps:
+        break
+      states, alive, step_metrics = p_train_step(states, alive, batch,
+                                                 hparams)
+      pending.append(step_metrics)
+      step += 1
+      window_images += batch_size * len(indices)
+      epoch_done = position.batch == 0
+      if step % base.train.log_every_steps == 0 or epoch_done:
+        records = jax.device_get(pending)
+        elapsed = time.time() - window_start
+        throughput = window_images / max(elapsed, 1e-9)
+        if not first_window:  # the first window holds the compilation
+          train_seconds += elapsed
+          train_images += window_images
+        _log_window(members, records, step - len(records), program.schedule,
+                    run["writer"], step / per_epoch,
+                    throughput / len(indices))  # each member's share
+        run["bar"].update(len(records))
+        pending, first_window = [], False
+        live = [m for m in members if m is not None and m.alive]
+        if not live:
+          writers.report(f"every member of chunk {indices} diverged; "
+                         "stopping the chunk")
+          break
+        run["bar"].set_postfix(
+            epoch=f"{step / per_epoch:.2f}",
+            best_loss=f"{min(m.train_loss for m in live):.4f}",
+            img_s=f"{throughput:.0f}")
+        window_start, window_images = time.time(), 0
+      if epoch_done and (position.epoch % base.train.eval_every_epochs == 0
+                         or step == total_steps):
+        evaluate_members(step, position.epoch, log=True)
+        evaluated_at = step
+        best = max((m for m in members if m is not None and m.alive),
+                   key=lambda m: m.test_metrics["accuracy"])
+        writers.report(
+            f"members {indices[0]}-{indices[-1]}, epoch {position.epoch} "
+            f"step {step}: best test accuracy "
+            f"{best.test_metrics['accuracy']:.4f} (member {best.index})")
+        window_start = time.time()  # evaluation time is not training time
+  finally:
+    batches.close()
+  if evaluated_at != step:  # stopped early: the members' final states
+    evaluate_members(step, step // per_epoch, log=False)
+
+  throughput = train_images / train_seconds if train_seconds else None
+  for slot, member in enumerate(members):
+    if member is not None:
+      steps = _save_member(member, sweep_steps.member_state(states, slot),
+                           mean, std, per_epoch, member.test_metrics)
+      _member_summary(member, run["workdir"], steps, run["start_time"],
+                      throughput, len(indices), mean, std)
+      member.writer.close()
+  return [m for m in members if m is not None], throughput
+
+
+def _ranked(members):
+  """Finished members by test accuracy (best first), then diverged ones."""
+  return sorted(members, key=lambda m: (not m.alive,
+                                        -m.test_metrics["accuracy"]))
+
+
+def _fmt(value):
+  return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def summary_markdown(rows, names):
+  """The ranking as a markdown table."""
+  header = (["rank", "member"] + names
+            + ["test accuracy", "test loss", "train loss", "status"])
+  lines = ["| " + " | ".join(header) + " |",
+           "|" + "---|" * len(header)]
+  for row in rows:
+    cells = ([str(row["rank"]), str(row["member"])]
+             + [_fmt(row["overrides"][n]) for n in names]
+             + [f"{row['test_accuracy']:.4f}", f"{row['test_loss']:.4f}",
+                "-" if row["train_loss"] is None
+                else f"{row['train_loss']:.4f}", row["status"]])
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
+  """Trains every member of the sweep `config` into `workdir` (see the
+  module docstring for the layout). Returns the sweep's summary dict.
+
+  Raises FloatingPointError (after writing every result) if all members
+  diverged.
+  """
+  start_time = time.time()
+  overrides, configs = sweep_config.member_configs(config)
+  base = configs[0]
+  _check_supported(base)
+  sweep_section = config.sweep  # not sweep_config: that names the module
+  if sweep_section.get("chunk", 0) < 0:
+    raise ValueError(f"config.sweep.chunk={sweep_section.chunk} must be >= 0 "
+                     "(0: all members at once)")
+  chunk_size = min(sweep_section.get("chunk", 0) or len(configs), len(configs))
+  mesh = parallel.make_mesh(sweep_section.get("member_devices", 1))
+  parallel.check_divisible(mesh, base.data.batch_size, chunk_size)
+  parallel.check_divisible(mesh, base.data.eval_batch_size,
+                           batch_key="config.data.eval_batch_size")
+  _prepare(workdir)
+  splits = load_splits(base.data)
+  train_set, test_set = splits["train"], splits["test"]
+  mean, std = train.normalization_stats(base.data, train_set)
+  per_epoch = batching.steps_per_epoch(len(train_set), base.data.batch_size)
+  program = sweep_steps.shared_program(base, per_epoch)
+  vary_dropout = len({c.model.dropout_rate for c in configs}) > 1
+  if vary_dropout:
+    sweep_steps.check_traced_dropout(program.model, train_set.example_shape)
+  chunks = _chunks(len(configs), chunk_size)
+  names = sorted(overrides[0])
+  writers.report(
+      f"sweep of {len(configs)} members over {', '.join(names)} "
+      f"({sweep_section.get('mode', 'grid')}), {chunk_size} at a time on "
+      f"{mesh.devices.size} device(s) (mesh {dict(mesh.shape)}); "
+      f"{base.data.name}: {len(train_set)} train, {len(test_set)} test")
+
+  vmap_width = sweep_steps.resolve_vmap_width(sweep_section, chunk_size)
+  run = {"workdir": workdir, "start_time": start_time, "mesh": mesh,
+         "chunk_size": chunk_size, "program": program,
+         "vary_dropout": vary_dropout, "compiled": {},
+         "vmap_width": vmap_width,
+         "conv_impl": sweep_steps.resolve_conv_impl(sweep_section, vmap_width,
+                                                    chunk_size),
+         "writer": _SweepWriter(workdir),
+         "bar": writers.progress_bar(
+             base.train.num_epochs * per_epoch * len(chunks))}
+  members, throughputs = [], []
+  try:
+    for indices in chunks:
+      done, throughput = _train_chunk(indices, overrides, configs,
+                                      (train_set, test_set, mean, std), run)
+      members += done
+      if throughput:
+        throughputs.append(throughput)
+  finally:
+    run["bar"].close()
+    run["writer"].close()
+
+  rows = []
+  for rank, member in enumerate(_ranked(members), 1):
+    rows.append({"rank": rank, "member": member.index,
+                 "overrides": member.overrides,
+                 "test_accuracy": member.test_metrics["accuracy"],
+                 "test_loss": member.test_metrics["loss"],
+                 "train_loss": member.train_loss,
+                 "status": "finished" if member.alive else "diverged",
+                 "diverged_at_step": member.diverged_at,
+                 "workdir": os.path.join("members", str(member.index))})
+  table = summary_markdown(rows, names)
+  with workdirs.writing(workdir), open(os.path.join(workdir, "summary.md"),
+                                       "w", encoding="utf-8") as f:
+    f.write(f"# Sweep: {len(configs)} members over {', '.join(names)}\n\n"
+            + table)
+  all_diverged = all(r["status"] == "diverged" for r in rows)
+  summary = {
+      "status": "diverged" if all_diverged else "finished",
+      "kind": "sweep",
+      "members": len(configs),
+      "axes": names,
+      "mode": sweep_section.get("mode", "grid"),
+      "chunk": chunk_size,
+      "ranking": rows,
+      "best_member": rows[0]["member"],
+      "test_accuracy": rows[0]["test_accuracy"],
+      "test_loss": rows[0]["test_loss"],
+      "diverged": [r["member"] for r in rows if r["status"] == "diverged"],
+      "steps": base.train.num_epochs * per_epoch,
+      "epochs": base.train.num_epochs,
+      "wall_seconds": time.time() - start_time,
+      # All members' training images per second (compilation excluded).
+      "train_img_per_s": float(np.mean(throughputs)) if throughputs else None,
+      "mesh": dict(mesh.shape),
+      "device": jax.devices()[0].device_kind,
+      "config": config.to_dict(),
+  }
+  workdirs.write_summary(workdir, summary)
+  writers.report(table)
+  if all_diverged:
+    raise FloatingPointError(
+        "every member of the sweep diverged (non-finite loss or parameters); "
+        "lower config.optim.learning_rate or add config.optim.grad_clip_norm")
+  return summary

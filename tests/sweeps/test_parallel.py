@@ -1,0 +1,123 @@
+"""Data parallelism (cnn_jax/sweeps/parallel.py) on 8 fake CPU devices, alone and
+with sweep members (2 members x 4 devices per batch): the same parameters as
+single runs on one device.
+
+The device count is fixed when JAX starts, so the 8-device checks run in a
+subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=8.
+"""
+
+import json
+
+import pytest
+
+from cnn_jax.sweeps import parallel
+from tests.conftest import run_on_cpu_devices
+
+_EIGHT_DEVICES = r"""
+import functools, json
+import jax, jax.numpy as jnp, ml_collections, numpy as np
+from cnn_jax.sweeps import parallel
+from cnn_jax.sweeps import sweep
+from cnn_jax.sweeps import sweep_config
+from cnn_jax.sweeps import sweep_steps
+from cnn_jax.training import train
+from configs import mnist
+
+assert len(jax.devices()) == 8, jax.devices()
+config = mnist.get_config()
+config.model.features, config.model.hidden = (8, 16), 32
+config.optim.name, config.optim.schedule = "momentum", "constant"
+config.data.batch_size = 32
+rng = np.random.default_rng(0)
+batch = {"image": rng.integers(0, 255, (32, 28, 28, 1)).astype(np.uint8),
+         "label": rng.integers(0, 10, 32).astype(np.int32)}
+step = functools.partial(train.train_step, mean=0.13, std=0.3)
+
+def max_diff(a, b):
+  return max(float(jnp.max(jnp.abs(x - y)))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+# Two sweep members (the first is also the single run below); one init
+# compile serves every state here.
+config.sweep = ml_collections.ConfigDict({"mode": "zip", "axes": {
+    "seed": (0, 1), "optim": {"learning_rate": (0.01, 0.03)}}})
+_, configs = sweep_config.member_configs(config)
+program = sweep_steps.shared_program(configs[0], 10)
+initial = lambda: sweep_steps.init_members(configs, (28, 28, 1), 10, program)[0]
+
+# A single run: batch split 8 ways over 'data', parameters replicated.
+state = sweep_steps.member_state(initial(), 0)
+mesh = parallel.make_mesh()
+sharded_batch = jax.device_put(batch, parallel.batch_sharding(mesh))
+one, many = jax.jit(step), parallel.data_parallel(step, mesh,
+                                                  donate_state=False)
+single_state, parallel_state = state, state
+for _ in range(3):
+  single_state, single_metrics = one(single_state, batch)
+  parallel_state, parallel_metrics = many(parallel_state, sharded_batch)
+kernel = parallel_state.params["head"]["kernel"]
+result = {
+    "mesh": dict(mesh.shape),
+    "examples_per_device": sharded_batch["image"].addressable_shards[0]
+                           .data.shape[0],
+    "params_replicated": kernel.sharding.is_fully_replicated
+                         and len(kernel.sharding.device_set) == 8,
+    "single_run_diff": max_diff(single_state.params, parallel_state.params),
+    "loss_diff": abs(float(single_metrics["loss"])
+                     - float(parallel_metrics["loss"])),
+}
+
+# The sweep: 2 members over 'members' x each batch over 4 'data' devices,
+# against each member's single run on one device (`one`, compiled above).
+augments = sweep_steps.distinct_augmentations(configs)
+hparams = sweep_steps.hyperparameter_arrays(configs, augments)
+stacked = {k: np.stack([v, v[::-1]]) for k, v in batch.items()}
+mesh = parallel.make_mesh(member_devices=2)
+train_step, _ = sweep._compiled_steps(  # what sweep.train_and_evaluate runs
+    {}, program, augments, False, 0.13, 0.3, 2, 2, mesh)
+on_members = parallel.member_sharding(mesh)
+states = jax.device_put(initial(), on_members)
+alive = jax.device_put(jnp.ones(2, bool), on_members)
+sweep_batch = jax.device_put(stacked, parallel.batch_sharding(mesh, True))
+hparams = jax.device_put(hparams, on_members)
+for _ in range(3):
+  states, alive, _ = train_step(states, alive, sweep_batch, hparams)
+kernel = states.params["head"]["kernel"]
+result["sweep_mesh"] = dict(mesh.shape)
+result["member_shard_shape"] = list(kernel.addressable_shards[0].data.shape)
+result["sweep_diff"] = 0.0
+for k in range(2):
+  single = sweep_steps.member_state(initial(), k)
+  member_batch = {key: value[k] for key, value in stacked.items()}
+  for _ in range(3):
+    single, _ = one(single, member_batch)
+  result["sweep_diff"] = max(result["sweep_diff"], max_diff(
+      sweep_steps.member_state(states, k).params, single.params))
+print(json.dumps(result))
+"""
+
+
+def test_data_parallel_on_eight_devices_matches_one_device():
+  stdout = run_on_cpu_devices(_EIGHT_DEVICES, devices=8)
+  result = json.loads(stdout.strip().splitlines()[-1])
+  assert result["mesh"] == {"members": 1, "data": 8}
+  assert result["examples_per_device"] == 32 // 8
+  assert result["params_replicated"]
+  # Same global batch, same parameters (up to summation order).
+  assert result["single_run_diff"] < 1e-5, result
+  assert result["loss_diff"] < 1e-5, result
+  assert result["sweep_mesh"] == {"members": 2, "data": 4}
+  assert result["member_shard_shape"] == [1, 32, 10]  # one member per device
+  # Each member on the 2 x 4 mesh == its single run on one device.
+  assert result["sweep_diff"] < 1e-5, result
+
+
+def test_mesh_and_batch_errors_name_the_config_key():
+  with pytest.raises(ValueError, match="member_devices=3 does not divide"):
+    parallel.make_mesh(member_devices=3, devices=[object()] * 4)
+  mesh = parallel.make_mesh()
+  assert dict(mesh.shape) == {"members": 1, "data": len(mesh.devices.flat)}
+  if mesh.shape["data"] > 1:
+    with pytest.raises(ValueError, match="config.data.batch_size=1 does not"):
+      parallel.check_divisible(mesh, 1)
+  parallel.check_divisible(mesh, 8 * mesh.shape["data"], members=4)
