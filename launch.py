@@ -24,11 +24,11 @@ from absl import flags
 from absl import logging
 
 from cnn_jax import config_file
+from cnn_jax.reports import entry as report_entry
 from cnn_jax.reports import heatmaps
-from cnn_jax.training import preemption
-from cnn_jax.reports import report
 from cnn_jax.sweeps import sweep
 from cnn_jax.sweeps import sweep_config
+from cnn_jax.training import preemption
 from cnn_jax.training import train
 
 FLAGS = flags.FLAGS
@@ -102,9 +102,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   try:
     if FLAGS.mode == "report":
-      path = report.write_report(FLAGS.workdir,
-                                 overwrite=FLAGS.overwrite_report,
-                                 html=FLAGS.report_html)
+      path = report_entry.write_report(FLAGS.workdir,
+                                       overwrite=FLAGS.overwrite_report,
+                                       html=FLAGS.report_html)
       print(f"report written to {path}")
       return 0
     # A sweep config with --workdir <sweep>/members/<k>: member k's config.

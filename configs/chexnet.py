@@ -34,8 +34,8 @@ import ml_collections
 
 from configs import mnist
 from configs import multidigit
-from cnn_jax.transfer import transfer
 from cnn_jax.data import chestxray
+from cnn_jax.transfer import plan as transfer_plan
 
 
 def get_config():
@@ -81,5 +81,5 @@ def get_config():
   config.train.log_every_steps = 100
   config.train.eval_every_epochs = 1
   config.checkpoint.keep_best_metric = ""
-  config.transfer = transfer.default_transfer_config()
+  config.transfer = transfer_plan.default_transfer_config()
   return config

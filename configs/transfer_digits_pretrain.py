@@ -12,7 +12,7 @@ the 5,139 test images of digits 0-4 in 2 epochs (478 steps), a minute or two
 on a 2-core CPU.
 """
 
-from cnn_jax.transfer import transfer
+from cnn_jax.transfer import plan as transfer_plan
 from configs import mnist
 
 DATA_DIR = "runs/transfer_digits/data"
@@ -32,5 +32,5 @@ def get_config():
   config.optim.schedule = "one_cycle"
   config.optim.warmup_epochs = 0.5
   config.train.num_epochs = 2
-  config.transfer = transfer.default_transfer_config()  # off: trains all
+  config.transfer = transfer_plan.default_transfer_config()  # off: trains all
   return config

@@ -34,7 +34,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cnn_jax.runs import checkpoint  # pylint: disable=g-import-not-at-top
-from cnn_jax.training import train
+from cnn_jax.training import steps
 from configs import mnist as mnist_config
 
 flags.DEFINE_integer("repeats", 3, "Saves per model and mode (median kept).")
@@ -54,7 +54,7 @@ def _states():
 def _random_state(config, example_shape, seed=0):
   """A TrainState of the config's shapes, filled with random values (no
   model.init: that would take minutes for ResNet-50 on a CPU)."""
-  abstract = train.abstract_train_state(config, example_shape,
+  abstract = steps.abstract_train_state(config, example_shape,
                                         steps_per_epoch=100)
   rng = np.random.default_rng(seed)
 

@@ -34,11 +34,11 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cnn_jax.training import train  # pylint: disable=g-import-not-at-top
 from cnn_jax.data import augment
 from cnn_jax.data import batching
 from cnn_jax.data import load_splits
 from cnn_jax.data import prefetch
+from cnn_jax.training import steps  # pylint: disable=g-import-not-at-top
 from configs import cifar10_simple
 from configs import mnist
 
@@ -86,10 +86,10 @@ def pipeline_rate(train_set, config, mean, std):
 
 def train_step_rate(train_set, config, mean, std):
   """The jitted train step on a device-resident batch, images/s."""
-  state, _ = train.create_train_state(config, jax.random.PRNGKey(0),
+  state, _ = steps.create_train_state(config, jax.random.PRNGKey(0),
                                       train_set.example_shape, 100)
   step = jax.jit(functools.partial(
-      train.train_step, mean=mean, std=std,
+      steps.train_step, mean=mean, std=std,
       augment_config=config.data.augment.to_dict()), donate_argnums=0)
   _, batch = next(batching.train_batches(train_set, config.data.batch_size, 0))
   batch = jax.device_put(batch)
@@ -140,7 +140,7 @@ def bench(name, config, rows, timings=None, step=None):
   start = time.perf_counter()
   train_set = load_splits(config.data)["train"]
   load_seconds = time.perf_counter() - start
-  mean, std = train.normalization_stats(config.data, train_set)
+  mean, std = steps.normalization_stats(config.data, train_set)
   host, piped = pipeline_rate(train_set, config, mean, std)
   if step is None:
     step = train_step_rate(train_set, config, mean, std)

@@ -12,7 +12,7 @@ process, each after warm-up (compilation excluded):
     K on GPU/TPU, 1 on CPU);
     Each row names the sweep step's convolutions (--sweep_conv_impl, as
     config.sweep.conv_impl: 'auto' is im2col for a vmap on GPU/TPU);
-  * sequential: the K members one after another, each with train.train_step
+  * sequential: the K members one after another, each with steps.train_step
     (one compiled step shared by all, as a fresh process would compile it).
 Both draw the members' own batches on the host (each member's order from its
 seed) and prefetch them to the device. Rounds alternate sweep and sequential
@@ -49,13 +49,13 @@ import ml_collections
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cnn_jax.conv import conv_impls  # pylint: disable=g-import-not-at-top
-from cnn_jax.sweeps import sweep  # pylint: disable=g-import-not-at-top
-from cnn_jax.sweeps import sweep_config
-from cnn_jax.sweeps import sweep_steps
-from cnn_jax.training import train
 from cnn_jax.data import batching
 from cnn_jax.data import load_splits
 from cnn_jax.data import prefetch
+from cnn_jax.sweeps import sweep  # pylint: disable=g-import-not-at-top
+from cnn_jax.sweeps import sweep_config
+from cnn_jax.sweeps import sweep_steps
+from cnn_jax.training import steps
 from configs import mnist
 
 
@@ -118,7 +118,7 @@ def main(argv=None):
   _, configs = sweep_config.member_configs(_config(args.members))
   base = configs[0]
   train_set = load_splits(base.data)["train"]
-  mean, std = train.normalization_stats(base.data, train_set)
+  mean, std = steps.normalization_stats(base.data, train_set)
   batch_size = base.data.batch_size
   per_epoch = batching.steps_per_epoch(len(train_set), batch_size)
   seeds = [c.seed for c in configs]
@@ -144,14 +144,14 @@ def main(argv=None):
                      "step": step, "batches": batches, "seconds": 0.0}
 
   # The single runs: member k's own TrainState (the sweep's init gives the
-  # same values as train.create_train_state) and its own batch order.
+  # same values as steps.create_train_state) and its own batch order.
   initial, _ = sweep_steps.init_members(configs, train_set.example_shape,
                                   per_epoch, program)
   singles = [{"state": sweep_steps.member_state(initial, k),
               "batches": prefetch.prefetch_to_device(
                   batching.train_batches(train_set, batch_size, s), size=2)}
              for k, s in enumerate(seeds)]
-  single_step = jax.jit(functools.partial(train.train_step, mean=mean,
+  single_step = jax.jit(functools.partial(steps.train_step, mean=mean,
                                           std=std), donate_argnums=0)
   sequential_seconds = 0.0
 
@@ -159,15 +159,15 @@ def main(argv=None):
     for entry in list(sweeps.values()) + singles:
       entry["batches"] = _resident(entry["batches"], args.resident)
 
-  def run_sweep(entry, steps):
-    for _ in range(steps):
+  def run_sweep(entry, count):
+    for _ in range(count):
       _, batch = next(entry["batches"])
       entry["states"], entry["alive"], metrics = entry["step"](
           entry["states"], entry["alive"], batch, hparams)
     return jax.block_until_ready(metrics)
 
-  def run_single(entry, steps):
-    for _ in range(steps):
+  def run_single(entry, count):
+    for _ in range(count):
       _, batch = next(entry["batches"])
       entry["state"], metrics = single_step(entry["state"], batch)
     return jax.block_until_ready(metrics)

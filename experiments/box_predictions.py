@@ -31,17 +31,17 @@ if __package__ in (None, ""):  # run as a file: the repository root on the path
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
       __file__))))
 
-from cnn_jax.runs import checkpoint
-from cnn_jax.training import train
 from cnn_jax.data import augment
 from cnn_jax.data import load_splits
+from cnn_jax.runs import checkpoint
 from cnn_jax.tasks import detection
 from cnn_jax.tasks import localization
+from cnn_jax.training import steps
 
 
 def predict(config, variables, normalization, images):
   """(boxes [N, D, 4] in [0, 1], scores [N, D], classes [N, D]) of the run."""
-  model = train.create_model(config.model)
+  model = steps.create_model(config.model)
   x = augment.normalize(images, np.asarray(normalization["mean"], np.float32),
                         np.asarray(normalization["std"], np.float32))
   outputs = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)

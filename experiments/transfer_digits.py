@@ -44,10 +44,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cnn_jax.training import train  # pylint: disable=wrong-import-position
-from cnn_jax.runs import workdirs  # pylint: disable=wrong-import-position
 from cnn_jax.data import bundled_data_dir  # pylint: disable=wrong-import-position
 from cnn_jax.data import load_mnist  # pylint: disable=wrong-import-position
+from cnn_jax.runs import workdirs  # pylint: disable=wrong-import-position
+from cnn_jax.training import train  # pylint: disable=wrong-import-position
 from configs import transfer_digits  # pylint: disable=wrong-import-position
 from configs import transfer_digits_pretrain  # pylint: disable=wrong-import-position
 

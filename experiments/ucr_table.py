@@ -31,9 +31,9 @@ if __package__ in (None, ""):  # run as a file: the repository root on the path
       __file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from cnn_jax.training import train
 from cnn_jax.data import bundled_data_dir
 from cnn_jax.data import ucr
+from cnn_jax.training import train
 from configs import ucr as ucr_config
 
 SETS = ("GunPoint", "ItalyPowerDemand", "ArrowHead", "OSULeaf",

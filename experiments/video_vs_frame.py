@@ -24,8 +24,9 @@ if __package__ in (None, ""):  # run as a file: the repository root on the path
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 
-from cnn_jax.training import train
 from cnn_jax.models import summary as model_summary
+from cnn_jax.training import steps
+from cnn_jax.training import train
 from configs import video_digits
 
 VARIANTS = {
@@ -35,7 +36,7 @@ VARIANTS = {
 
 
 def _params(config, example_shape):
-  model = train.create_model(config.model)
+  model = steps.create_model(config.model)
   variables = jax.eval_shape(
       lambda: model.init(jax.random.key(0),
                          jax.numpy.zeros((1, *example_shape)), train=False))

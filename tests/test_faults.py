@@ -42,15 +42,16 @@ import numpy as np
 import pytest
 
 import launch
-from cnn_jax.runs import checkpoint
 from cnn_jax import config_file
-from cnn_jax.training import optim
-from cnn_jax.training import train
-from cnn_jax.runs import workdirs
-from cnn_jax.runs import writers
 from cnn_jax.data import bundled_data_dir
 from cnn_jax.data import idx
 from cnn_jax.data import load_mnist
+from cnn_jax.runs import checkpoint
+from cnn_jax.runs import workdirs
+from cnn_jax.runs import writers
+from cnn_jax.training import optim
+from cnn_jax.training import steps
+from cnn_jax.training import train
 from tests import tiny_run
 from tests.conftest import REPO
 from tests.conftest import write_idx
@@ -284,7 +285,7 @@ def _step_dir(workdir, step):
 
 
 def _restore_latest(workdir, config):
-  abstract = train.abstract_train_state(config, (28, 28, 1),
+  abstract = steps.abstract_train_state(config, (28, 28, 1),
                                         tiny_run.STEPS_PER_EPOCH)
   manager = checkpoint.make_manager(workdir)
   try:
@@ -356,7 +357,7 @@ def test_no_intact_checkpoint_is_a_clear_error(preempted, tiny_run_data,
 
 def test_nan_stops_with_status_diverged_and_keeps_the_last_good_checkpoint(
     tiny_run_data, tmp_path, monkeypatch):
-  real_step = train.train_step
+  real_step = steps.train_step
 
   def poisoned_step(state, batch, **kwargs):
     # From the 6th step on, the images are NaN.
@@ -364,7 +365,7 @@ def test_nan_stops_with_status_diverged_and_keeps_the_last_good_checkpoint(
     image = jnp.where(state.step >= 5, np.nan, image)
     return real_step(state, {**batch, "image": image}, **kwargs)
 
-  monkeypatch.setattr(train, "train_step", poisoned_step)
+  monkeypatch.setattr(steps, "train_step", poisoned_step)
   config = tiny_run.config(tiny_run_data, {
       "train.num_epochs": 1, "train.log_every_steps": 4,
       "checkpoint.every_steps": 2})
@@ -993,4 +994,4 @@ def test_evaluate_checks_the_schedule_too():
       "train": {"num_epochs": 1}})
   config.optim.learning_rate = 0.1
   with pytest.raises(ValueError, match="must be shorter than"):
-    train.learning_rate_schedule(config, steps_per_epoch=10)
+    steps.learning_rate_schedule(config, steps_per_epoch=10)

@@ -18,9 +18,9 @@ import time
 import chex
 
 from cnn_jax.runs import checkpoint
-from cnn_jax.training import train
 from cnn_jax.runs import workdirs
 from cnn_jax.runs import writers
+from cnn_jax.training import steps
 from configs import mnist as mnist_config
 from tests.conftest import REPO
 
@@ -137,7 +137,7 @@ def kill(process):
 
 def arrays(workdir, step, run_config):
   """The checkpointed TrainState's arrays at `step`."""
-  abstract = train.abstract_train_state(run_config, (28, 28, 1),
+  abstract = steps.abstract_train_state(run_config, (28, 28, 1),
                                         STEPS_PER_EPOCH)
   manager = checkpoint.make_manager(workdir)
   state, _ = checkpoint.restore(manager, abstract, step)

@@ -12,7 +12,7 @@ The compiled library is cached under $CNN_JAX_CACHE_DIR (default
 ~/.cache/cnn_jax), keyed by the source, jaxlib and oneDNN, so the ~5 s
 compile happens once per machine.
 
-  python -m cnn_jax.conv.onednn_build   # builds if needed, says if it is in use
+  python -m cnn_jax.conv   # builds if needed, says if it is in use, verdicts
 """
 
 import ctypes
@@ -175,30 +175,3 @@ def unavailable_reason() -> Optional[str]:
 
 def available() -> bool:
   return unavailable_reason() is None
-
-
-def main():
-  """`python -m cnn_jax.conv.onednn_build`: builds the custom calls if needed,
-  says whether conv_impl 'auto' will use them here, the ISA oneDNN
-  dispatches to, and each convolution checked on this machine so far."""
-  reason = unavailable_reason()
-  if reason is not None:
-    print(f"oneDNN convolutions unavailable: {reason}")
-    return 1
-  # Imported here: onednn_verify runs on top of this module.
-  from cnn_jax.conv import onednn_verify  # pylint: disable=g-import-not-at-top
-  print(f"oneDNN convolutions ready (oneDNN under {onednn_root()}); "
-        "conv_impl 'auto' uses them on the CPU")
-  print(f"oneDNN dispatches to {cpu_isa()} with {onednn_verify.threads()} "
-        f"threads; verdicts in {onednn_verify.verdict_file()}")
-  verdicts = onednn_verify.verdicts()
-  if not verdicts:
-    print("no convolution checked yet (each is checked on first use)")
-  for key, rejected in sorted(verdicts.items()):
-    print(f"  {'in use' if rejected is None else 'XLA   '}  {key}"
-          + ("" if rejected is None else f": {rejected}"))
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

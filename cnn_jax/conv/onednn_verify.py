@@ -19,7 +19,7 @@ count, so each machine pays for a check once (a few milliseconds each). A
 pass that disagrees or cannot be created is logged in one line and runs as
 XLA's convolution instead.
 
-  python -m cnn_jax.conv.onednn_build   # lists the ISA and every verdict
+  python -m cnn_jax.conv   # lists the ISA and every verdict
 """
 
 import ctypes
@@ -108,7 +108,7 @@ def rejection(target: str, geometry: Geometry, channels: Tuple[int, int],
       _warned.add(kind)
       logging.warning(
           "oneDNN %s on this CPU (%s): XLA's convolution runs it instead "
-          "[%s; other geometries alike: python -m cnn_jax.conv.onednn_build]",
+          "[%s; other geometries alike: python -m cnn_jax.conv]",
           reason, onednn_build.cpu_isa(), key)
   return reason
 

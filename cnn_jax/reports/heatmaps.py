@@ -35,11 +35,11 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
-from cnn_jax.runs import checkpoint
+from cnn_jax.data import augment
 from cnn_jax.reports import plotting
 from cnn_jax.reports import visualize_model
+from cnn_jax.runs import checkpoint
 from cnn_jax.runs import workdirs
-from cnn_jax.data import augment
 
 matplotlib.use("Agg")
 import matplotlib.patches  # pylint: disable=g-import-not-at-top
@@ -245,13 +245,13 @@ def plot_panels(panels, titles, path, suptitle=None, legend=()):
 def _restore(config, workdir, step):
   """(state, test_set, train_set, mean, std) of the checkpoint of `step`
   (None: the latest intact one), restored with checkpoint.restore."""
-  from cnn_jax.training import train  # pylint: disable=g-import-not-at-top
+  from cnn_jax.training import steps  # pylint: disable=g-import-not-at-top
   from cnn_jax.data import batching  # pylint: disable=g-import-not-at-top
   from cnn_jax.data import load_splits  # pylint: disable=g-import-not-at-top
   splits = load_splits(config.data)
   train_set, test_set = splits["train"], splits["test"]
   per_epoch = batching.steps_per_epoch(len(train_set), config.data.batch_size)
-  abstract = train.abstract_train_state(config, train_set.example_shape,
+  abstract = steps.abstract_train_state(config, train_set.example_shape,
                                         per_epoch)
   check = lambda meta: workdirs.check_resumable(meta["config"], config,
                                                 meta.get("step"))
@@ -263,7 +263,7 @@ def _restore(config, workdir, step):
       state, meta = checkpoint.restore(manager, abstract, step, check)
   finally:
     manager.close()
-  mean, std = train.normalization_stats(config.data, train_set)
+  mean, std = steps.normalization_stats(config.data, train_set)
   if "normalization" in meta:
     mean = np.asarray(meta["normalization"]["mean"], np.float32)
     std = np.asarray(meta["normalization"]["std"], np.float32)
@@ -309,8 +309,8 @@ def write_heatmaps(config, workdir, step=None, method="auto", layer="",
   labels = np.asarray(test_set.labels[take])
   images = augment.normalize(jnp.asarray(raw), mean, std)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  from cnn_jax.training import train  # pylint: disable=g-import-not-at-top
-  model = train.create_model(config.model)
+  from cnn_jax.training import steps  # pylint: disable=g-import-not-at-top
+  model = steps.create_model(config.model)
   logits = np.asarray(jax.jit(functools.partial(model.apply, train=False))(
       variables, images))
   folder = workdirs.new_result_path(

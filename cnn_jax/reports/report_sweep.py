@@ -1,14 +1,14 @@
 """The report of a sweep: a workdir whose members/<k>/ hold one run each.
 
-report.write_report writes it when `is_sweep(workdir)`. report.md holds a
+entry.write_report writes it when `is_sweep(workdir)`. report.md holds a
 table of the members, best first; the mean and 95% confidence interval
 (Student t) of the test metrics over the members that differ only in their
 seed; the members' test-accuracy curves; links to the top-level summary
 files of the sweep; and the best member's run report in best_member/.
 
-This module builds on report.py (markdown helpers, the run report, sealed
-writing); report.py imports it only inside write_report, so the two modules
-do not import each other at load time.
+Builds on markdown.py (tables, sealed writing) and on report.py for the best
+member's run report; report.py does not import this module (entry.py, above
+both, chooses between them), so there is no cycle.
 """
 
 import glob
@@ -18,9 +18,10 @@ import os
 
 import numpy as np
 
-from cnn_jax.runs import checkpoint
+from cnn_jax.reports import markdown
 from cnn_jax.reports import report
 from cnn_jax.reports import visualize
+from cnn_jax.runs import checkpoint
 from cnn_jax.runs import workdirs
 from cnn_jax.runs import writers
 
@@ -102,11 +103,11 @@ def _members_section(members, configs, varying):
         f"{result.get('test_loss', float('nan')):.4f}",
         result.get("status", "finished")])
   rows.sort(key=lambda r: (r[-1] != "finished",
-                           -float(r[-3]) if report.is_number(r[-3]) else 0))
+                           -float(r[-3]) if markdown.is_number(r[-3]) else 0))
   return ["## Members (best first)", "",
-          report.markdown_table(["member"] + shown + ["test accuracy",
-                                                      "test loss", "status"],
-                                rows), ""]
+          markdown.markdown_table(["member"] + shown + ["test accuracy",
+                                                        "test loss", "status"],
+                                  rows), ""]
 
 
 def _seeds_section(members, configs, varying, finished):
@@ -128,9 +129,9 @@ def _seeds_section(members, configs, varying, finished):
       row.append(f"{mean:.4f} ± {half:.4f}" if n > 1 else f"{mean:.4f}")
     group_rows.append(row)
   return ["## Over seeds", "",
-          report.markdown_table(("setting", "seeds", "test accuracy (mean ± "
-                                 "95% CI)", "test loss (mean ± 95% CI)"),
-                                group_rows),
+          markdown.markdown_table(("setting", "seeds", "test accuracy (mean ± "
+                                   "95% CI)", "test loss (mean ± 95% CI)"),
+                                  group_rows),
           "", "Intervals: Student t over the seeds of each setting (mean ± "
           "t(0.975, n-1) s / sqrt(n)); a single seed has none. Diverged "
           "members are left out.", ""]
@@ -152,8 +153,8 @@ def _curves_section(members, out_dir):
       curves, os.path.join(out_dir, "sweep_test_accuracy.png"),
       "Test accuracy of each member", "test accuracy", xlabel="step")
   return ["## Curves", "",
-          report.markdown_image("sweep_test_accuracy.png",
-                                "test accuracy per member"), ""]
+          markdown.markdown_image("sweep_test_accuracy.png",
+                                  "test accuracy per member"), ""]
 
 
 def _files_section(workdir):
@@ -177,7 +178,8 @@ def _timing_section(workdir, members):
                                            if "device" in sweep_summary
                                            else set()))
   return ["## Timing and hardware", "",
-          f"- wall time of the sweep: {report.fmt_seconds(wall)}" if wall else
+          f"- wall time of the sweep: {markdown.fmt_seconds(wall)}"
+          if wall else
           "- wall time of the sweep: n/a (no top-level summary.json)",
           f"- training throughput: {img_s:,.0f} img/s" if img_s else
           "- training throughput: n/a",
@@ -198,13 +200,13 @@ def _best_member_section(members, finished, out_dir):
     text = report.run_report(best[1], best_dir)
   except (checkpoint.CheckpointError, FileNotFoundError, ValueError) as e:
     return [f"Best member {best[0]}: no run report ({e}).", ""]
-  report.write_sealed(os.path.join(best_dir, "report.md"), text)
+  markdown.write_sealed(os.path.join(best_dir, "report.md"), text)
   return ["## Best member", "",
           f"Member {best[0]} as a single run (config, model, "
           "confusion matrix, filters, feature maps, saliency): "
           "[best_member/report.md](best_member/report.md)", "",
-          report.markdown_image("best_member/confusion_matrix.png",
-                                "confusion matrix of the best member"), ""]
+          markdown.markdown_image("best_member/confusion_matrix.png",
+                                  "confusion matrix of the best member"), ""]
 
 
 def sweep_report(workdir, out_dir):

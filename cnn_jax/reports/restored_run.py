@@ -16,10 +16,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from cnn_jax.runs import checkpoint
-from cnn_jax.training import train
-from cnn_jax.runs import workdirs
 from cnn_jax.data import load_splits
+from cnn_jax.runs import checkpoint
+from cnn_jax.runs import workdirs
+from cnn_jax.training import steps
 
 
 @dataclasses.dataclass
@@ -65,7 +65,7 @@ def load_run(workdir, step=None):
   splits = load_splits(config.data)
   train_set = splits["train"]
   per_epoch = max(1, len(train_set) // config.data.batch_size)
-  abstract = train.abstract_train_state(config, train_set.example_shape,
+  abstract = steps.abstract_train_state(config, train_set.example_shape,
                                         per_epoch)
   manager = checkpoint.make_manager(workdir)
   try:
@@ -82,7 +82,7 @@ def load_run(workdir, step=None):
     mean = np.asarray(normalization["mean"], np.float32)
     std = np.asarray(normalization["std"], np.float32)
   else:
-    mean, std = train.normalization_stats(config.data, train_set)
+    mean, std = steps.normalization_stats(config.data, train_set)
   return RestoredRun(os.path.abspath(workdir), summary, config, splits, state,
                      int(state.step), mean, std)
 
@@ -90,7 +90,7 @@ def load_run(workdir, step=None):
 def predict(run, split="test", dataset=None):
   """(logits float [N, K], metrics dict) of `run`'s model on every example of
   `split` (or of `dataset`, an ArrayDataset such as shifted test images),
-  through train.eval_step/evaluate (last batch padded and masked).
+  through steps.eval_step/evaluate (last batch padded and masked).
   """
   base = _task(run.config)
   task = dataclasses.replace(
@@ -100,10 +100,10 @@ def predict(run, split="test", dataset=None):
           **base.finalize(sums, {k: v for k, v in examples.items()
                                  if k != "logits"}),
           "logits": examples["logits"]})
-  eval_fn = jax.jit(functools.partial(train.eval_step, mean=run.mean,
+  eval_fn = jax.jit(functools.partial(steps.eval_step, mean=run.mean,
                                       std=run.std, task=task))
   dataset = run.splits[split] if dataset is None else dataset
-  metrics = train.evaluate(eval_fn, run.state, dataset,
+  metrics = steps.evaluate(eval_fn, run.state, dataset,
                            run.config.data.eval_batch_size, task)
   logits = np.asarray(metrics.pop("logits"))
   return logits, metrics

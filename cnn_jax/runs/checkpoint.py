@@ -283,7 +283,7 @@ def set_aside(workdir, steps):
 def restore_variables(path):
   """{'params', 'batch_stats'} (host arrays) of the newest intact checkpoint
   at `path`, whatever model and optimizer saved it: read without a target
-  state, so another model can start from them (transfer.py's init_from).
+  state, so another model can start from them (transfer/restore.py's init_from).
 
   Args:
     path: a run folder, its checkpoints/ folder, or checkpoints/<step>.

@@ -5,9 +5,12 @@ axes name the config keys the members differ in. Three modules:
   * cnn_jax/sweeps/sweep_config.py: the sweep section -> each member's config,
     exactly the config of the single run it stands for;
   * cnn_jax/sweeps/sweep_steps.py: the members' TrainStates stacked [K, ...] and
-    the jitted steps that vmap train.train_step over them, isolating a
+    the jitted steps that vmap training.steps.train_step over them, isolating a
     member that diverges;
-  * this module: the run (train_and_evaluate), its outputs and the ranking.
+  * this module: the run (train_and_evaluate): chunks of members trained
+    together, logged, evaluated;
+  * cnn_jax/sweeps/sweep_outputs.py: what it writes (member run folders,
+    the sweep's metrics.jsonl, the ranking in summary.json / summary.md).
 
 Memory: `sweep.chunk` members run at once; more run chunk after chunk with
 the same compiled program (the last chunk is padded with masked-out copies).
@@ -25,7 +28,6 @@ Outputs in the sweep's workdir:
   summary.json, summary.md   the members ranked by test accuracy.
 """
 
-import dataclasses
 import json
 import os
 import time
@@ -35,19 +37,19 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cnn_jax.runs import checkpoint
-from cnn_jax.training import optim
-from cnn_jax.sweeps import parallel
-from cnn_jax.sweeps import sweep_config
-from cnn_jax.sweeps import sweep_steps
-from cnn_jax.training import train
-from cnn_jax.transfer import transfer
-from cnn_jax.runs import workdirs
-from cnn_jax.runs import writers
 from cnn_jax.data import batching
 from cnn_jax.data import load_splits
 from cnn_jax.data import prefetch
+from cnn_jax.runs import workdirs
+from cnn_jax.runs import writers
+from cnn_jax.sweeps import parallel
+from cnn_jax.sweeps import sweep_config
+from cnn_jax.sweeps import sweep_outputs
+from cnn_jax.sweeps import sweep_steps
 from cnn_jax.tasks import CLASSIFICATION
+from cnn_jax.training import optim
+from cnn_jax.training import steps
+from cnn_jax.transfer import plan as transfer_plan
 
 
 def _check_supported(config):
@@ -58,24 +60,9 @@ def _check_supported(config):
     raise ValueError(f"config.task={config.task!r}: sweeps train "
                      "classification only")
   transfer_config = config.get("transfer")
-  if transfer_config is not None and transfer.is_active(transfer_config):
+  if transfer_config is not None and transfer_plan.is_active(transfer_config):
     raise ValueError("sweeps do not support config.transfer (partial "
                      "restore); run those members as single runs")
-
-
-@dataclasses.dataclass
-class _Member:
-  """Host-side record of one member during the run."""
-
-  index: int
-  overrides: dict
-  config: ml_collections.ConfigDict
-  workdir: str
-  writer: writers.MetricWriter = None
-  alive: bool = True
-  diverged_at: int = None  # the step whose loss/params were not finite
-  train_loss: float = None
-  test_metrics: dict = None
 
 
 def _member_batches(train_set, batch_size, seeds):
@@ -92,46 +79,10 @@ def _member_batches(train_set, batch_size, seeds):
                      for key in batches[0]}
 
 
-def _prepare(workdir):
-  workdirs.check_writable(workdir)  # an existing workdir, before any write
-  existing = [f for f in ("summary.json", "metrics.jsonl", "members",
-                          "checkpoints")
-              if os.path.exists(os.path.join(workdir, f))]
-  if existing:
-    raise workdirs.WorkdirInUseError(
-        f"workdir {workdir!r} already holds results ({', '.join(existing)}); "
-        "choose a new --workdir (results are never overwritten; a sweep is "
-        "not resumed)")
-  with workdirs.writing(workdir):
-    os.makedirs(workdir, exist_ok=True)
-
-
 def _chunks(count, size):
   return [list(range(start, min(start + size, count)))
           for start in range(0, count, size)]
 
-
-
-class _SweepWriter:
-  """The sweep's metrics.jsonl (all members, with a 'member' field) and each
-  member's own metrics.jsonl / TensorBoard folder."""
-
-  def __init__(self, workdir):
-    self._workdir = workdir
-    with workdirs.writing(workdir):
-      self._file = open(os.path.join(workdir, "metrics.jsonl"), "a",
-                        encoding="utf-8")
-
-  def write(self, member, step, split, metrics):
-    member.writer.write(step, split, metrics)
-    record = {"step": int(step), "split": split, "member": member.index}
-    record.update({k: writers._plain(v) for k, v in metrics.items()})  # pylint: disable=protected-access
-    with workdirs.writing(self._workdir, self._file.name):
-      self._file.write(json.dumps(record) + "\n")
-      self._file.flush()
-
-  def close(self):
-    self._file.close()
 
 
 def _evaluate(p_eval_step, states, test_set, batch_size, sharding):
@@ -178,56 +129,6 @@ def _log_window(members, records, first_step, schedule, sweep_writer, epoch,
     sweep_writer.write(member, step, "train", summary)
 
 
-def _save_member(member, state, mean, std, per_epoch, test_metrics):
-  step = int(state.step)
-  position = batching.IteratorPosition(step // per_epoch, step % per_epoch)
-  checkpoint_config = member.config.get("checkpoint")
-  if checkpoint_config is None:
-    checkpoint_config = ml_collections.ConfigDict(
-        {"every_steps": 0, "every_seconds": 0.0, "keep": 1,
-         "keep_best_metric": "", "async_save": False})
-  manager = checkpoint.make_manager(member.workdir, checkpoint_config)
-  meta = {"step": step, "position": dataclasses.asdict(position),
-          "pending_metrics": [], "test_metrics": test_metrics,
-          "config": member.config.to_dict(),
-          "normalization": {"mean": mean.tolist(), "std": std.tolist()}}
-  checkpoint.save(manager, state, meta)
-  manager.wait_until_finished()
-  manager.close()
-  return step
-
-
-def _member_summary(member, sweep_workdir, steps, start_time, throughput,
-                    chunk_members, mean, std):
-  status = "finished" if member.alive else "diverged"
-  summary = {
-      "status": status,
-      "test_accuracy": member.test_metrics["accuracy"],
-      "test_loss": member.test_metrics["loss"],
-      "test_examples": member.test_metrics["count"],
-      "task": "classification",
-      "test_metrics": member.test_metrics,
-      "steps": steps,
-      "epochs": member.config.train.num_epochs,
-      "wall_seconds": time.time() - start_time,
-      # The member's share of its chunk's images/s (compilation excluded).
-      "train_img_per_s": throughput / chunk_members if throughput else None,
-      "normalization": {"mean": mean.tolist(), "std": std.tolist()},
-      "device": jax.devices()[0].device_kind,
-      "config": member.config.to_dict(),
-      "sweep": {"workdir": os.path.abspath(sweep_workdir),
-                "member": member.index, "overrides": member.overrides,
-                "diverged_at_step": member.diverged_at,
-                "chunk_train_img_per_s": throughput},
-  }
-  if not member.alive:
-    summary["step"] = steps
-    summary["error"] = (f"non-finite loss or parameters at step "
-                        f"{member.diverged_at}; state kept from step {steps}")
-  workdirs.write_summary(member.workdir, summary)
-  return summary
-
-
 def _compiled_steps(cache, program, augment_configs, vary_dropout, mean, std,
                     chunk_size, width, mesh, conv_impl=None):
   """The jitted (train_step, eval_step) for these static settings, compiled
@@ -267,7 +168,7 @@ def _train_chunk(indices, overrides, configs, data, run):
     member_dir = os.path.join(run["workdir"], "members", str(index))
     with workdirs.writing(run["workdir"]):
       os.makedirs(member_dir)
-    members.append(_Member(index, overrides[index], configs[index],
+    members.append(sweep_outputs.Member(index, overrides[index], configs[index],
                            member_dir, writers.MetricWriter(member_dir)))
   members += [None] * (chunk_size - len(indices))
 
@@ -354,38 +255,14 @@ def _train_chunk(indices, overrides, configs, data, run):
   throughput = train_images / train_seconds if train_seconds else None
   for slot, member in enumerate(members):
     if member is not None:
-      steps = _save_member(member, sweep_steps.member_state(states, slot),
-                           mean, std, per_epoch, member.test_metrics)
-      _member_summary(member, run["workdir"], steps, run["start_time"],
-                      throughput, len(indices), mean, std)
+      saved_step = sweep_outputs.save_member(
+          member, sweep_steps.member_state(states, slot), mean, std,
+          per_epoch, member.test_metrics)
+      sweep_outputs.write_member_summary(
+          member, run["workdir"], saved_step, run["start_time"], throughput,
+          len(indices), mean, std)
       member.writer.close()
   return [m for m in members if m is not None], throughput
-
-
-def _ranked(members):
-  """Finished members by test accuracy (best first), then diverged ones."""
-  return sorted(members, key=lambda m: (not m.alive,
-                                        -m.test_metrics["accuracy"]))
-
-
-def _fmt(value):
-  return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def summary_markdown(rows, names):
-  """The ranking as a markdown table."""
-  header = (["rank", "member"] + names
-            + ["test accuracy", "test loss", "train loss", "status"])
-  lines = ["| " + " | ".join(header) + " |",
-           "|" + "---|" * len(header)]
-  for row in rows:
-    cells = ([str(row["rank"]), str(row["member"])]
-             + [_fmt(row["overrides"][n]) for n in names]
-             + [f"{row['test_accuracy']:.4f}", f"{row['test_loss']:.4f}",
-                "-" if row["train_loss"] is None
-                else f"{row['train_loss']:.4f}", row["status"]])
-    lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines) + "\n"
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
@@ -408,10 +285,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   parallel.check_divisible(mesh, base.data.batch_size, chunk_size)
   parallel.check_divisible(mesh, base.data.eval_batch_size,
                            batch_key="config.data.eval_batch_size")
-  _prepare(workdir)
+  sweep_outputs.prepare(workdir)
   splits = load_splits(base.data)
   train_set, test_set = splits["train"], splits["test"]
-  mean, std = train.normalization_stats(base.data, train_set)
+  mean, std = steps.normalization_stats(base.data, train_set)
   per_epoch = batching.steps_per_epoch(len(train_set), base.data.batch_size)
   program = sweep_steps.shared_program(base, per_epoch)
   vary_dropout = len({c.model.dropout_rate for c in configs}) > 1
@@ -432,7 +309,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
          "vmap_width": vmap_width,
          "conv_impl": sweep_steps.resolve_conv_impl(sweep_section, vmap_width,
                                                     chunk_size),
-         "writer": _SweepWriter(workdir),
+         "writer": sweep_outputs.SweepWriter(workdir),
          "bar": writers.progress_bar(
              base.train.num_epochs * per_epoch * len(chunks))}
   members, throughputs = [], []
@@ -447,44 +324,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     run["bar"].close()
     run["writer"].close()
 
-  rows = []
-  for rank, member in enumerate(_ranked(members), 1):
-    rows.append({"rank": rank, "member": member.index,
-                 "overrides": member.overrides,
-                 "test_accuracy": member.test_metrics["accuracy"],
-                 "test_loss": member.test_metrics["loss"],
-                 "train_loss": member.train_loss,
-                 "status": "finished" if member.alive else "diverged",
-                 "diverged_at_step": member.diverged_at,
-                 "workdir": os.path.join("members", str(member.index))})
-  table = summary_markdown(rows, names)
-  with workdirs.writing(workdir), open(os.path.join(workdir, "summary.md"),
-                                       "w", encoding="utf-8") as f:
-    f.write(f"# Sweep: {len(configs)} members over {', '.join(names)}\n\n"
-            + table)
-  all_diverged = all(r["status"] == "diverged" for r in rows)
-  summary = {
-      "status": "diverged" if all_diverged else "finished",
-      "kind": "sweep",
-      "members": len(configs),
-      "axes": names,
-      "mode": sweep_section.get("mode", "grid"),
-      "chunk": chunk_size,
-      "ranking": rows,
-      "best_member": rows[0]["member"],
-      "test_accuracy": rows[0]["test_accuracy"],
-      "test_loss": rows[0]["test_loss"],
-      "diverged": [r["member"] for r in rows if r["status"] == "diverged"],
-      "steps": base.train.num_epochs * per_epoch,
-      "epochs": base.train.num_epochs,
-      "wall_seconds": time.time() - start_time,
-      # All members' training images per second (compilation excluded).
-      "train_img_per_s": float(np.mean(throughputs)) if throughputs else None,
-      "mesh": dict(mesh.shape),
-      "device": jax.devices()[0].device_kind,
-      "config": config.to_dict(),
-  }
-  workdirs.write_summary(workdir, summary)
+  summary, table = sweep_outputs.write_ranking(
+      workdir, config, members, names, chunk_size, mesh,
+      steps=base.train.num_epochs * per_epoch, start_time=start_time,
+      throughputs=throughputs)
+  all_diverged = summary["status"] == "diverged"
   writers.report(table)
   if all_diverged:
     raise FloatingPointError(

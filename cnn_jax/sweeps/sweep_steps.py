@@ -2,7 +2,7 @@
 
 How one program trains them all. The members' TrainStates are stacked along
 a leading axis [K, ...] (init vmapped over the members' seeds) and one jitted
-step maps train.train_step's two halves, `train_inputs` and `gradient_step`,
+step maps steps.train_step's two halves, `train_inputs` and `gradient_step`,
 over that axis with jax.vmap. What may differ between members
 (sweep_config.VARYING) reaches the program as arrays, never as compile-time
 constants:
@@ -37,9 +37,9 @@ import jax
 import jax.numpy as jnp
 
 from cnn_jax.conv import conv_impls
-from cnn_jax.training import optim
-from cnn_jax.training import train
 from cnn_jax.data import augment
+from cnn_jax.training import optim
+from cnn_jax.training import steps
 from cnn_jax.training.train_state import TrainState
 
 
@@ -71,15 +71,15 @@ class Program:
   model: Any
   schedule: optim.ScaledSchedule
   tx: Any
-  # keys [K, 2], dummy input [1, ...] -> variables [K, ...]: train.initialized
+  # keys [K, 2], dummy input [1, ...] -> variables [K, ...]: steps.initialized
   # vmapped over the members' keys (compiled once per chunk size).
   init: Any
 
 
 def shared_program(config, steps_per_epoch):
   """The Program of a sweep whose members' configs look like `config`."""
-  model = train.create_model(config.model)
-  schedule = train.learning_rate_schedule(config, steps_per_epoch)
+  model = steps.create_model(config.model)
+  schedule = steps.learning_rate_schedule(config, steps_per_epoch)
   init = jax.jit(jax.vmap(
       lambda key, dummy: model.init({"params": key, "dropout": key}, dummy,
                                     train=False), in_axes=(0, None)))
@@ -90,7 +90,7 @@ def shared_program(config, steps_per_epoch):
 def init_members(configs, example_shape, steps_per_epoch, program=None):
   """Stacked TrainState [K, ...] of the members, and the Program.
 
-  Member k's leaves are those train.create_train_state builds for
+  Member k's leaves are those steps.create_train_state builds for
   configs[k] (same values: init vmapped over the members' seeds), with its
   optimizer hyperparameters in opt_state.hyperparams.
   """
@@ -181,7 +181,7 @@ def make_train_step(model, augment_configs, *, mean, std, member_count,
     [K, B]}, hparams from hyperparameter_arrays)
       -> (states, alive, {'loss', 'accuracy', 'updated'}: [K] each)
 
-  Member k computes train.train_step on its own state and batch, with its
+  Member k computes steps.train_step on its own state and batch, with its
   hyperparameters. A member not alive, or whose new loss or parameters are
   not finite, keeps its state and drops out (alive False). `vmap_width`
   members share one vmap (0: all of them; see _map_members). `conv_impl`:
@@ -194,7 +194,7 @@ def make_train_step(model, augment_configs, *, mean, std, member_count,
 
     def branch(augment_config):
       def compute(batch, key):
-        images, targets = train.train_inputs(
+        images, targets = steps.train_inputs(
             state, batch, key, mean=mean, std=std,
             augment_config=augment_config)
         if mixes and targets is None:  # one-hot: the same loss, bitwise
@@ -211,7 +211,7 @@ def make_train_step(model, augment_configs, *, mean, std, member_count,
     return jax.lax.switch(augment_index, branches, batch, key)
 
   def member_step(state, alive, batch, hparams):
-    # The keys of train.train_step, from the member's own rng and step.
+    # The keys of steps.train_step, from the member's own rng and step.
     step_key = jax.random.fold_in(state.rng, state.step)
     augment_key, dropout_key = jax.random.split(step_key)
     images, targets = inputs(state, batch, augment_key,
@@ -220,7 +220,7 @@ def make_train_step(model, augment_configs, *, mean, std, member_count,
     if vary_dropout:
       trainee = state.replace(apply_fn=model.clone(
           dropout_rate=hparams["dropout_rate"]).apply)
-    new, metrics = train.gradient_step(
+    new, metrics = steps.gradient_step(
         trainee, batch, images, targets, dropout_key,
         label_smoothing=hparams["label_smoothing"])
     new = new.replace(apply_fn=state.apply_fn)  # no tracer leaks out
@@ -243,7 +243,7 @@ def make_eval_step(*, mean, std, member_count, vmap_width=0):
   test metrics {'loss_sum', 'correct', 'count'}: [K] each."""
 
   def member_eval(state, batch):
-    sums, _ = train.eval_step(state, batch, mean=mean, std=std)
+    sums, _ = steps.eval_step(state, batch, mean=mean, std=std)
     return sums
 
   def step(states, batch):

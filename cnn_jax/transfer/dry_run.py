@@ -1,6 +1,6 @@
 """What transfer learning would do to a config's model, without training:
 which variables init_from restores, and which are frozen, backbone, head
-or unfrozen later (cnn_jax/transfer/transfer.py's groups).
+or unfrozen later (cnn_jax/transfer/plan.py's groups).
 
   python -m cnn_jax.transfer.dry_run --config configs/transfer_digits.py:fine_tune
 
@@ -18,8 +18,10 @@ import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 
-from cnn_jax.training import train
-from cnn_jax.transfer import transfer
+from cnn_jax.training import steps
+from cnn_jax.transfer import paths
+from cnn_jax.transfer import plan as plan_lib
+from cnn_jax.transfer import restore
 
 
 def dry_run(config, example_shape):
@@ -27,20 +29,20 @@ def dry_run(config, example_shape):
   or fresh; frozen, backbone, head, unfrozen), without computing anything
   but reading init_from. Raises ValueError for a bad pattern or shape."""
   transfer_config = config.get("transfer")
-  if not transfer.is_active(transfer_config):
+  if not plan_lib.is_active(transfer_config):
     return "config.transfer is absent or off: every variable trains"
-  model = train.create_model(config.model)
+  model = steps.create_model(config.model)
   variables = jax.eval_shape(
       functools.partial(model.init, train=False),
       {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)},
       jnp.zeros((1, *example_shape)))
-  variables = {c: variables.get(c, {}) for c in transfer.COLLECTIONS}
-  plan = transfer.Plan.from_config(transfer_config)
+  variables = {c: variables.get(c, {}) for c in paths.COLLECTIONS}
+  plan = plan_lib.Plan.from_config(transfer_config)
   plan.check(variables)
   restored = ()
   if transfer_config.init_from:
-    _, restored = transfer.restore_variables(
-        plan, variables, transfer.load_source(transfer_config.init_from),
+    _, restored = restore.restore_variables(
+        plan, variables, restore.load_source(transfer_config.init_from),
         repr(transfer_config.init_from))
   return plan.describe(variables, restored)
 

@@ -30,7 +30,7 @@ import re
 
 import numpy as np
 
-from cnn_jax.transfer import transfer
+from cnn_jax.transfer import paths
 
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 # Old torchvision DenseNet checkpoints: 'denselayer1.norm.1.weight'.
@@ -95,7 +95,7 @@ def _read_torch(path):
 def load(path):
   """{'params', 'batch_stats'} (nested dicts of numpy) from a weights file."""
   state_dict = read_state_dict(path)
-  if state_dict and all(k.split("/", 1)[0] in transfer.COLLECTIONS
+  if state_dict and all(k.split("/", 1)[0] in paths.COLLECTIONS
                         and "/" in k for k in state_dict):
     return from_flat_variables(state_dict)
   try:
@@ -106,17 +106,17 @@ def load(path):
 
 def from_flat_variables(flat):
   """{'params/a/b': x, 'batch_stats/...': y} -> {'params': {...}, ...}."""
-  variables = {c: {} for c in transfer.COLLECTIONS}
+  variables = {c: {} for c in paths.COLLECTIONS}
   for key, value in flat.items():
     collection, path = key.split("/", 1)
     variables[collection][path] = _float32(np.asarray(value))
-  return {c: transfer.unflatten(v) for c, v in variables.items()}
+  return {c: paths.unflatten(v) for c, v in variables.items()}
 
 
 def to_flat_variables(variables):
   """The inverse of from_flat_variables: for np.savez(path, **flat)."""
-  return {f"{c}/{p}": np.asarray(x) for c in transfer.COLLECTIONS
-          for p, x in transfer.flatten(variables.get(c, {})).items()}
+  return {f"{c}/{p}": np.asarray(x) for c in paths.COLLECTIONS
+          for p, x in paths.flatten(variables.get(c, {})).items()}
 
 
 def _float32(x):
@@ -213,5 +213,5 @@ def convert(state_dict):
     else:
       raise ValueError(f"no conversion rule for the torch key {key!r}")
   # A model without BatchNorm has no batch_stats collection at all.
-  return {c: transfer.unflatten(v) for c, v in flat.items()
+  return {c: paths.unflatten(v) for c, v in flat.items()
           if v or c == "params"}

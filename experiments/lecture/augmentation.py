@@ -22,10 +22,10 @@ import os
 import jax
 import numpy as np
 
-from cnn_jax.reports import visualize
 from cnn_jax.data import augment
 from cnn_jax.data import bundled_data_dir
 from cnn_jax.data import cifar
+from cnn_jax.reports import visualize
 from experiments.lecture import common
 
 NAME = "augmentation"

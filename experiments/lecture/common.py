@@ -22,11 +22,11 @@ import time
 import ml_collections
 import numpy as np
 
-from cnn_jax.training import train
-from cnn_jax.runs import workdirs
-from cnn_jax.runs import writers
 from cnn_jax.data import bundled_data_dir
 from cnn_jax.data import load_mnist
+from cnn_jax.runs import workdirs
+from cnn_jax.runs import writers
+from cnn_jax.training import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -100,8 +100,8 @@ def write_result(out, name, title, finding, body, started=None,
 
 
 def markdown_table(header, rows):
-  from cnn_jax.reports import report  # pylint: disable=g-import-not-at-top
-  return report.markdown_table(header, rows)
+  from cnn_jax.reports import markdown  # pylint: disable=g-import-not-at-top
+  return markdown.markdown_table(header, rows)
 
 
 # --------------------------------------------------------------------------

@@ -26,9 +26,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-from cnn_jax.reports import report  # pylint: disable=g-import-not-at-top
-from cnn_jax.training import train  # pylint: disable=g-import-not-at-top
 from cnn_jax.models import summary  # pylint: disable=g-import-not-at-top
+from cnn_jax.reports import report  # pylint: disable=g-import-not-at-top
+from cnn_jax.training import steps  # pylint: disable=g-import-not-at-top
 from experiments.lecture import common  # pylint: disable=g-import-not-at-top
 
 NAME = "parameter_efficiency"
@@ -52,7 +52,7 @@ def flax_counts(height, width, channels=1, units=100, kernel_size=3):
 
 
 def model_params(model_config, example_shape=(28, 28, 1)):
-  model = train.create_model(model_config)
+  model = steps.create_model(model_config)
   _, variables = summary.layer_table(model, example_shape)
   return summary.count_params(variables["params"])
 

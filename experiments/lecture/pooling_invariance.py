@@ -28,9 +28,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
+from cnn_jax.data import ArrayDataset  # pylint: disable=g-import-not-at-top
 from cnn_jax.reports import report  # pylint: disable=g-import-not-at-top
 from cnn_jax.reports import restored_run  # pylint: disable=g-import-not-at-top
-from cnn_jax.data import ArrayDataset  # pylint: disable=g-import-not-at-top
 from experiments.lecture import common  # pylint: disable=g-import-not-at-top
 
 NAME = "pooling_invariance"

@@ -1,5 +1,5 @@
 """Transfer learning: runs and links experiments/transfer_digits.py (the
-transfer-learning experiment, kept with cnn_jax/transfer/transfer.py) when it is
+transfer-learning experiment, kept with cnn_jax/transfer/) when it is
 present; otherwise writes a note that it was skipped.
 
   python -m experiments.lecture.transfer [--out=DIR] [--smoke]
@@ -76,7 +76,7 @@ def run(out, smoke=False):
   if not os.path.exists(script):
     finding = (f"Skipped: {SCRIPT} (the transfer-learning experiment) is not "
                "in this checkout yet.")
-    body = ["The transfer experiment belongs with `cnn_jax/transfer/transfer.py` "
+    body = ["The transfer experiment belongs with `cnn_jax/transfer/` "
             f"(partial restore, frozen layers, a new head). Once `{SCRIPT}` "
             "exists, rerun this experiment (or experiments/run_all.py) to "
             "run and link it."]
@@ -127,7 +127,7 @@ def run(out, smoke=False):
           written.append(os.path.relpath(os.path.join(root, name), out))
   shown = " ".join(os.path.relpath(c, common.REPO) if c == script else
                    c.replace(common.REPO + os.sep, "") for c in command[1:])
-  body = [f"The experiment is `{SCRIPT}` (with `cnn_jax/transfer/transfer.py`); "
+  body = [f"The experiment is `{SCRIPT}` (with `cnn_jax/transfer/`); "
           f"this page ran `python {shown}` (exit status "
           f"{result.returncode}); its output: "
           "[transfer_digits.log](transfer_digits.log).", ""]

@@ -15,6 +15,7 @@ import numpy as np
 import optax
 import pytest
 
+from cnn_jax.conv import __main__ as conv_main
 from cnn_jax.conv import conv_im2col
 from cnn_jax.conv import conv_impls
 from cnn_jax.conv import onednn
@@ -328,7 +329,7 @@ def test_reference_matches_lax(target, x_shape, k_shape, strides, padding,
 
 def test_command_line_lists_isa_and_verdicts(fresh_verdicts, capsys):
   _grads_and_hlo((2, 5, 5, 2), (3, 3, 2, 3))
-  assert onednn_build.main() == 0
+  assert conv_main.main() == 0
   out = capsys.readouterr().out
   assert f"oneDNN dispatches to {onednn_build.cpu_isa()}" in out
   assert out.count("in use  ") == 3 and "c=2->3" in out
@@ -524,5 +525,5 @@ def test_compiled_library_is_cached_by_content(monkeypatch, tmp_path):
 
 
 def test_command_line_status(capsys):
-  assert onednn_build.main() == 0
+  assert conv_main.main() == 0
   assert "oneDNN convolutions ready" in capsys.readouterr().out

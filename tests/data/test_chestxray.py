@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnn_jax.training import train
 from cnn_jax.data import batching
 from cnn_jax.data import chestxray
 from cnn_jax.data import load_splits
 from cnn_jax.data.folder import UnknownClassError
 from cnn_jax.tasks import task_for_run
+from cnn_jax.training import steps
 
 # (file, findings): 4 train_val patients (1-4), 2 test patients (5-6).
 ROWS = [
@@ -136,19 +136,19 @@ def test_chexnet_config_one_train_step(xray_dir):
   train_set = splits["train"]
   assert train_set.example_shape == (32, 32, 3)
   task = task_for_run(config, train_set)
-  state, _ = train.create_train_state(config, jax.random.PRNGKey(0),
+  state, _ = steps.create_train_state(config, jax.random.PRNGKey(0),
                                       train_set.example_shape, 1)
-  mean, std = train.normalization_stats(config.data, train_set)
+  mean, std = steps.normalization_stats(config.data, train_set)
   np.testing.assert_allclose(mean, (0.485, 0.456, 0.406))
   step = jax.jit(functools.partial(
-      train.train_step, mean=mean, std=std,
+      steps.train_step, mean=mean, std=std,
       augment_config=config.data.augment.to_dict(), task=task))
   batch = next(batching.train_batches(train_set, 4, 0))[1]
   state, logged = step(state, batch)
   assert np.isfinite(logged["loss"]) and int(state.step) == 1
-  eval_fn = jax.jit(functools.partial(train.eval_step, mean=mean, std=std,
+  eval_fn = jax.jit(functools.partial(steps.eval_step, mean=mean, std=std,
                                       task=task))
-  result = train.evaluate(eval_fn, state, splits["test"], 4, task)
+  result = steps.evaluate(eval_fn, state, splits["test"], 4, task)
   assert result["count"] == 3 and "auroc/Cardiomegaly" in result
 
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from cnn_jax.training import train
 from cnn_jax.data import batching
 from cnn_jax.data import load_splits
 from cnn_jax.data.lazy import LazyImages
+from cnn_jax.training import train
 from configs import tfds_mnist
 
 

@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax.training import train
 from cnn_jax.data import augment
 from cnn_jax.data import channel_stats
 from cnn_jax.data import load_splits
 from cnn_jax.data import ucr
+from cnn_jax.training import steps
 from configs import ucr as ucr_config
 from tests.conftest import REPO
 
@@ -159,7 +159,7 @@ def test_unknown_set_is_named():
 def test_1d_models_shapes_on_config(model_name):
   config = ucr_config.get_config("BasicMotions")
   config.model.name = model_name
-  model = train.create_model(config.model)
+  model = steps.create_model(config.model)
   x = jnp.zeros((3, 100, 6))
   variables = jax.eval_shape(functools.partial(model.init, train=False),
                              jax.random.key(0), x)
@@ -172,12 +172,12 @@ def test_config_runs_one_train_step():
   config = ucr_config.get_config("ItalyPowerDemand")
   splits = load_splits(config.data)
   train_set = splits["train"]
-  mean, std = train.normalization_stats(config.data, train_set)
-  state, _ = train.create_train_state(config, jax.random.key(0),
+  mean, std = steps.normalization_stats(config.data, train_set)
+  state, _ = steps.create_train_state(config, jax.random.key(0),
                                       train_set.example_shape, 4)
   batch = {"image": train_set.images[:16], "label": train_set.labels[:16]}
   step = jax.jit(functools.partial(
-      train.train_step, mean=mean, std=std,
+      steps.train_step, mean=mean, std=std,
       augment_config=config.data.augment.to_dict()))
   state, metrics = step(state, batch)
   chex.assert_tree_all_finite(metrics)

@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax.training import train
 from cnn_jax.data import load_splits
 from cnn_jax.data import moving_digits
 from cnn_jax.models import MODELS
 from cnn_jax.models import layers
+from cnn_jax.training import steps
 from configs import video_digits
 
 
@@ -47,9 +47,9 @@ def test_generator_yields_the_labelled_motion():
     ink = clip.reshape(8, -1).astype(np.int64).sum(axis=1)
     assert (ink == ink[0]).all() and ink[0] > 0
     # ... and moves by exactly the labelled velocity each frame.
-    steps = np.diff(_centre_of_mass(clip), axis=0)
+    moves = np.diff(_centre_of_mass(clip), axis=0)
     expected = moving_digits.DIRECTIONS[direction] * speed
-    np.testing.assert_allclose(steps, np.broadcast_to(expected, steps.shape),
+    np.testing.assert_allclose(moves, np.broadcast_to(expected, moves.shape),
                                atol=1e-9)
 
 
@@ -104,7 +104,7 @@ def test_source_clips_and_single_frames_share_labels():
                                             ("frame", (32, 32, 1))])
 def test_video_configs_build_and_shapes(variant, shape):
   config = video_digits.get_config(variant)
-  model = train.create_model(config.model)
+  model = steps.create_model(config.model)
   x = jnp.zeros((3, *shape))
   variables = jax.eval_shape(functools.partial(model.init, train=False),
                              jax.random.key(0), x)
@@ -117,10 +117,10 @@ def test_video_configs_build_and_shapes(variant, shape):
 def test_clip_config_runs_one_train_step():
   config = video_digits.get_config()
   made = moving_digits.make_moving_digits(_digits(), 8)
-  state, _ = train.create_train_state(config, jax.random.key(0),
+  state, _ = steps.create_train_state(config, jax.random.key(0),
                                       (8, 32, 32, 1), 10)
   batch = {"image": made["clips"], "label": made["directions"]}
-  step = jax.jit(functools.partial(train.train_step, mean=0.1, std=0.3,
+  step = jax.jit(functools.partial(steps.train_step, mean=0.1, std=0.3,
                                    augment_config=config.data.augment.to_dict()))
   state, metrics = step(state, batch)
   chex.assert_tree_all_finite(metrics)

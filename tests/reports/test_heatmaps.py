@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax.reports import heatmaps
 from cnn_jax.models import MODELS
+from cnn_jax.reports import heatmaps
 
 
 class GapNet(nn.Module):

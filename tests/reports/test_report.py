@@ -11,6 +11,8 @@ import sys
 import numpy as np
 import pytest
 
+from cnn_jax.reports import entry
+from cnn_jax.reports import markdown
 from cnn_jax.reports import plotting
 from cnn_jax.reports import report
 from cnn_jax.reports import report_sweep
@@ -18,14 +20,14 @@ from tests.conftest import REPO
 from tests.reports.test_visualize import tiny_run  # noqa: F401 (a fixture)
 
 
-def _images_in(markdown):
-  return re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
+def _images_in(text):
+  return re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
 
 
 def test_run_report_holds_the_metrics_of_summary_json(tiny_run, tmp_path):
   workdir, summary = tiny_run
   out = tmp_path / "report"
-  path = report.write_report(workdir, html=True, report_dir=str(out))
+  path = entry.write_report(workdir, html=True, report_dir=str(out))
   text = open(path, encoding="utf-8").read()
   with open(os.path.join(workdir, "summary.json"), encoding="utf-8") as f:
     saved = json.load(f)
@@ -53,24 +55,24 @@ def test_an_edited_report_is_never_overwritten_silently(tmp_path):
   out = tmp_path / "report"
   out.mkdir()
   sweep = _fake_sweep(tmp_path / "sweep", [(0, 0.001, 0.95)])
-  path = report.write_report(sweep, report_dir=str(out))
+  path = entry.write_report(sweep, report_dir=str(out))
   first = open(path, encoding="utf-8").read()
-  assert report.is_untouched_report(path)
+  assert markdown.is_untouched_report(path)
   # Unedited: regenerated without complaint.
-  report.write_report(sweep, report_dir=str(out))
+  entry.write_report(sweep, report_dir=str(out))
   with open(path, "a", encoding="utf-8") as f:
     f.write("\nMy notes.\n")
-  assert not report.is_untouched_report(path)
-  with pytest.raises(report.ReportExistsError, match="overwrite_report"):
-    report.write_report(sweep, report_dir=str(out))
+  assert not markdown.is_untouched_report(path)
+  with pytest.raises(entry.ReportExistsError, match="overwrite_report"):
+    entry.write_report(sweep, report_dir=str(out))
   assert "My notes." in open(path, encoding="utf-8").read()
-  report.write_report(sweep, report_dir=str(out), overwrite=True)
+  entry.write_report(sweep, report_dir=str(out), overwrite=True)
   assert open(path, encoding="utf-8").read() == first
   # A report.md not written by cnn_jax.report is kept too.
   with open(path, "w", encoding="utf-8") as f:
     f.write("# hand-written\n")
-  with pytest.raises(report.ReportExistsError):
-    report.write_report(sweep, report_dir=str(out))
+  with pytest.raises(entry.ReportExistsError):
+    entry.write_report(sweep, report_dir=str(out))
 
 
 def test_wilson_interval():
@@ -108,7 +110,7 @@ def test_sweep_report_gives_confidence_intervals_over_seeds(tmp_path):
   members = [(0, 0.001, 0.97), (1, 0.001, 0.98), (2, 0.001, 0.96),
              (0, 0.01, 0.90), (1, 0.01, 0.92)]
   sweep = _fake_sweep(tmp_path / "sweep", members)
-  text = open(report.write_report(sweep), encoding="utf-8").read()
+  text = open(entry.write_report(sweep), encoding="utf-8").read()
   assert "5 members" in text and "`optim.learning_rate`" in text
   mean, half, _ = report_sweep.mean_confidence_interval([0.97, 0.98, 0.96])
   assert f"| optim.learning_rate=0.001 | 3 | {mean:.4f} ± {half:.4f} |" in text
@@ -131,6 +133,6 @@ def test_launch_report_mode_needs_no_config(tmp_path):
   assert os.path.exists(os.path.join(sweep, "report", "report.html"))
   # Errors are ValueError/FileNotFoundError: launch.py prints them in one line.
   with pytest.raises(FileNotFoundError, match="nowhere"):
-    report.write_report(str(tmp_path / "nowhere"))
+    entry.write_report(str(tmp_path / "nowhere"))
   with pytest.raises(FileNotFoundError, match="summary.json"):
-    report.write_report(str(tmp_path))
+    entry.write_report(str(tmp_path))

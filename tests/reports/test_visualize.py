@@ -9,9 +9,9 @@ import pytest
 from cnn_jax.reports import plotting
 from cnn_jax.reports import report
 from cnn_jax.reports import restored_run
-from cnn_jax.training import train
 from cnn_jax.reports import visualize
 from cnn_jax.reports import visualize_model
+from cnn_jax.training import train
 from configs import mnist as mnist_config
 from tests.conftest import write_idx
 

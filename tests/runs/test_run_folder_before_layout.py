@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cnn_jax.reports import report
+from cnn_jax.reports import entry
 from cnn_jax.reports import restored_run
 from cnn_jax.training import train
 from tests.conftest import REPO
@@ -54,7 +54,7 @@ def test_evaluates_with_its_config(old_run):
 
 
 def test_reports(old_run):
-  path = report.write_report(old_run)
+  path = entry.write_report(old_run)
   with open(path, encoding="utf-8") as f:
     text = f.read()
   assert "0.2059" in text or "20.59" in text

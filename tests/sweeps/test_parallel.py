@@ -20,7 +20,7 @@ from cnn_jax.sweeps import parallel
 from cnn_jax.sweeps import sweep
 from cnn_jax.sweeps import sweep_config
 from cnn_jax.sweeps import sweep_steps
-from cnn_jax.training import train
+from cnn_jax.training import steps
 from configs import mnist
 
 assert len(jax.devices()) == 8, jax.devices()
@@ -31,7 +31,7 @@ config.data.batch_size = 32
 rng = np.random.default_rng(0)
 batch = {"image": rng.integers(0, 255, (32, 28, 28, 1)).astype(np.uint8),
          "label": rng.integers(0, 10, 32).astype(np.int32)}
-step = functools.partial(train.train_step, mean=0.13, std=0.3)
+step = functools.partial(steps.train_step, mean=0.13, std=0.3)
 
 def max_diff(a, b):
   return max(float(jnp.max(jnp.abs(x - y)))

@@ -12,12 +12,13 @@ import jax.numpy as jnp
 import ml_collections
 import pytest
 
+from cnn_jax.data import batching
+from cnn_jax.data import load_splits
 from cnn_jax.sweeps import sweep
 from cnn_jax.sweeps import sweep_config
 from cnn_jax.sweeps import sweep_steps
+from cnn_jax.training import steps
 from cnn_jax.training import train
-from cnn_jax.data import batching
-from cnn_jax.data import load_splits
 from configs import mnist_sweep as mnist_sweep_config
 
 
@@ -90,7 +91,7 @@ def test_unknown_mode_and_option_are_errors():
 def _data(config):
   splits = load_splits(config.data)
   train_set = splits["train"]
-  mean, std = train.normalization_stats(config.data, train_set)
+  mean, std = steps.normalization_stats(config.data, train_set)
   per_epoch = batching.steps_per_epoch(len(train_set), config.data.batch_size)
   return train_set, mean, std, per_epoch
 
@@ -112,8 +113,8 @@ def _three_members(data_dir, learning_rates):
 _COMPILED = {}
 
 
-def _run_sweep(configs, steps):
-  """`steps` sweep steps from init -> (states, alive, last metrics)."""
+def _run_sweep(configs, num_steps):
+  """`num_steps` sweep steps from init -> (states, alive, last metrics)."""
   train_set, mean, std, per_epoch = _data(configs[0])
   if not _COMPILED:
     program = sweep_steps.shared_program(configs[0], per_epoch)
@@ -128,7 +129,7 @@ def _run_sweep(configs, steps):
   alive = jnp.ones(len(configs), bool)
   batches = sweep._member_batches(  # pylint: disable=protected-access
       train_set, configs[0].data.batch_size, [c.seed for c in configs])
-  for _ in range(steps):
+  for _ in range(num_steps):
     _, batch = next(batches)
     states, alive, metrics = _COMPILED["step"](states, alive, batch, hparams)
   return states, alive, metrics
@@ -137,28 +138,28 @@ def _run_sweep(configs, steps):
 def test_each_member_equals_its_single_run(tiny_mnist_dir):
   configs = _three_members(tiny_mnist_dir, (0.01, 0.02, 0.03))
   train_set, mean, std, per_epoch = _data(configs[0])
-  steps = 20
-  states, alive, _ = _run_sweep(configs, steps)
+  num_steps = 20
+  states, alive, _ = _run_sweep(configs, num_steps)
   assert bool(jnp.all(alive))
   single_steps = {}
   for k, member in enumerate(configs):
-    state, _ = train.create_train_state(
+    state, _ = steps.create_train_state(
         member, jax.random.PRNGKey(member.seed), train_set.example_shape,
         per_epoch)
     statics = (json.dumps(member.data.augment.to_dict()),
                member.train.label_smoothing, member.model.dropout_rate)
     if statics not in single_steps:  # members 0 and 1 share one compile
       single_steps[statics] = jax.jit(functools.partial(
-          train.train_step, mean=mean, std=std,
+          steps.train_step, mean=mean, std=std,
           augment_config=member.data.augment.to_dict(),
           label_smoothing=member.train.label_smoothing))
     batches = batching.train_batches(train_set, member.data.batch_size,
                                      member.seed)
-    for _ in range(steps):
+    for _ in range(num_steps):
       _, batch = next(batches)
       state, _ = single_steps[statics](state, batch)
     got = sweep_steps.member_state(states, k)
-    assert int(got.step) == steps
+    assert int(got.step) == num_steps
     # atol: parameters near 0 (vmapped matmuls sum in another order).
     chex.assert_trees_all_close(got.params, state.params, rtol=1e-5,
                                 atol=1e-6)
@@ -169,14 +170,14 @@ def test_each_member_equals_its_single_run(tiny_mnist_dir):
 def test_a_diverging_member_does_not_change_the_others(tiny_mnist_dir):
   # Member 1 blows up (learning rate 1e9); in the calm sweep it does not.
   diverged, alive, metrics = _run_sweep(
-      _three_members(tiny_mnist_dir, (0.01, 1e9, 0.03)), steps=8)
+      _three_members(tiny_mnist_dir, (0.01, 1e9, 0.03)), num_steps=8)
   assert alive.tolist() == [True, False, True]
   assert not bool(metrics["updated"][1])
   blown = sweep_steps.member_state(diverged, 1)
   chex.assert_tree_all_finite(blown.params)
   assert int(blown.step) < 8  # frozen when it blew
   calm, alive, _ = _run_sweep(
-      _three_members(tiny_mnist_dir, (0.01, 0.02, 0.03)), steps=8)
+      _three_members(tiny_mnist_dir, (0.01, 0.02, 0.03)), num_steps=8)
   assert bool(jnp.all(alive))
   for k in (0, 2):
     chex.assert_trees_all_equal(sweep_steps.member_state(diverged, k).params,

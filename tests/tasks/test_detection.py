@@ -13,12 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax.training import train
 from cnn_jax.data import canvas
 from cnn_jax.data import digit_boxes
 from cnn_jax.data import load_splits
 from cnn_jax.tasks import detection
 from cnn_jax.tasks import get_task
+from cnn_jax.training import steps
 from configs import detect_digits
 from tests.conftest import REPO
 
@@ -166,7 +166,7 @@ def test_wrong_labels_and_unknown_option_are_named():
 
 def test_centernet_shapes_on_config():
   config = detect_digits.get_config()
-  model = train.create_model(config.model)
+  model = steps.create_model(config.model)
   x = jnp.zeros((2, 64, 64, 1))
   variables = jax.eval_shape(functools.partial(model.init, train=False),
                              jax.random.key(0), x)
@@ -179,10 +179,10 @@ def test_centernet_shapes_on_config():
 def test_detect_digits_config_runs_one_train_step():
   config = detect_digits.get_config()
   _, labels = _canvas_labels(num=4)
-  state, _ = train.create_train_state(config, jax.random.key(0),
+  state, _ = steps.create_train_state(config, jax.random.key(0),
                                       (64, 64, 1), 10)
   batch = {"image": np.full((4, 64, 64, 1), 10, np.uint8), "label": labels}
-  step = jax.jit(functools.partial(train.train_step, mean=0.1, std=0.3,
+  step = jax.jit(functools.partial(steps.train_step, mean=0.1, std=0.3,
                                    task=get_task("detection")))
   state, metrics = step(state, batch)
   chex.assert_tree_all_finite(metrics)

@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax.training import train
 from cnn_jax.data import load_splits
 from cnn_jax.tasks import get_task
 from cnn_jax.tasks import localization
+from cnn_jax.training import steps
 from configs import localize_digits
 
 
@@ -122,7 +122,7 @@ def test_for_run_checks_labels_and_num_classes():
 
 def test_config_shapes():
   config = localize_digits.get_config()
-  model = train.create_model(config.model)
+  model = steps.create_model(config.model)
   x = jnp.zeros((2, 64, 64, 1))
   variables = jax.eval_shape(functools.partial(model.init, train=False),
                              jax.random.key(0), x)
@@ -134,12 +134,12 @@ def test_config_shapes():
 @pytest.mark.slow  # compiling the training step: ~10-25 s of CPU
 def test_config_runs_one_train_step():
   config = localize_digits.get_config()
-  state, _ = train.create_train_state(config, jax.random.key(0),
+  state, _ = steps.create_train_state(config, jax.random.key(0),
                                       (64, 64, 1), 10)
   batch = {"image": np.full((3, 64, 64, 1), 20, np.uint8),
            "label": np.asarray(_batch()["label"])}
   step = jax.jit(functools.partial(
-      train.train_step, mean=0.1, std=0.3, task=get_task("localization"),
+      steps.train_step, mean=0.1, std=0.3, task=get_task("localization"),
       augment_config=config.data.augment.to_dict()))
   state, metrics = step(state, batch)
   chex.assert_tree_all_finite(metrics)

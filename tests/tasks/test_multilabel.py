@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk_metrics
 
-from cnn_jax.tasks import losses
-from cnn_jax.tasks import metrics
-from cnn_jax.training import train
 from cnn_jax.data import batching
 from cnn_jax.data.dataset import ArrayDataset
 from cnn_jax.tasks import TASKS
+from cnn_jax.tasks import losses
+from cnn_jax.tasks import metrics
 from cnn_jax.tasks import multilabel
 from cnn_jax.tasks import task_for_run
+from cnn_jax.training import steps
+from cnn_jax.training import train
 
 def _sigmoid(z):
   return 1.0 / (1.0 + math.exp(-z))
@@ -162,7 +163,7 @@ class MultilabelTaskTest(chex.TestCase):
       examples = task.eval_examples(batch_logits, batch)
       return task.eval_sums(batch_logits, batch), examples
 
-    result = train.evaluate(eval_fn, None, dataset, 20, task)
+    result = steps.evaluate(eval_fn, None, dataset, 20, task)
     self.assertEqual(result["count"], 53)
     probs = 1 / (1 + np.exp(-logits))
     for k, name in enumerate("abc"):
@@ -198,7 +199,7 @@ def test_multilabel_configs_build(name):
   from cnn_jax.data import SOURCES  # pylint: disable=g-import-not-at-top
   config = importlib.import_module(f"configs.{name}").get_config()
   assert config.task == "multilabel" and config.data.name in SOURCES
-  model = train.create_model(config.model)
+  model = steps.create_model(config.model)
   size = tuple(config.data.get("image_size", ()) or (64, 64))
   channels = config.data.get("channels", 1)
   x = jnp.zeros((2, *size, channels))
@@ -219,15 +220,15 @@ def test_multidigit_config_one_train_step():
   train_set = splits["train"]
   task = task_for_run(config, train_set)
   assert task.name == "multilabel" and train_set.labels.shape == (16, 10)
-  state, _ = train.create_train_state(config, jax.random.PRNGKey(0),
+  state, _ = steps.create_train_state(config, jax.random.PRNGKey(0),
                                       train_set.example_shape, 1)
-  mean, std = train.normalization_stats(config.data, train_set)
-  step = jax.jit(functools.partial(train.train_step, mean=mean, std=std,
+  mean, std = steps.normalization_stats(config.data, train_set)
+  step = jax.jit(functools.partial(steps.train_step, mean=mean, std=std,
                                    task=task))
   batch = next(batching.train_batches(train_set, 8, 0))[1]
   state, logged = step(state, batch)
   assert np.isfinite(logged["loss"]) and "accuracy" in logged
-  eval_fn = jax.jit(functools.partial(train.eval_step, mean=mean, std=std,
+  eval_fn = jax.jit(functools.partial(steps.eval_step, mean=mean, std=std,
                                       task=task))
-  result = train.evaluate(eval_fn, state, splits["test"], 8, task)
+  result = steps.evaluate(eval_fn, state, splits["test"], 8, task)
   assert result["count"] == 8 and "auroc/3" in result

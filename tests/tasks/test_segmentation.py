@@ -9,14 +9,15 @@ import numpy as np
 import optax
 import pytest
 
-from cnn_jax.tasks import losses
-from cnn_jax.tasks import metrics
-from cnn_jax.training import train
 from cnn_jax.data import batching
 from cnn_jax.data.dataset import ArrayDataset
 from cnn_jax.models import MODELS
+from cnn_jax.tasks import losses
+from cnn_jax.tasks import metrics
 from cnn_jax.tasks import segmentation
 from cnn_jax.tasks import task_for_run
+from cnn_jax.training import steps
+from cnn_jax.training import train
 
 # Hand-made 4x4 masks with 3 classes.
 LABELS = np.array([[0, 0, 1, 1],
@@ -160,7 +161,7 @@ def test_segmentation_configs_build(name):
   from cnn_jax.data import SOURCES  # pylint: disable=g-import-not-at-top
   config = importlib.import_module(f"configs.{name}").get_config()
   assert config.task == "segmentation" and config.data.name in SOURCES
-  model = train.create_model(config.model)
+  model = steps.create_model(config.model)
   size = tuple(config.data.get("image_size", ()) or (64, 64))
   x = jnp.zeros((1, *size, 3 if name == "oxford_pet" else 1))
   variables = jax.eval_shape(functools.partial(model.init, train=False),
@@ -182,17 +183,17 @@ def test_unet_digits_config_one_train_step():
   task = task_for_run(config, train_set)
   assert task.name == "segmentation"
   assert train_set.labels.shape == (8, 64, 64)
-  state, _ = train.create_train_state(config, jax.random.PRNGKey(0),
+  state, _ = steps.create_train_state(config, jax.random.PRNGKey(0),
                                       train_set.example_shape, 1)
-  mean, std = train.normalization_stats(config.data, train_set)
-  step = jax.jit(functools.partial(train.train_step, mean=mean, std=std,
+  mean, std = steps.normalization_stats(config.data, train_set)
+  step = jax.jit(functools.partial(steps.train_step, mean=mean, std=std,
                                    task=task))
   batch = next(batching.train_batches(train_set, 4, 0))[1]
   state, logged = step(state, batch)
   assert np.isfinite(logged["loss"])
-  eval_fn = jax.jit(functools.partial(train.eval_step, mean=mean, std=std,
+  eval_fn = jax.jit(functools.partial(steps.eval_step, mean=mean, std=std,
                                       task=task))
-  result = train.evaluate(eval_fn, state, splits["test"], 4, task)
+  result = steps.evaluate(eval_fn, state, splits["test"], 4, task)
   assert result["count"] == 4 and "iou/7" in result and "mean_iou" in result
 
 
@@ -217,10 +218,10 @@ def test_oxford_pet_config_on_tfds_mock_data():
   assert train_set.labels.shape == (6, 32, 32)
   assert set(np.unique(train_set.labels)) <= {0, 1, 2}
   task = task_for_run(config, train_set)
-  state, _ = train.create_train_state(config, jax.random.PRNGKey(0),
+  state, _ = steps.create_train_state(config, jax.random.PRNGKey(0),
                                       train_set.example_shape, 1)
-  mean, std = train.normalization_stats(config.data, train_set)
-  step = jax.jit(functools.partial(train.train_step, mean=mean, std=std,
+  mean, std = steps.normalization_stats(config.data, train_set)
+  step = jax.jit(functools.partial(steps.train_step, mean=mean, std=std,
                                    task=task))
   state, logged = step(state, next(batching.train_batches(train_set, 3, 0))[1])
   assert np.isfinite(logged["loss"])

@@ -7,18 +7,18 @@ import chex
 import jax
 import numpy as np
 
-from cnn_jax.tasks import losses
-from cnn_jax.training import train
 from cnn_jax.data import batching
 from cnn_jax.data import load_splits
 from cnn_jax.data import prefetch
+from cnn_jax.tasks import losses
+from cnn_jax.training import steps
 from configs import cifar10_simple
 
 
 def _state_and_batch(config):
   train_set = load_splits(config.data)["train"]
-  mean, std = train.normalization_stats(config.data, train_set)
-  state, _ = train.create_train_state(config, jax.random.PRNGKey(0),
+  mean, std = steps.normalization_stats(config.data, train_set)
+  state, _ = steps.create_train_state(config, jax.random.PRNGKey(0),
                                       train_set.example_shape, 10)
   _, batch = next(prefetch.prefetch_to_device(batching.train_batches(
       train_set, config.data.batch_size, config.seed)))
@@ -32,7 +32,7 @@ def test_config_takes_steps_with_crop_and_flip():
   state, batch, mean, std = _state_and_batch(config)
   assert batch["image"].shape == (32, 32, 32, 3)
   step = jax.jit(functools.partial(
-      train.train_step, mean=mean, std=std,
+      steps.train_step, mean=mean, std=std,
       augment_config=config.data.augment.to_dict()))
   state, metrics = step(state, batch)
   assert int(state.step) == 1
@@ -48,7 +48,7 @@ def test_mixup_trains_on_soft_targets():
   config.model.hidden = 16
   state, batch, mean, std = _state_and_batch(config)
   step = jax.jit(functools.partial(
-      train.train_step, mean=mean, std=std,
+      steps.train_step, mean=mean, std=std,
       augment_config=config.data.augment.to_dict()))
   new_state, metrics = step(state, batch)
   assert int(new_state.step) == 1 and np.isfinite(float(metrics["loss"]))
@@ -72,7 +72,7 @@ def test_resnet18_config_takes_a_step():
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   assert n_params == 11_173_962
   step = jax.jit(functools.partial(
-      train.train_step, mean=mean, std=std,
+      steps.train_step, mean=mean, std=std,
       augment_config=config.data.augment.to_dict()))
   new_state, metrics = step(state, batch)
   assert int(new_state.step) == 1 and np.isfinite(float(metrics["loss"]))

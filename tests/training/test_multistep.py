@@ -15,12 +15,13 @@ import jax
 import numpy as np
 import pytest
 
+from cnn_jax.data import batching
 from cnn_jax.runs import checkpoint
+from cnn_jax.runs import writers
 from cnn_jax.training import multistep
 from cnn_jax.training import preemption
+from cnn_jax.training import steps
 from cnn_jax.training import train
-from cnn_jax.runs import writers
-from cnn_jax.data import batching
 from configs import mnist as mnist_config
 from tests.conftest import write_tiny_mnist
 
@@ -52,7 +53,7 @@ def _config(data_dir, **train_overrides):
 
 def _params(workdir, step, config):
   """The params of the checkpoint of `step` in `workdir`."""
-  abstract = train.abstract_train_state(config, (28, 28, 1), STEPS_PER_EPOCH)
+  abstract = steps.abstract_train_state(config, (28, 28, 1), STEPS_PER_EPOCH)
   manager = checkpoint.make_manager(str(workdir))
   state, _ = checkpoint.restore(manager, abstract, step)
   manager.close()
@@ -107,9 +108,9 @@ def test_multi_step_equals_single_steps(unroll):
   config = mnist_config.get_config()
   config.model.use_batchnorm = True
   config.model.dropout_rate = 0.25
-  state, _ = train.create_train_state(config, jax.random.PRNGKey(0),
+  state, _ = steps.create_train_state(config, jax.random.PRNGKey(0),
                                       (28, 28, 1), steps_per_epoch=10)
-  step_fn = functools.partial(train.train_step, mean=0.13, std=0.3,
+  step_fn = functools.partial(steps.train_step, mean=0.13, std=0.3,
                               augment_config={"crop_padding": 2})
   rng = np.random.default_rng(0)
   batches = {

@@ -14,10 +14,10 @@ import jax
 import numpy as np
 import pytest
 
-from cnn_jax.training import preemption
-from cnn_jax.training import train
 from cnn_jax.runs import workdirs
 from cnn_jax.runs import writers
+from cnn_jax.training import preemption
+from cnn_jax.training import train
 from tests import tiny_run
 
 pytestmark = pytest.mark.usefixtures("launch_env")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from cnn_jax.training import optim
+from cnn_jax.training import steps
 from cnn_jax.training import train
 from configs import mnist as mnist_config
 
@@ -37,9 +38,9 @@ def test_train_steps_reduce_loss_on_a_fixed_batch():
   config = mnist_config.get_config()
   config.optim.schedule = "constant"
   config.optim.learning_rate = 1e-3
-  state, _ = train.create_train_state(config, jax.random.PRNGKey(0),
+  state, _ = steps.create_train_state(config, jax.random.PRNGKey(0),
                                       (28, 28, 1), steps_per_epoch=10)
-  step = jax.jit(functools.partial(train.train_step, mean=0.13, std=0.3))
+  step = jax.jit(functools.partial(steps.train_step, mean=0.13, std=0.3))
   batch = _batch(np.random.default_rng(0))
   losses = []
   for _ in range(8):
@@ -53,9 +54,9 @@ def test_train_steps_reduce_loss_on_a_fixed_batch():
 def test_train_step_is_deterministic_and_uses_dropout_keys():
   config = mnist_config.get_config()
   config.model.dropout_rate = 0.5
-  state, _ = train.create_train_state(config, jax.random.PRNGKey(1),
+  state, _ = steps.create_train_state(config, jax.random.PRNGKey(1),
                                       (28, 28, 1), steps_per_epoch=10)
-  step = jax.jit(functools.partial(train.train_step, mean=0.13, std=0.3,
+  step = jax.jit(functools.partial(steps.train_step, mean=0.13, std=0.3,
                                    augment_config={"crop_padding": 2}))
   batch = _batch(np.random.default_rng(1))
   a, _ = step(state, batch)
@@ -66,9 +67,9 @@ def test_train_step_is_deterministic_and_uses_dropout_keys():
 def test_batchnorm_model_updates_batch_stats_in_training():
   config = mnist_config.get_config()
   config.model.use_batchnorm = True
-  state, _ = train.create_train_state(config, jax.random.PRNGKey(0),
+  state, _ = steps.create_train_state(config, jax.random.PRNGKey(0),
                                       (28, 28, 1), steps_per_epoch=10)
-  new_state, _ = jax.jit(functools.partial(train.train_step, mean=0.13,
+  new_state, _ = jax.jit(functools.partial(steps.train_step, mean=0.13,
                                            std=0.3))(state, _batch(
                                                np.random.default_rng(2)))
   before = jax.tree.leaves(state.batch_stats)
@@ -114,7 +115,7 @@ def test_unknown_names_give_errors_naming_the_config_key():
   config = mnist_config.get_config()
   config.model.name = "resnet9000"
   with pytest.raises(ValueError, match="config.model.name='resnet9000'"):
-    train.create_model(config.model)
+    steps.create_model(config.model)
 
 
 def test_train_and_evaluate_writes_all_outputs(tiny_mnist_dir, tmp_path):

@@ -16,9 +16,10 @@ import jax
 import numpy as np
 import pytest
 
-from cnn_jax.transfer import pretrained
-from cnn_jax.transfer import transfer
 from cnn_jax.models import MODELS
+from cnn_jax.transfer import plan as transfer_plan
+from cnn_jax.transfer import pretrained
+from cnn_jax.transfer import restore
 
 
 def _synthetic_resnet_state_dict(rng):
@@ -246,9 +247,9 @@ def test_restore_of_converted_weights_into_a_new_head():
   source = pretrained.convert(sd)
   with pytest.raises(ValueError, match=r"params/fc/kernel: \(512, 1000\) in "
                      r"resnet18, \(512, 7\) in the model"):
-    transfer.restore_variables(transfer.Plan(), target, source, "resnet18")
-  merged, restored = transfer.restore_variables(
-      transfer.Plan(dont_load=("fc/.*",)), target, source, "resnet18")
+    restore.restore_variables(transfer_plan.Plan(), target, source, "resnet18")
+  merged, restored = restore.restore_variables(
+      transfer_plan.Plan(dont_load=("fc/.*",)), target, source, "resnet18")
   assert "params/fc/kernel" not in restored
   assert "params/layer4_1/conv2/kernel" in restored
   np.testing.assert_array_equal(merged["params"]["fc"]["kernel"],

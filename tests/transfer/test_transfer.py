@@ -19,10 +19,15 @@ import pytest
 
 from cnn_jax.runs import checkpoint
 from cnn_jax.training import preemption
-from cnn_jax.transfer import pretrained
+from cnn_jax.training import steps
 from cnn_jax.training import train
-from cnn_jax.transfer import transfer
 from cnn_jax.transfer import dry_run as transfer_dry_run
+from cnn_jax.transfer import hooks
+from cnn_jax.transfer import optimizer
+from cnn_jax.transfer import paths
+from cnn_jax.transfer import plan as transfer_plan
+from cnn_jax.transfer import pretrained
+from cnn_jax.transfer import restore
 from configs import mnist as mnist_config
 
 SHAPE = (28, 28, 1)
@@ -39,7 +44,7 @@ def _model_config(config, num_classes, use_batchnorm):
 
 def _shapes(config):
   """{'params', 'batch_stats'} as ShapeDtypeStructs (nothing computed)."""
-  model = train.create_model(config.model)
+  model = steps.create_model(config.model)
   variables = jax.eval_shape(
       functools.partial(model.init, train=False),
       {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)},
@@ -75,7 +80,7 @@ def _transfer_config(init_from, num_classes=5, use_batchnorm=True, **options):
   config.optim.schedule = "constant"
   config.optim.learning_rate = 1e-2
   config.optim.weight_decay = 0.1  # must not reach frozen parameters
-  config.transfer = transfer.default_transfer_config()
+  config.transfer = transfer_plan.default_transfer_config()
   config.transfer.init_from = init_from
   config.transfer.dont_load = ("head/.*",)
   for key, value in options.items():
@@ -90,13 +95,13 @@ def _batches(n, seed=0, size=16):
           for _ in range(n)]
 
 
-_STEP = jax.jit(functools.partial(train.train_step, mean=0.13, std=0.3))
+_STEP = jax.jit(functools.partial(steps.train_step, mean=0.13, std=0.3))
 
 
 def _train(state, batches, transfer_config=None, steps_per_epoch=10,
            first_step=0):
   for step, batch in enumerate(batches, start=first_step):
-    state = transfer.at_step(state, step, transfer_config, steps_per_epoch)
+    state = hooks.at_step(state, step, transfer_config, steps_per_epoch)
     state, _ = _STEP(state, batch)
   return state
 
@@ -125,14 +130,14 @@ def _moment_sizes(opt_state):
 def _same_model_state(config, fresh, steps_per_epoch=10):
   """What create_train_state(config) builds, from `fresh` (a state of the
   same model) without compiling the model's init again; init_from restored."""
-  model = train.create_model(config.model)
-  tx, apply_fn = transfer.optimizer_and_apply(
+  model = steps.create_model(config.model)
+  tx, apply_fn = hooks.optimizer_and_apply(
       config.transfer, config.optim,
-      train.learning_rate_schedule(config, steps_per_epoch), steps_per_epoch,
+      steps.learning_rate_schedule(config, steps_per_epoch), steps_per_epoch,
       model.apply, {"params": fresh.params, "batch_stats": fresh.batch_stats})
   state = fresh.replace(tx=tx, apply_fn=apply_fn,
                         opt_state=tx.init(fresh.params))
-  return transfer.restore_init_from(state, config.transfer)
+  return restore.restore_init_from(state, config.transfer)
 
 
 @pytest.fixture(scope="module")
@@ -140,9 +145,9 @@ def feature_extraction(sources):
   """(config, fresh state, state after restoring init_from): a 10-class
   source into a 5-class model, BN, mode='feature_extraction'."""
   config = _transfer_config(sources["bn"][0], mode="feature_extraction")
-  fresh, _ = train.create_train_state(config, jax.random.PRNGKey(0), SHAPE,
+  fresh, _ = steps.create_train_state(config, jax.random.PRNGKey(0), SHAPE,
                                       10)
-  return config, fresh, transfer.restore_init_from(fresh, config.transfer)
+  return config, fresh, restore.restore_init_from(fresh, config.transfer)
 
 
 def test_partial_restore_into_a_new_head(sources, feature_extraction):
@@ -179,7 +184,7 @@ def test_feature_extraction_freezes_params_and_batch_stats_bitwise(
 
 def test_frozen_batchnorm_normalises_with_running_averages(feature_extraction):
   config, _, state = feature_extraction
-  model = train.create_model(config.model)
+  model = steps.create_model(config.model)
   x = jnp.asarray(np.random.default_rng(1).standard_normal((8, *SHAPE)),
                   jnp.float32)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -211,8 +216,8 @@ def test_fine_tune_with_zero_backbone_lr_equals_feature_extraction(sources):
   batches = _batches(4)
   config = _transfer_config(init_from, use_batchnorm=False,
                             mode="feature_extraction")
-  fresh, _ = train.create_train_state(config, jax.random.PRNGKey(0), SHAPE, 10)
-  start = transfer.restore_init_from(fresh, config.transfer)
+  fresh, _ = steps.create_train_state(config, jax.random.PRNGKey(0), SHAPE, 10)
+  start = restore.restore_init_from(fresh, config.transfer)
   states = {"feature_extraction": _train(start, batches)}
   config.transfer.mode = "fine_tune"
   config.transfer.backbone_lr_scale = 0.0
@@ -233,9 +238,9 @@ def test_backbone_learning_rate_is_scaled():
       b2=0.999, grad_clip_norm=0.0))
 
   def updates(scale):
-    plan = transfer.Plan(dont_load=("head/.*",), freeze=("stem/.*",),
+    plan = transfer_plan.Plan(dont_load=("head/.*",), freeze=("stem/.*",),
                          mode="fine_tune", backbone_lr_scale=scale)
-    tx = transfer.make_optimizer(plan, optim_config, 0.5)
+    tx = optimizer.make_optimizer(plan, optim_config, 0.5)
     return tx.update(grads, tx.init(params), params)[0]
 
   full, tenth = updates(1.0), updates(0.1)
@@ -294,16 +299,16 @@ def test_bad_patterns_and_options_are_named(key, value, match):
   if key == "unfreeze":
     config.transfer.unfreeze_after_epochs = 1
   with pytest.raises(ValueError, match=match):
-    transfer.optimizer_and_apply(config.transfer, config.optim, 1e-3, 10,
+    hooks.optimizer_and_apply(config.transfer, config.optim, 1e-3, 10,
                                  None, _shapes(config))
 
 
 def test_shape_mismatch_names_every_path_and_both_shapes(sources):
   init_from, source = sources["bn"]
   config = _transfer_config(init_from)  # 5 classes; the source has 10
-  plan = transfer.Plan()  # load everything, the head too
+  plan = transfer_plan.Plan()  # load everything, the head too
   with pytest.raises(ValueError) as error:
-    transfer.restore_variables(plan, _shapes(config), source, "src.npz")
+    restore.restore_variables(plan, _shapes(config), source, "src.npz")
   message = str(error.value)
   assert "params/head/kernel: (32, 10) in src.npz, (32, 5) in the model" in (
       message)
@@ -316,7 +321,8 @@ def test_variable_missing_from_the_source_is_named(sources):
   config = _transfer_config("unused", num_classes=10)
   with pytest.raises(ValueError, match=r"not in src: .*params/bn1/scale.*"
                      r"batch_stats/bn1/mean"):
-    transfer.restore_variables(transfer.Plan(), _shapes(config), source, "src")
+    restore.restore_variables(transfer_plan.Plan(), _shapes(config), source,
+                              "src")
 
 
 def test_dry_run_lists_the_group_of_every_variable(sources):
@@ -324,11 +330,11 @@ def test_dry_run_lists_the_group_of_every_variable(sources):
   config = _transfer_config(init_from, mode="fine_tune", backbone_lr_scale=0.1,
                             freeze=("conv1/.*", "bn1/.*"))
   variables = _shapes(config)
-  assert transfer.select((".*/kernel",), transfer.variable_paths(variables)) == {
+  assert paths.select((".*/kernel",), paths.variable_paths(variables)) == {
       ".*/kernel": ["conv1/kernel", "conv2/kernel", "dense1/kernel",
                     "head/kernel"]}
-  plan = transfer.Plan.from_config(config.transfer)
-  _, restored = transfer.restore_variables(plan, variables,
+  plan = transfer_plan.Plan.from_config(config.transfer)
+  _, restored = restore.restore_variables(plan, variables,
                                            pretrained.load(init_from))
   table = plan.describe(variables, restored)
   rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[1:-1]}
@@ -342,12 +348,12 @@ def test_dry_run_lists_the_group_of_every_variable(sources):
 def test_configs_without_a_transfer_section_train_as_before():
   config = mnist_config.get_config()
   assert "transfer" not in config
-  state = train.abstract_train_state(config, SHAPE, 10)
+  state = steps.abstract_train_state(config, SHAPE, 10)
   assert not hasattr(state.apply_fn, "plan")
-  config.transfer = transfer.default_transfer_config()  # present but off
-  state = train.abstract_train_state(config, SHAPE, 10)
+  config.transfer = transfer_plan.default_transfer_config()  # present but off
+  state = steps.abstract_train_state(config, SHAPE, 10)
   assert not hasattr(state.apply_fn, "plan")
-  assert transfer.at_step(state, 5, config.transfer, 10) is state
+  assert hooks.at_step(state, 5, config.transfer, 10) is state
 
 
 def test_train_and_evaluate_from_a_checkpoint_with_unfreezing(
@@ -362,7 +368,7 @@ def test_train_and_evaluate_from_a_checkpoint_with_unfreezing(
   checkpoint.save(manager, source_state, {"step": 0})
   manager.wait_until_finished()
   manager.close()
-  source = transfer.load_source(str(tmp_path / "source"))
+  source = restore.load_source(str(tmp_path / "source"))
   _assert_bitwise_equal(source["params"],
                         jax.device_get(source_state.params))
 
@@ -382,7 +388,7 @@ def test_train_and_evaluate_from_a_checkpoint_with_unfreezing(
   config.train.stop_after_steps = 0
   summary = train.train_and_evaluate(config, str(tmp_path / "transfer"))
   assert summary["steps"] == 4 and summary["resumed_from_step"] == 3
-  result = transfer.load_source(str(tmp_path / "transfer"))
+  result = restore.load_source(str(tmp_path / "transfer"))
   for name in ("conv1", "bn1", "conv2", "bn2"):
     _assert_bitwise_equal(result["params"][name], source["params"][name])
   _assert_bitwise_equal(result["batch_stats"], source["batch_stats"])
@@ -399,7 +405,7 @@ def test_transfer_digits_configs_build(tmp_path, method):
   only) and its dry run; fine-tuning also takes a step from init_from."""
   from configs import transfer_digits  # pylint: disable=import-outside-toplevel
   from configs import transfer_digits_pretrain  # pylint: disable=import-outside-toplevel
-  assert not transfer.is_active(transfer_digits_pretrain.get_config().transfer)
+  assert not transfer_plan.is_active(transfer_digits_pretrain.get_config().transfer)
   config = transfer_digits.get_config(method)
   rng = np.random.default_rng(0)
   source = jax.tree.map(lambda s: rng.normal(0, 0.05, s.shape).astype(s.dtype),
@@ -409,11 +415,11 @@ def test_transfer_digits_configs_build(tmp_path, method):
     config.transfer.init_from = str(tmp_path / "source.npz")
   table = transfer_dry_run.dry_run(config, SHAPE)
   assert ("off: every variable trains" in table) == (method == "scratch")
-  abstract = train.abstract_train_state(config, SHAPE, 3)
+  abstract = steps.abstract_train_state(config, SHAPE, 3)
   assert hasattr(abstract.apply_fn, "plan") == (method != "scratch")
   if method == "fine_tune":
-    state, _ = train.create_train_state(config, jax.random.PRNGKey(0), SHAPE,
+    state, _ = steps.create_train_state(config, jax.random.PRNGKey(0), SHAPE,
                                         3)
-    state = transfer.restore_init_from(state, config.transfer)
+    state = restore.restore_init_from(state, config.transfer)
     state, metrics = _STEP(state, _batches(1)[0])
     assert np.isfinite(metrics["loss"])

@@ -1,0 +1,33 @@
+"""`python -m cnn_jax.conv`: builds the oneDNN convolutions if needed, says
+whether conv_impl 'auto' uses them here, the ISA oneDNN dispatches to, and
+the verdict on each convolution checked on this machine so far
+(onednn_verify)."""
+
+import sys
+
+from cnn_jax.conv import onednn_build
+from cnn_jax.conv import onednn_verify
+
+
+def main():
+  reason = onednn_build.unavailable_reason()
+  if reason is not None:
+    print(f"oneDNN convolutions unavailable: {reason}")
+    return 1
+  print(f"oneDNN convolutions ready (oneDNN under "
+        f"{onednn_build.onednn_root()}); conv_impl 'auto' uses them on the "
+        "CPU")
+  print(f"oneDNN dispatches to {onednn_build.cpu_isa()} with "
+        f"{onednn_verify.threads()} threads; verdicts in "
+        f"{onednn_verify.verdict_file()}")
+  verdicts = onednn_verify.verdicts()
+  if not verdicts:
+    print("no convolution checked yet (each is checked on first use)")
+  for key, rejected in sorted(verdicts.items()):
+    print(f"  {'in use' if rejected is None else 'XLA   '}  {key}"
+          + ("" if rejected is None else f": {rejected}"))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,55 @@
+"""What a run keeps in its checkpoints besides the train state, so that a
+resumed run continues bitwise as if never stopped: the step, the data
+iterator's position, the current log window's per-step metrics and the
+latest test metrics (with the config and normalisation, `run_meta`).
+"""
+
+import dataclasses
+
+from cnn_jax.runs import checkpoint
+from cnn_jax.runs import workdirs
+from cnn_jax.training import multistep
+from cnn_jax.training import steps
+from cnn_jax.training import train_log
+
+
+def fresh_progress():
+  """Where a new run starts (the same keys as a checkpoint's meta)."""
+  return {"step": 0, "position": {"epoch": 0, "batch": 0},
+          "pending_metrics": [], "test_metrics": None}
+
+
+def restore_latest(config, workdir, example_shape, steps_per_epoch):
+  """(state, meta) of the latest intact checkpoint in `workdir`.
+
+  The checkpoint's config must match `config` (workdirs.check_resumable).
+  Damaged checkpoints newer than the one used are set aside, so the resumed
+  run can save those steps again.
+  """
+  abstract = steps.abstract_train_state(config, example_shape, steps_per_epoch)
+  manager = checkpoint.make_manager(workdir)
+  state, meta = checkpoint.restore_latest(
+      manager, abstract, check_meta=lambda meta: workdirs.check_resumable(
+          meta["config"], config, meta["step"]))
+  manager.close()
+  with workdirs.writing(workdir):
+    checkpoint.set_aside(workdir, [s for s in checkpoint.saved_steps(workdir)
+                                   if s > meta["step"]])
+  return state, meta
+
+
+def save_checkpoint(manager, state, position, pending, test_metrics,
+                     evaluated, run_meta):
+  """Saves `state` with what resuming needs: the iterator position, the
+  current log window's per-step metrics (so the resumed run logs the same
+  windows), the latest test metrics, and `run_meta` (config, normalization).
+  """
+  records = multistep.host_records(pending)
+  step = int(state.step)
+  train_log.check_finite(records, step - len(records))  # names a NaN's step
+  meta = {"step": step, "position": dataclasses.asdict(position),
+          "pending_metrics": [{k: float(v) for k, v in r.items()}
+                              for r in records],
+          "test_metrics": test_metrics, **run_meta}
+  checkpoint.save(manager, state, meta,
+                  metrics=test_metrics if evaluated else None)
