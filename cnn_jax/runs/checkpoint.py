@@ -12,11 +12,14 @@ previous checkpoint. Nothing is unpickled: arrays are stored by TensorStore
 (zarr/OCDBT) and everything else is JSON.
 """
 
+import contextlib
 import datetime
+import gc
 import glob
 import json
 import os
 import shutil
+import sys
 import zlib
 
 from absl import logging
@@ -207,6 +210,31 @@ def _verify(arrays, meta, step):
                             "match the checksum saved with it (damaged file)")
 
 
+@contextlib.contextmanager
+def _abandoned_reads_quiet():
+  """When one array of a damaged checkpoint fails to read, Orbax gives up on
+  the reads of the others; each of those coroutines then prints its own
+  traceback when it is garbage-collected ("Exception ignored in ..."), tens
+  of lines for the one error CheckpointError already names. Those are
+  logged at debug level instead; any other unraisable error still goes to
+  the usual hook."""
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    coroutine = getattr(unraisable.object, "__qualname__", "")
+    if "_read_array_index_and_device_put" in coroutine:
+      logging.debug("abandoned checkpoint read: %s", unraisable.exc_value)
+    else:
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+  try:
+    yield
+  finally:
+    gc.collect()  # the abandoned reads are finalised while the hook is set
+    sys.unraisablehook = previous
+
+
 def restore(manager, abstract_state, step, check_meta=None):
   """(state, meta) of checkpoint `step`.
 
@@ -235,8 +263,9 @@ def restore(manager, abstract_state, step, check_meta=None):
     check_meta(meta)
   abstract = jax.eval_shape(_state_arrays, abstract_state)
   try:
-    arrays = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract)))["state"]
+    with _abandoned_reads_quiet():
+      arrays = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract)))["state"]
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(f"checkpoint step {step}: its arrays cannot be read "
                           f"({type(e).__name__}: {str(e)[:200]})") from e
