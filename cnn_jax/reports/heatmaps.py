@@ -38,7 +38,6 @@ import numpy as np
 from cnn_jax.data import augment
 from cnn_jax.reports import plotting
 from cnn_jax.reports import visualize_model
-from cnn_jax.runs import checkpoint
 from cnn_jax.runs import workdirs
 
 matplotlib.use("Agg")
@@ -242,34 +241,6 @@ def plot_panels(panels, titles, path, suptitle=None, legend=()):
 # --- launch.py --mode=heatmap ------------------------------------------------
 
 
-def _restore(config, workdir, step):
-  """(state, test_set, train_set, mean, std) of the checkpoint of `step`
-  (None: the latest intact one), restored with checkpoint.restore."""
-  from cnn_jax.training import steps  # pylint: disable=g-import-not-at-top
-  from cnn_jax.data import batching  # pylint: disable=g-import-not-at-top
-  from cnn_jax.data import load_splits  # pylint: disable=g-import-not-at-top
-  splits = load_splits(config.data)
-  train_set, test_set = splits["train"], splits["test"]
-  per_epoch = batching.steps_per_epoch(len(train_set), config.data.batch_size)
-  abstract = steps.abstract_train_state(config, train_set.example_shape,
-                                        per_epoch)
-  check = lambda meta: workdirs.check_resumable(meta["config"], config,
-                                                meta.get("step"))
-  manager = checkpoint.make_manager(workdir)
-  try:
-    if step is None:
-      state, meta = checkpoint.restore_latest(manager, abstract, check)
-    else:
-      state, meta = checkpoint.restore(manager, abstract, step, check)
-  finally:
-    manager.close()
-  mean, std = steps.normalization_stats(config.data, train_set)
-  if "normalization" in meta:
-    mean = np.asarray(meta["normalization"]["mean"], np.float32)
-    std = np.asarray(meta["normalization"]["std"], np.float32)
-  return state, train_set, test_set, mean, std
-
-
 def _classes_to_show(task_name, probs, labels, top):
   """Per example the output units to draw: multi-label: the true labels, else
   the `top` most probable; classification: the true and predicted class."""
@@ -301,7 +272,9 @@ def write_heatmaps(config, workdir, step=None, method="auto", layer="",
   if method not in METHODS:
     raise ValueError(f"heat-map method {method!r} is not one of: "
                      f"{', '.join(METHODS)}")
-  state, train_set, test_set, mean, std = _restore(config, workdir, step)
+  from cnn_jax.training import resume  # pylint: disable=g-import-not-at-top
+  state, train_set, test_set, mean, std = resume.restore_for_evaluation(
+      config, workdir, step)
   task = task_for_run(config, train_set)
   count = min(count, len(test_set))
   take = np.arange(count)

@@ -6,6 +6,10 @@ latest test metrics (with the config and normalisation, `run_meta`).
 
 import dataclasses
 
+import numpy as np
+
+from cnn_jax.data import batching
+from cnn_jax.data import load_splits
 from cnn_jax.runs import checkpoint
 from cnn_jax.runs import workdirs
 from cnn_jax.training import multistep
@@ -53,3 +57,31 @@ def save_checkpoint(manager, state, position, pending, test_metrics,
           "test_metrics": test_metrics, **run_meta}
   checkpoint.save(manager, state, meta,
                   metrics=test_metrics if evaluated else None)
+
+
+def restore_for_evaluation(config, workdir, step=None):
+  """(state, train_set, test_set, mean, std) of the checkpoint of `step`
+  (None: the latest intact one), for evaluating it (--mode=evaluate,
+  --mode=heatmap). The checkpoint's config must match `config`; mean/std
+  are the statistics the run normalised with."""
+  splits = load_splits(config.data)
+  train_set, test_set = splits["train"], splits["test"]
+  per_epoch = batching.steps_per_epoch(len(train_set), config.data.batch_size)
+  abstract = steps.abstract_train_state(config, train_set.example_shape,
+                                        per_epoch)
+  check = lambda meta: workdirs.check_resumable(meta["config"], config,
+                                                meta.get("step"))
+  manager = checkpoint.make_manager(workdir)
+  try:
+    if step is None:
+      state, meta = checkpoint.restore_latest(manager, abstract, check)
+    else:
+      state, meta = checkpoint.restore(manager, abstract, step, check)
+  finally:
+    manager.close()
+  if "normalization" in meta:
+    mean = np.asarray(meta["normalization"]["mean"], np.float32)
+    std = np.asarray(meta["normalization"]["std"], np.float32)
+  else:
+    mean, std = steps.normalization_stats(config.data, train_set)
+  return state, train_set, test_set, mean, std

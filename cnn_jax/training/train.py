@@ -358,25 +358,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     (results dict, path): written to eval.json, or to eval_step<N>.json when
     eval.json exists (an existing result is never overwritten).
   """
-  splits = load_splits(config.data)
-  train_set, test_set = splits["train"], splits["test"]
-  per_epoch = batching.steps_per_epoch(len(train_set), config.data.batch_size)
-  abstract = steps.abstract_train_state(config, train_set.example_shape,
-                                        per_epoch)
-  check = lambda meta: workdirs.check_resumable(meta["config"], config,
-                                                meta.get("step"))
-  manager = checkpoint.make_manager(workdir)
-  if step is None:
-    state, meta = checkpoint.restore_latest(manager, abstract, check)
-  else:
-    state, meta = checkpoint.restore(manager, abstract, step, check)
-  manager.close()
-  # The statistics the run normalised with.
-  if "normalization" in meta:
-    mean = np.asarray(meta["normalization"]["mean"], np.float32)
-    std = np.asarray(meta["normalization"]["std"], np.float32)
-  else:
-    mean, std = steps.normalization_stats(config.data, train_set)
+  state, train_set, test_set, mean, std = resume.restore_for_evaluation(
+      config, workdir, step)
   task = task_for_run(config, train_set)
   eval_fn = jax.jit(functools.partial(steps.eval_step, mean=mean, std=std,
                                       task=task))
