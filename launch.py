@@ -11,6 +11,10 @@
   python launch.py --config configs/multidigit.py --workdir runs/multidigit \
       --mode=heatmap [--step=N] [--heatmap_method=gradcam]
 
+Many processes (README "Many devices and hosts"): the same command on every
+one, with --distributed (SLURM, Open MPI, TPU pods: auto-detected) or
+--coordinator_address=host:port --num_processes=N --process_id=i.
+
 Exit status: 0 done; 1 an error (one line on stderr; for a --config file
 whose get_config() raised, followed by the file's frames); 2 bad flags;
 128 + signal number (143 SIGTERM, 130 SIGINT) when training stopped on a
@@ -23,7 +27,10 @@ from absl import app
 from absl import flags
 from absl import logging
 
+import jax
+
 from cnn_jax import config_file
+from cnn_jax.distributed import multihost
 from cnn_jax.reports import entry as report_entry
 from cnn_jax.reports import heatmaps
 from cnn_jax.sweeps import sweep
@@ -58,6 +65,16 @@ flags.DEFINE_bool("overwrite_report", False, "--mode=report: replace a "
                   "unedited one is always regenerated).")
 flags.DEFINE_bool("report_html", False, "--mode=report: also write "
                   "report.html.")
+flags.DEFINE_bool("distributed", False, "Start jax.distributed with the "
+                  "cluster auto-detected (SLURM, Open MPI, TPU pods): run the "
+                  "same command in every process.")
+flags.DEFINE_string("coordinator_address", None, "With --num_processes and "
+                    "--process_id: jax.distributed by hand; host:port of "
+                    "process 0 (e.g. localhost:12345).")
+flags.DEFINE_integer("num_processes", None, "How many processes in all.")
+flags.DEFINE_integer("process_id", None, "This process, 0 .. N-1.")
+flags.DEFINE_integer("distributed_timeout", 300, "Seconds to wait for every "
+                     "process to join jax.distributed.")
 flags.mark_flags_as_required(["workdir"])
 flags.register_multi_flags_validator(
     ["config", "mode"],
@@ -100,6 +117,30 @@ def main(argv):
   # our progress lines (--verbosity=0 brings them back).
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  if FLAGS.distributed or FLAGS.coordinator_address is not None:
+    if FLAGS.mode in ("report", "heatmap"):
+      print(f"error: --mode={FLAGS.mode} runs in one process: drop "
+            "--distributed/--coordinator_address", file=sys.stderr)
+      return 1
+    try:
+      multihost.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                           FLAGS.process_id, FLAGS.distributed_timeout)
+    except (RuntimeError, ValueError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 1
+    # Process 0 prints the run's lines; the others one at start and end.
+    if not multihost.is_main():
+      print(f"{multihost.describe()}: {FLAGS.mode} in {FLAGS.workdir}",
+            flush=True)
+  code = _run_mode()
+  if not multihost.is_main():
+    print(f"process {jax.process_index()}: done (exit status {code})",
+          flush=True)
+  return code
+
+
+def _run_mode():
+  """The work of --mode: its exit status."""
   try:
     if FLAGS.mode == "report":
       path = report_entry.write_report(FLAGS.workdir,
@@ -119,11 +160,15 @@ def main(argv):
     if FLAGS.mode == "evaluate":
       results, path = train.evaluate_checkpoint(config, FLAGS.workdir,
                                                 FLAGS.step)
-      print(f"step {results['step']}: test accuracy "
-            f"{results['test_accuracy']:.4f}, test loss "
-            f"{results['test_loss']:.4f}; written to {path}")
+      if multihost.is_main():
+        print(f"step {results['step']}: test accuracy "
+              f"{results['test_accuracy']:.4f}, test loss "
+              f"{results['test_loss']:.4f}; written to {path}")
       return 0
     if sweep_config.is_sweep(config):  # every member at once, in one program
+      if jax.process_count() > 1:
+        raise ValueError("a sweep config (config.sweep) runs in one process "
+                         "(on all its devices); drop --distributed")
       summary = sweep.train_and_evaluate(config, FLAGS.workdir)
       print(f"best: member {summary['best_member']}, test accuracy "
             f"{summary['test_accuracy']:.4f}; {summary['members']} members, "
@@ -137,6 +182,18 @@ def main(argv):
   except _USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1:
+      raise
+    # A collective failed: another process died (the coordination service
+    # names it in its own log lines, when it notices the lost heartbeat).
+    print(f"error: process {jax.process_index()} of {jax.process_count()}: "
+          "a collective with the other processes failed (one of them died "
+          f"or was killed?): {str(e).splitlines()[0][:300]}",
+          file=sys.stderr)
+    return 1
+  if not multihost.is_main():
+    return 0
   print(f"test accuracy {summary['test_accuracy']:.4f}, "
         f"test loss {summary['test_loss']:.4f}, {summary['steps']} steps, "
         f"{summary['wall_seconds']:.0f} s; results in {FLAGS.workdir}")

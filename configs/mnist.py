@@ -71,6 +71,12 @@ def get_config():
   # status 143); the next launch resumes. For tests and time-boxed jobs.
   config.train.stop_after_steps = 0
 
+  # Devices: each global batch is split over them (data parallel), the
+  # state replicated; with several processes (launch.py --distributed),
+  # over the devices of all of them. README "Many devices and hosts".
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data_devices = -1  # -1: all; n: the first n (one process)
+
   # Checkpoints in <workdir>/checkpoints; rerunning the same command resumes.
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_steps = 500  # 0: no step-based saves

@@ -33,12 +33,16 @@ def steps_per_epoch(num_examples, batch_size):
   return steps
 
 
-def train_batches(dataset, batch_size, seed, start=IteratorPosition()):
+def train_batches(dataset, batch_size, seed, start=IteratorPosition(),
+                  rows=slice(None)):
   """Yields (position_after, batch) forever, from `start` on.
 
   Each batch is {'image': uint8 [B, ...], 'label': [B, ...]}; the remainder
   of each epoch is dropped so every step has the same shape (one compile).
   `position_after` is the position to save to resume after this batch.
+  `rows`: only these rows of each batch are read and yielded (one process's
+  slice of the global batch, distributed/multihost.process_rows); the
+  global batches are the same whoever reads them.
   """
   n = len(dataset)
   per_epoch = steps_per_epoch(n, batch_size)
@@ -46,7 +50,7 @@ def train_batches(dataset, batch_size, seed, start=IteratorPosition()):
   while True:
     order = epoch_permutation(n, seed, epoch)
     for b in range(index, per_epoch):
-      take = np.sort(order[b * batch_size:(b + 1) * batch_size])
+      take = np.sort(order[b * batch_size:(b + 1) * batch_size])[rows]
       batch = {"image": dataset.images[take], "label": dataset.labels[take]}
       following = (IteratorPosition(epoch, b + 1) if b + 1 < per_epoch
                    else IteratorPosition(epoch + 1, 0))
@@ -54,11 +58,12 @@ def train_batches(dataset, batch_size, seed, start=IteratorPosition()):
     epoch, index = epoch + 1, 0
 
 
-def eval_batches(dataset, batch_size):
+def eval_batches(dataset, batch_size, rows=slice(None)):
   """Yields every example once, in order, in batches of exactly `batch_size`.
 
   The last batch is padded by repeating example 0, and 'mask' (bool [B]) is
   False on the padding, so metrics cover the full split and nothing more.
+  `rows`: only these rows of each (padded) batch, as in train_batches.
   """
   n = len(dataset)
   for start in range(0, n, batch_size):
@@ -67,5 +72,6 @@ def eval_batches(dataset, batch_size):
     if len(take) < batch_size:
       mask[len(take):] = False
       take = np.concatenate([take, np.zeros(batch_size - len(take), int)])
+    take, mask = take[rows], mask[rows]
     yield {"image": dataset.images[take], "label": dataset.labels[take],
            "mask": mask}

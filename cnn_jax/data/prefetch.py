@@ -33,12 +33,19 @@ def check_divisible(batch_size, sharding, config_key="config.data.batch_size"):
                      f"{count} devices")
 
 
+def _put(x, sharding):
+  if sharding is None:
+    return jax.device_put(x)
+  # With several processes, x is this process's rows of the global array
+  # (the identity of device_put with one process).
+  return jax.make_array_from_process_local_data(sharding, x)
+
+
 def _to_device(item, sharding):
-  """device_put every numpy array in `item`; other leaves (e.g. an
+  """Every numpy array in `item` on device; other leaves (e.g. an
   IteratorPosition) pass unchanged."""
   return jax.tree.map(
-      lambda x: jax.device_put(x, sharding) if isinstance(x, np.ndarray)
-      else x, item)
+      lambda x: _put(x, sharding) if isinstance(x, np.ndarray) else x, item)
 
 
 class _Done:
@@ -58,7 +65,8 @@ def prefetch_to_device(iterator, size=2, sharding=None):
     iterator: yields pytrees of numpy arrays, e.g. (position, batch) pairs.
     size: batches in flight (2 = double buffering); 0 = no prefetch.
     sharding: where to put arrays (e.g. data_sharding()); None = the default
-      device.
+      device. With several processes, each item holds this process's rows
+      of the global arrays (jax.make_array_from_process_local_data).
   """
   if size <= 0:
     for item in iterator:

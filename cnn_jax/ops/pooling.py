@@ -82,15 +82,15 @@ def _tiled_max_fwd(tiles, axes):
 
 
 def _tiled_max_bwd(axes, residuals, g):
-  # Tied maxima share the window's gradient evenly. Written elementwise (the
-  # tie count as a sum over the window's elements, not a reduce) so the whole
-  # gradient is one fused pass that writes the input-sized result once.
+  # Tied maxima share the window's gradient evenly. The tie count is a
+  # reduce over the window axes: counted elementwise over the window's
+  # slices (one fused pass on one device), XLA's data-parallel (SPMD)
+  # program lost gradients once the batch was sharded over devices
+  # (BatchNorm before the pooling; tests/distributed/test_multihost.py).
   tiles, pooled = residuals
-  count = functools.reduce(
-      jnp.add, [(e == pooled).astype(g.dtype)
-                for e in _window_elements(tiles, axes)])
-  share = jnp.expand_dims(g / count, axes)
   is_max = tiles == jnp.expand_dims(pooled, axes)
+  count = jnp.sum(is_max.astype(g.dtype), axis=axes)
+  share = jnp.expand_dims(g / count, axes)
   return (jnp.where(is_max, share, jnp.zeros((), g.dtype)),)
 
 

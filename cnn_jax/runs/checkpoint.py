@@ -23,6 +23,7 @@ import sys
 import zlib
 
 from absl import logging
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -235,7 +236,27 @@ def _abandoned_reads_quiet():
     sys.unraisablehook = previous
 
 
-def restore(manager, abstract_state, step, check_meta=None):
+def _placed(abstract, sharding=None):
+  """`abstract` (shapes and dtypes) with every array placed by `sharding`,
+  by default on the first local device: without one, Orbax restores onto
+  the devices it saved from, and refuses when there are others ('Topology
+  mismatch')."""
+  sharding = sharding or jax.sharding.SingleDeviceSharding(
+      jax.local_devices()[0])
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+      abstract)
+
+
+def _saved_shapes(directory, step):
+  """The shapes and dtypes of checkpoint `step`'s 'state' arrays, as saved."""
+  metadata = ocp.StandardCheckpointHandler().metadata(
+      epath.Path(directory) / str(step) / "state")
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
+                      dict(metadata.tree))
+
+
+def restore(manager, abstract_state, step, check_meta=None, sharding=None):
   """(state, meta) of checkpoint `step`.
 
   Args:
@@ -245,6 +266,10 @@ def restore(manager, abstract_state, step, check_meta=None):
     step: the step to restore.
     check_meta: called with the meta before any array is read; may raise
       (e.g. a config that does not match).
+    sharding: where every array goes (e.g. replicated over a run's mesh, on
+      all processes of a multi-process run); None: the first local device.
+      Any device or process count: a checkpoint saved on another one
+      restores (its arrays are replicated; Orbax reads them whole).
   Raises:
     CheckpointError: the checkpoint is missing, unreadable or damaged.
   """
@@ -261,7 +286,7 @@ def restore(manager, abstract_state, step, check_meta=None):
                           f"({type(e).__name__}: {str(e)[:200]})") from e
   if check_meta is not None:
     check_meta(meta)
-  abstract = jax.eval_shape(_state_arrays, abstract_state)
+  abstract = _placed(jax.eval_shape(_state_arrays, abstract_state), sharding)
   try:
     with _abandoned_reads_quiet():
       arrays = manager.restore(step, args=ocp.args.Composite(
@@ -280,7 +305,7 @@ def restore(manager, abstract_state, step, check_meta=None):
   return state, meta
 
 
-def restore_latest(manager, abstract_state, check_meta=None):
+def restore_latest(manager, abstract_state, check_meta=None, sharding=None):
   """(state, meta) of the newest checkpoint that reads back intact.
 
   A damaged checkpoint is skipped with a warning naming its step, and the one
@@ -291,7 +316,7 @@ def restore_latest(manager, abstract_state, check_meta=None):
   damaged = []
   for step in reversed(manager.all_steps()):
     try:
-      return restore(manager, abstract_state, step, check_meta)
+      return restore(manager, abstract_state, step, check_meta, sharding)
     except CheckpointError as e:
       logging.warning("%s; skipping it, trying the one before", e)
       damaged.append(str(e))
@@ -337,8 +362,10 @@ def restore_variables(path):
   try:
     for candidate in [step] if step is not None else reversed(steps):
       try:
+        target = _placed(_saved_shapes(manager.directory, candidate))
         restored = manager.restore(candidate, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+            state=ocp.args.StandardRestore(target),
+            meta=ocp.args.JsonRestore()))
       except Exception as e:  # pylint: disable=broad-except
         damaged.append(f"checkpoint step {candidate}: cannot be read "
                        f"({type(e).__name__}: {str(e)[:200]})")

@@ -83,8 +83,10 @@ RESULT_FILES = ("summary.json", "metrics.jsonl", "checkpoints", CONFIG_FILE)
 # logged, evaluated and saved, not what is trained. Besides these,
 # train.num_epochs may grow (the learning-rate schedule is then recomputed for
 # the new length).
+# (mesh: the state is replicated, so a run resumes on any device count;
+# float sums then run in another order, so not bitwise as on the same count.)
 RESUMABLE_KEYS = ("train.log_every_steps", "train.eval_every_epochs",
-                  "train.stop_after_steps", "checkpoint")
+                  "train.stop_after_steps", "checkpoint", "mesh")
 
 
 def read_summary(workdir):

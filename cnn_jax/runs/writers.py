@@ -4,6 +4,7 @@ import json
 import os
 import sys
 
+import jax
 import numpy as np
 import tqdm
 
@@ -65,6 +66,20 @@ class MetricWriter:
       self._file.close()
 
 
+class NullWriter:
+  """MetricWriter's interface, writing nothing: for processes other than
+  process 0 of a multi-process run (process 0 writes the run's files)."""
+
+  def write(self, step, split, metrics):
+    del step, split, metrics
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
+
+
 def read_metrics(workdir):
   """All records of a run's metrics.jsonl, in order."""
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
@@ -86,12 +101,16 @@ def drop_superseded(records):
 
 
 def progress_bar(total, initial=0):
-  """A tqdm bar (epoch, loss, img/s, ETA) that is silent off a terminal."""
+  """A tqdm bar (epoch, loss, img/s, ETA) that is silent off a terminal and
+  on processes other than process 0."""
   return tqdm.tqdm(total=total, initial=initial, unit="step",
-                   dynamic_ncols=True, disable=not sys.stdout.isatty(),
+                   dynamic_ncols=True,
+                   disable=not sys.stdout.isatty() or jax.process_index() > 0,
                    leave=True)
 
 
 def report(line):
-  """Prints a progress line without breaking a running progress bar."""
-  tqdm.tqdm.write(line)
+  """Prints a progress line without breaking a running progress bar (on
+  process 0 only: the others of a multi-process run stay quiet)."""
+  if jax.process_index() == 0:
+    tqdm.tqdm.write(line)

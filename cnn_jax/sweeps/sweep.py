@@ -15,7 +15,7 @@ axes name the config keys the members differ in. Three modules:
 Memory: `sweep.chunk` members run at once; more run chunk after chunk with
 the same compiled program (the last chunk is padded with masked-out copies).
 
-Devices: a ('members', 'data') mesh (cnn_jax/sweeps/parallel.py). Each batch is
+Devices: a ('members', 'data') mesh (cnn_jax/distributed/mesh.py). Each batch is
 split over 'data' (data parallelism, parameters replicated); with
 `sweep.member_devices` > 1 the members are split over 'members' as well.
 
@@ -42,7 +42,7 @@ from cnn_jax.data import load_splits
 from cnn_jax.data import prefetch
 from cnn_jax.runs import workdirs
 from cnn_jax.runs import writers
-from cnn_jax.sweeps import parallel
+from cnn_jax.distributed import mesh as parallel
 from cnn_jax.sweeps import sweep_config
 from cnn_jax.sweeps import sweep_outputs
 from cnn_jax.sweeps import sweep_steps

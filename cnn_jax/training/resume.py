@@ -10,6 +10,7 @@ import numpy as np
 
 from cnn_jax.data import batching
 from cnn_jax.data import load_splits
+from cnn_jax.distributed import multihost
 from cnn_jax.runs import checkpoint
 from cnn_jax.runs import workdirs
 from cnn_jax.training import multistep
@@ -23,22 +24,28 @@ def fresh_progress():
           "pending_metrics": [], "test_metrics": None}
 
 
-def restore_latest(config, workdir, example_shape, steps_per_epoch):
+def restore_latest(config, workdir, example_shape, steps_per_epoch,
+                   sharding=None):
   """(state, meta) of the latest intact checkpoint in `workdir`.
 
   The checkpoint's config must match `config` (workdirs.check_resumable).
   Damaged checkpoints newer than the one used are set aside, so the resumed
-  run can save those steps again.
+  run can save those steps again. `sharding`: where the arrays go (the
+  run's replicated sharding; any device or process count: every device
+  holds the whole state).
   """
   abstract = steps.abstract_train_state(config, example_shape, steps_per_epoch)
   manager = checkpoint.make_manager(workdir)
   state, meta = checkpoint.restore_latest(
       manager, abstract, check_meta=lambda meta: workdirs.check_resumable(
-          meta["config"], config, meta["step"]))
+          meta["config"], config, meta["step"]), sharding=sharding)
   manager.close()
-  with workdirs.writing(workdir):
-    checkpoint.set_aside(workdir, [s for s in checkpoint.saved_steps(workdir)
-                                   if s > meta["step"]])
+  # Every process has read the checkpoints before process 0 renames any.
+  multihost.barrier("checkpoint restored")
+  if multihost.is_main():
+    with workdirs.writing(workdir):
+      checkpoint.set_aside(workdir, [s for s in checkpoint.saved_steps(workdir)
+                                     if s > meta["step"]])
   return state, meta
 
 
@@ -59,11 +66,12 @@ def save_checkpoint(manager, state, position, pending, test_metrics,
                   metrics=test_metrics if evaluated else None)
 
 
-def restore_for_evaluation(config, workdir, step=None):
+def restore_for_evaluation(config, workdir, step=None, sharding=None):
   """(state, train_set, test_set, mean, std) of the checkpoint of `step`
   (None: the latest intact one), for evaluating it (--mode=evaluate,
   --mode=heatmap). The checkpoint's config must match `config`; mean/std
-  are the statistics the run normalised with."""
+  are the statistics the run normalised with. `sharding`: as for
+  restore_latest."""
   splits = load_splits(config.data)
   train_set, test_set = splits["train"], splits["test"]
   per_epoch = batching.steps_per_epoch(len(train_set), config.data.batch_size)
@@ -74,9 +82,11 @@ def restore_for_evaluation(config, workdir, step=None):
   manager = checkpoint.make_manager(workdir)
   try:
     if step is None:
-      state, meta = checkpoint.restore_latest(manager, abstract, check)
+      state, meta = checkpoint.restore_latest(manager, abstract, check,
+                                              sharding)
     else:
-      state, meta = checkpoint.restore(manager, abstract, step, check)
+      state, meta = checkpoint.restore(manager, abstract, step, check,
+                                       sharding)
   finally:
     manager.close()
   if "normalization" in meta:

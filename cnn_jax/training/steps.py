@@ -14,6 +14,7 @@ import numpy as np
 from cnn_jax.data import augment
 from cnn_jax.data import batching
 from cnn_jax.data import channel_stats
+from cnn_jax.distributed import multihost
 from cnn_jax.models import MODELS
 from cnn_jax.tasks import CLASSIFICATION
 from cnn_jax.training import optim
@@ -158,18 +159,34 @@ def eval_step(state, batch, *, mean, std, task=CLASSIFICATION):
   return task.eval_sums(logits, batch), examples
 
 
-def evaluate(eval_fn, state, dataset, batch_size, task=CLASSIFICATION):
-  """Metrics over every example of `dataset` (the last batch padded+masked)."""
+def evaluate(eval_fn, state, dataset, batch_size, task=CLASSIFICATION,
+             sharding=None):
+  """Metrics over every example of `dataset` (the last batch padded+masked).
+
+  sharding: where the batches go (a run's batch sharding, over the devices
+  of every process), or None (eval_fn places them). The batch size is then
+  rounded up to a multiple of the device count (the extra rows are
+  padding), and each process reads only its rows of each batch: the sums
+  are global, each example counted once.
+  """
+  rows, place = slice(None), lambda batch: batch
+  if sharding is not None:
+    devices = len(sharding.device_set)
+    batch_size = -(-batch_size // devices) * devices
+    rows = multihost.process_rows(batch_size)
+    place = lambda batch: multihost.global_array(batch, sharding)
   totals, kept = None, []
-  for batch in batching.eval_batches(dataset, batch_size):
+  for batch in batching.eval_batches(dataset, batch_size, rows):
+    batch = place(batch)
     sums, examples = eval_fn(state, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     if examples:
-      kept.append(jax.tree.map(lambda x, m=batch["mask"]: np.asarray(x)[m],
+      mask = multihost.to_host(batch["mask"])
+      kept.append(jax.tree.map(lambda x, m=mask: multihost.to_host(x)[m],
                                examples))
   examples = (jax.tree.map(lambda *xs: np.concatenate(xs), *kept)
               if kept else {})
-  return task.finalize(jax.device_get(totals), examples)
+  return task.finalize(jax.tree.map(multihost.to_host, totals), examples)
 
 
 def normalization_stats(data_config, train_set):

@@ -21,6 +21,8 @@ import numpy as np
 from cnn_jax.data import batching
 from cnn_jax.data import load_splits
 from cnn_jax.data import prefetch
+from cnn_jax.distributed import mesh as mesh_lib
+from cnn_jax.distributed import multihost
 from cnn_jax.reports import visualize
 from cnn_jax.runs import checkpoint
 from cnn_jax.runs import workdirs
@@ -57,6 +59,7 @@ class Run:
   schedule: Any  # the learning rate as a function of the step
   transfer: hooks.TransferHooks
   run_meta: dict  # saved with every checkpoint: config, normalization
+  mesh: Any  # ('members', 'data'): (1, every device of every process)
 
   @property
   def continues(self):
@@ -83,11 +86,15 @@ def _prepare_run(config, workdir):
   start_time = time.time()
   # Checked before any I/O: a bad value leaves the workdir untouched.
   per_call = multistep.steps_per_call(config.train)
+  mesh = mesh_lib.run_mesh(config)
+  mesh_lib.check_divisible(mesh, config.data.batch_size)
   optim.check_schedule(config.optim, config.train.num_epochs)
   workdirs.check_writable(workdir)  # an existing workdir, before any write
   # An earlier attempt's records (looked for before this run writes any).
   used = os.path.exists(os.path.join(workdir, "metrics.jsonl"))
   resuming = workdirs.prepare(workdir, config, checkpoint.saved_steps(workdir))
+  # Every process has looked at the workdir before process 0 writes to it.
+  multihost.barrier("workdir prepared")
   splits = load_splits(config.data)
   train_set, test_set = splits["train"], splits["test"]
   task = task_for_run(config, train_set)  # config.task, fitted to train
@@ -108,21 +115,25 @@ def _prepare_run(config, workdir):
       transfer=hooks.TransferHooks(config.get("transfer"), per_epoch),
       run_meta={"config": config.to_dict(),
                 "normalization": {"mean": mean.tolist(),
-                                  "std": std.tolist()}})
+                                  "std": std.tolist()}},
+      mesh=mesh)
 
 
 def _initial_state(run):
   """(state, progress): the latest checkpoint's when resuming, else a fresh
   state (with transfer.init_from restored) at step 0."""
+  replicated = mesh_lib.replicated(run.mesh)
   if run.resuming:
     return resume.restore_latest(run.config, run.workdir,
                                  run.train_set.example_shape,
-                                 run.steps_per_epoch)
+                                 run.steps_per_epoch, sharding=replicated)
   state, _ = steps.create_train_state(
       run.config, jax.random.PRNGKey(run.config.seed),
       run.train_set.example_shape, run.steps_per_epoch)
   state = run.transfer.initial_state(state, writers.report)
-  return state, resume.fresh_progress()
+  # The same values in every process (the same seed): one copy per device.
+  return (jax.device_put(jax.device_get(state), replicated),
+          resume.fresh_progress())
 
 
 def _compiled_steps(run):
@@ -140,13 +151,27 @@ def _compiled_steps(run):
   # step compiled alone (MNIST CNN, batch 256: ~920 vs ~1,500 img/s), so on
   # CPU the scan is unrolled into one loop-free program (compiles longer).
   unroll = True if jax.default_backend() == "cpu" else 1
+  # Data parallel over run.mesh: the state replicated, each batch split
+  # along 'data' (XLA all-reduces the gradients and BatchNorm's batch
+  # statistics, so the step is the one-device step on the global batch).
+  replicated = mesh_lib.replicated(run.mesh)
   train_call = jax.jit(
       step_fn if run.steps_per_call == 1
       else multistep.make_multi_step(step_fn, unroll),
-      donate_argnums=0)
+      in_shardings=(replicated, _batch_sharding(run)),
+      out_shardings=(replicated, replicated), donate_argnums=0)
   eval_fn = jax.jit(functools.partial(steps.eval_step, mean=run.mean,
-                                      std=run.std, task=run.task))
+                                      std=run.std, task=run.task),
+                    in_shardings=(replicated,
+                                  mesh_lib.batch_sharding(run.mesh)))
   return train_call, eval_fn
+
+
+def _batch_sharding(run):
+  """Where a train call's batches go: [B, ...], or [N, B, ...] with
+  steps_per_call N > 1, split along 'data'."""
+  return mesh_lib.batch_sharding(run.mesh,
+                                 steps_axis=run.steps_per_call > 1)
 
 
 def _open_outputs(run, step, position):
@@ -154,15 +179,19 @@ def _open_outputs(run, step, position):
   config, workdir = run.config, run.workdir
   # The run's first writes (checkpoints/, metrics.jsonl, tensorboard/): a
   # file in the way, no permission, a read-only or full disk is one line.
+  main = multihost.is_main()  # process 0 writes the run's files
   with workdirs.writing(workdir):
-    workdirs.write_config(workdir, config)  # what a restart is checked against
-    unfinished = checkpoint.remove_unfinished(workdir)  # cut short by a kill
-    if unfinished:
-      writers.report("removed unfinished checkpoint(s): "
-                     + ", ".join(unfinished))
+    if main:
+      workdirs.write_config(workdir, config)  # what a restart is checked against
+      unfinished = checkpoint.remove_unfinished(workdir)  # cut short by a kill
+      if unfinished:
+        writers.report("removed unfinished checkpoint(s): "
+                       + ", ".join(unfinished))
+    multihost.barrier("unfinished checkpoints removed")
     manager = checkpoint.make_manager(workdir, config.checkpoint)
-    writer = writers.MetricWriter(
-        workdir, purge_step=step + 1 if run.continues else None)
+    writer = (writers.MetricWriter(
+        workdir, purge_step=step + 1 if run.continues else None) if main
+              else writers.NullWriter())
     if run.continues:
       # Supersedes the records logged after `step` (writers.drop_superseded).
       writer.write(step, "resumed", {"epoch": step / run.steps_per_epoch})
@@ -180,7 +209,8 @@ def _evaluate_and_report(run, eval_fn, state, step, epoch, writer):
   """The test metrics of `state`, written and reported."""
   task = run.task
   test_metrics = steps.evaluate(eval_fn, state, run.test_set,
-                                run.config.data.eval_batch_size, task)
+                                run.config.data.eval_batch_size, task,
+                                sharding=mesh_lib.batch_sharding(run.mesh))
   writer.write(step, "test", {**test_metrics, "epoch": epoch})
   headline = ("" if task.headline == "accuracy" else
               f"{task.headline} {test_metrics[task.headline]:.4f} ")
@@ -225,13 +255,16 @@ def _train_steps(run, state, progress, train_call, eval_fn):
   log = train_log.TrainLog(writer, bar, run.schedule, run.steps_per_epoch,
                            config.train.log_every_steps, pending)
   stop, stopping = preemption.StopRequest(), False
-  host_batches = batching.train_batches(run.train_set, batch_size,
-                                        config.seed, position)
+  # This process's rows of each global batch (all of them with one process).
+  host_batches = batching.train_batches(
+      run.train_set, batch_size, config.seed, position,
+      rows=multihost.process_rows(batch_size))
   if run.steps_per_call > 1:
     host_batches = multistep.group_batches(host_batches, run.steps_per_call)
   # Double-buffered: the next call's batches are drawn and sent while this
   # call runs.
-  batches = prefetch.prefetch_to_device(host_batches, size=2)
+  batches = prefetch.prefetch_to_device(host_batches, size=2,
+                                        sharding=_batch_sharding(run))
   try:
     with stop:
       for position, batch in batches:
@@ -243,7 +276,7 @@ def _train_steps(run, state, progress, train_call, eval_fn):
         state = run.transfer.at_step(state, step)
         state, call_metrics = train_call(state, batch)
         # [n, B, ...] when a call runs n steps.
-        count = 1 if run.steps_per_call == 1 else len(batch["image"])
+        count = 1 if run.steps_per_call == 1 else batch["image"].shape[0]
         previous, step = step, step + count
         epoch_done = position.batch == 0
         log.add(call_metrics, previous, step, count * batch_size, epoch_done)
@@ -259,7 +292,11 @@ def _train_steps(run, state, progress, train_call, eval_fn):
         if previous < config.train.stop_after_steps <= step:
           stop.request()
         # Read once: a signal arriving later is handled after the next call.
-        stopping = stop.signum is not None
+        # Every process stops after the same call when any one got a signal
+        # (a collective: processes never disagree on the step they save).
+        stopping = multihost.any_process(stop.signum is not None)
+        if stopping and stop.signum is None:
+          stop.signum = signal.SIGTERM  # another process's stop
         if stopping or _checkpoint_due(run, manager, previous, step,
                                        evaluated):
           resume.save_checkpoint(manager, state, position, log.pending,
@@ -269,7 +306,7 @@ def _train_steps(run, state, progress, train_call, eval_fn):
   except FloatingPointError as e:
     # The last checkpoint predates the NaN (a poisoned state is never saved).
     manager.wait_until_finished()
-    workdirs.write_summary(run.workdir, {
+    _write_summary(run.workdir, {
         "status": "diverged",
         "step": e.step if isinstance(e, DivergedError) else step,
         "error": str(e), "last_checkpoint": manager.latest_step(),
@@ -290,15 +327,16 @@ def _finish(run, end, start_step):
   preemption.Preempted instead when the loop was stopped by a signal."""
   config = run.config
   if end.signum is not None:
-    workdirs.write_summary(run.workdir, {
+    _write_summary(run.workdir, {
         "status": "preempted", "step": end.step,
         "signal": signal.Signals(end.signum).name,
         "wall_seconds": run.wall_seconds(), "config": config.to_dict()})
     raise preemption.Preempted(end.signum, end.step, run.workdir)
 
-  visualize.plot_learning_curves(
-      writers.drop_superseded(writers.read_metrics(run.workdir)),
-      os.path.join(run.workdir, "learning_curves.png"))
+  if multihost.is_main():
+    visualize.plot_learning_curves(
+        writers.drop_superseded(writers.read_metrics(run.workdir)),
+        os.path.join(run.workdir, "learning_curves.png"))
   test_metrics = end.test_metrics
   summary = {
       "status": "finished",
@@ -315,10 +353,18 @@ def _finish(run, end, start_step):
       "train_img_per_s": end.train_img_per_s,
       "normalization": run.run_meta["normalization"],
       "device": jax.devices()[0].device_kind,
+      "devices": jax.device_count(),
+      "processes": jax.process_count(),
       "config": config.to_dict(),
   }
-  workdirs.write_summary(run.workdir, summary)
+  _write_summary(run.workdir, summary)
   return summary
+
+
+def _write_summary(workdir, summary):
+  """summary.json, written by process 0 only."""
+  if multihost.is_main():
+    workdirs.write_summary(workdir, summary)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
@@ -358,20 +404,26 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     (results dict, path): written to eval.json, or to eval_step<N>.json when
     eval.json exists (an existing result is never overwritten).
   """
+  mesh = mesh_lib.run_mesh(config)
+  replicated = mesh_lib.replicated(mesh)
+  on_data = mesh_lib.batch_sharding(mesh)
   state, train_set, test_set, mean, std = resume.restore_for_evaluation(
-      config, workdir, step)
+      config, workdir, step, sharding=replicated)
   task = task_for_run(config, train_set)
   eval_fn = jax.jit(functools.partial(steps.eval_step, mean=mean, std=std,
-                                      task=task))
-  metrics = steps.evaluate(eval_fn, state, test_set,
-                           config.data.eval_batch_size, task)
+                                      task=task),
+                    in_shardings=(replicated, on_data))
   step = int(state.step)
+  # Chosen before the evaluation (a collective), so before process 0 writes.
+  path = workdirs.new_result_path(workdir, "eval.json", f"eval_step{step}.json")
+  metrics = steps.evaluate(eval_fn, state, test_set,
+                           config.data.eval_batch_size, task, sharding=on_data)
   results = {"step": step, "test_accuracy": metrics["accuracy"],
              "test_loss": metrics["loss"], "test_examples": metrics["count"],
              "task": task.name, "test_metrics": metrics,
              "device": jax.devices()[0].device_kind,
-             "config": config.to_dict()}
-  path = workdirs.new_result_path(workdir, "eval.json", f"eval_step{step}.json")
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(results, f, indent=2)
+             "devices": jax.device_count(), "config": config.to_dict()}
+  if multihost.is_main():
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump(results, f, indent=2)
   return results, path

@@ -1,4 +1,4 @@
-"""Data parallelism (cnn_jax/sweeps/parallel.py) on 8 fake CPU devices, alone and
+"""Data parallelism (cnn_jax/distributed/mesh.py) on 8 fake CPU devices, alone and
 with sweep members (2 members x 4 devices per batch): the same parameters as
 single runs on one device.
 
@@ -10,13 +10,13 @@ import json
 
 import pytest
 
-from cnn_jax.sweeps import parallel
+from cnn_jax.distributed import mesh as parallel
 from tests.conftest import run_on_cpu_devices
 
 _EIGHT_DEVICES = r"""
 import functools, json
 import jax, jax.numpy as jnp, ml_collections, numpy as np
-from cnn_jax.sweeps import parallel
+from cnn_jax.distributed import mesh as parallel
 from cnn_jax.sweeps import sweep
 from cnn_jax.sweeps import sweep_config
 from cnn_jax.sweeps import sweep_steps

@@ -1,7 +1,8 @@
 """Device meshes for data parallelism, alone or with sweep members.
 
-A mesh has two named axes: 'members' (sweep members, cnn_jax/sweeps/sweep.py) and
-'data' (the batch). A single run uses a mesh of shape (1, n): each global
+A mesh has two named axes: 'members' (sweep members, cnn_jax/sweeps/sweep.py)
+and 'data' (the batch). A single run uses a mesh of shape (1, n) over every
+device of every process (config.mesh.data_devices, run_mesh): each global
 batch [B, ...] is split over the n devices along 'data', and parameters and
 optimizer state are replicated, so `jax.jit` with these shardings runs the
 same step data-parallel (XLA inserts the gradient all-reduce). A sweep's
@@ -37,15 +38,41 @@ def make_mesh(member_devices=1, devices=None):
       devices.reshape(member_devices, count // member_devices), (MEMBERS, DATA))
 
 
+def run_mesh(config):
+  """The ('members', 'data') mesh of a single run: (1, n) over the devices
+  config.mesh.data_devices names (-1, or a config without a `mesh` section:
+  all of them, over all processes; n > 0: the first n, one process only).
+  """
+  mesh_config = config.get("mesh") or {}
+  count = mesh_config.get("data_devices", -1)
+  devices = jax.devices()
+  if count == -1 or count == len(devices):
+    return make_mesh(1, devices)
+  if isinstance(count, bool) or not isinstance(count, int) or not (
+      0 < count <= len(devices)):
+    raise ValueError(f"config.mesh.data_devices={count!r} must be -1 (all "
+                     f"{len(devices)} devices) or a count from 1 to "
+                     f"{len(devices)}")
+  if jax.process_count() > 1:
+    raise ValueError(f"config.mesh.data_devices={count} with "
+                     f"{jax.process_count()} processes: a multi-process run "
+                     f"uses all {len(devices)} devices (-1)")
+  return make_mesh(1, devices[:count])
+
+
 def replicated(mesh):
   """The same full array on every device (parameters of a single run)."""
   return jax.sharding.NamedSharding(mesh, P())
 
 
-def batch_sharding(mesh, stacked=False):
+def batch_sharding(mesh, stacked=False, steps_axis=False):
   """Batches [B, ...] split along 'data'; stacked=True: sweep batches
-  [K, B, ...] with K split along 'members' and B along 'data'."""
+  [K, B, ...] with K split along 'members' and B along 'data';
+  steps_axis=True: a call's batches [N, B, ...] (train.steps_per_call > 1)
+  with B split along 'data'."""
   spec = P(MEMBERS, DATA) if stacked else P(DATA)
+  if steps_axis:
+    spec = P(None, *spec)
   return jax.sharding.NamedSharding(mesh, spec)
 
 
@@ -61,7 +88,8 @@ def check_divisible(mesh, batch_size, members=None,
   chunk) does not split evenly over the mesh."""
   if batch_size % mesh.shape[DATA]:
     raise ValueError(f"{batch_key}={batch_size} does not split evenly over "
-                     f"the {mesh.shape[DATA]} devices of the 'data' axis")
+                     f"the {mesh.shape[DATA]} devices of the 'data' axis "
+                     "(config.mesh.data_devices)")
   if members is not None and members % mesh.shape[MEMBERS]:
     raise ValueError(
         f"{members} members per chunk (config.sweep.chunk) do not split "

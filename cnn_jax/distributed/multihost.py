@@ -1,0 +1,109 @@
+"""Many processes (hosts) in one run: jax.distributed set-up, each process's
+slice of a global batch, global arrays from those slices, and the few values
+the processes must agree on.
+
+Every process runs the same program on the same global arrays (SPMD): a
+global batch [B, ...] is split over all devices of all processes along the
+mesh's 'data' axis, and process p holds rows [p*B/P, (p+1)*B/P) of it (its
+devices come after those of processes 0..p-1 in jax.devices(), so its
+shards are contiguous). With one process all of this is the identity.
+"""
+
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+
+# A process that stops sending heartbeats (killed, its host lost) makes the
+# coordination service stop the others after this long; JAX's default is
+# 100 s. Collectives with a dead peer usually fail sooner (connection reset).
+HEARTBEAT_TIMEOUT_S = 30
+
+
+def initialize(coordinator_address=None, num_processes=None, process_id=None,
+               timeout_s=300):
+  """jax.distributed.initialize, before any other JAX call.
+
+  All arguments None: the cluster is auto-detected (SLURM, Open MPI, TPU
+  pods, ...). Otherwise all three name it: `coordinator_address`
+  ('host:port' of process 0), `num_processes`, this `process_id`.
+  `timeout_s`: how long to wait for every process to join.
+  """
+  given = [coordinator_address, num_processes, process_id]
+  if any(v is not None for v in given) and any(v is None for v in given):
+    raise ValueError("--coordinator_address, --num_processes and "
+                     "--process_id go together (or none: auto-detect)")
+  try:
+    jax.distributed.initialize(
+        coordinator_address, num_processes, process_id,
+        initialization_timeout=int(timeout_s),
+        heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
+  except (RuntimeError, ValueError) as e:
+    where = (f"coordinator {coordinator_address}, process {process_id} of "
+             f"{num_processes}" if coordinator_address else
+             "auto-detected cluster")
+    raise RuntimeError(f"jax.distributed.initialize failed ({where}): "
+                       f"{str(e).splitlines()[0][:300]}") from e
+
+
+def is_main():
+  """Whether this process writes the run's files (process 0)."""
+  return jax.process_index() == 0
+
+
+def process_rows(batch_size, process_index=None, process_count=None):
+  """This process's rows of a global batch of `batch_size`: a slice.
+
+  batch_size must be a multiple of the process count (it is, when it
+  splits over the devices: every process has as many).
+  """
+  index = jax.process_index() if process_index is None else process_index
+  count = jax.process_count() if process_count is None else process_count
+  per_process = batch_size // count
+  return slice(index * per_process, (index + 1) * per_process)
+
+
+def global_array(local, sharding):
+  """The global array whose rows held by this process are `local` (the
+  sharded axis is the process's slice, process_rows): for numpy leaves of a
+  pytree; other leaves pass unchanged."""
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, x)
+      if isinstance(x, np.ndarray) else x, local)
+
+
+def to_host(x):
+  """A global array as one numpy array on every process."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable and (
+      not x.is_fully_replicated):
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+def any_process(flag):
+  """Whether `flag` is True in any process: the same answer in all of them
+  (a collective; every process must call it at the same point)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  return bool(np.any(multihost_utils.process_allgather(
+      np.asarray([bool(flag)]))))
+
+
+def first_process_value(value):
+  """Process 0's int `value`, on every process (a collective)."""
+  if jax.process_count() == 1:
+    return int(value)
+  values = multihost_utils.process_allgather(np.asarray([int(value)]))
+  return int(np.asarray(values).reshape(-1)[0])
+
+
+def barrier(name):
+  """Waits until every process reaches the barrier called `name`."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def describe():
+  """One line: this process, the process count and the devices."""
+  return (f"process {jax.process_index()} of {jax.process_count()}: "
+          f"{jax.local_device_count()} local of {jax.device_count()} "
+          f"devices ({jax.devices()[0].platform})")

@@ -1,0 +1,259 @@
+"""Runs on many devices and processes (cnn_jax/distributed): launch.py on the
+tiny MNIST run (tests/tiny_run.py) with 1 process x 4 CPU devices and 2
+processes x 2 devices on localhost (jax.distributed, a free port each)
+trains the same parameters as one device on the same global batches;
+2-process evaluation counts every test example once; SIGTERM to one process
+stops both at the same step, SIGKILL makes the other exit; relaunching
+resumes. Every child is waited for with a timeout and killed by its pid.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import chex
+import numpy as np
+import pytest
+
+from cnn_jax.data import batching
+from cnn_jax.distributed import multihost
+from cnn_jax.runs import checkpoint
+from cnn_jax.runs import workdirs
+from tests import tiny_run
+from tests.conftest import REPO
+from tests.conftest import write_idx
+
+pytestmark = pytest.mark.usefixtures("launch_env")
+
+TIMEOUT = 240  # seconds for each group of processes
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _start(workdir, data_dir, overrides, processes, devices, env,
+           flags=(), hooks=None):
+  """Popen of launch.py in each of `processes` processes with `devices` CPU
+  devices each (jax.distributed on a free localhost port when > 1)."""
+  env = dict(env, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices),
+             PYTHONPATH=REPO)
+  port = _free_port()
+  children = []
+  for index in range(processes):
+    distributed = ([f"--coordinator_address=localhost:{port}",
+                    f"--num_processes={processes}", f"--process_id={index}",
+                    "--distributed_timeout=60"] if processes > 1 else [])
+    hook = (hooks or {}).get(index)
+    children.append(tiny_run.launch(workdir, data_dir, overrides,
+                                    *distributed, *flags, env=env,
+                                    popen=True, hook=hook))
+  return children
+
+
+def _wait(children, timeout=TIMEOUT):
+  """[(exit status, stdout, stderr)] of every child; kills them all (by
+  pid) if any is still running after `timeout` seconds."""
+  deadline = time.time() + timeout
+  results = []
+  try:
+    for child in children:
+      stdout, stderr = child.communicate(
+          timeout=max(1, deadline - time.time()))
+      results.append((child.returncode, stdout, stderr))
+  finally:
+    for child in children:
+      if child.poll() is None:
+        os.kill(child.pid, signal.SIGKILL)
+        child.communicate(timeout=60)
+  return results
+
+
+def _run(workdir, data_dir, overrides, processes, devices, env, flags=(),
+         hooks=None):
+  results = _wait(_start(workdir, data_dir, overrides, processes, devices,
+                         env, flags, hooks))
+  for code, _, stderr in results:
+    assert code == 0, stderr[-3000:]
+  return results
+
+
+def _variables(workdir):
+  return checkpoint.restore_variables(str(workdir))
+
+
+def test_process_rows_cover_each_global_batch_once(tiny_run_data):
+  del tiny_run_data
+  dataset_size, batch = 37, 8
+  images = np.arange(dataset_size)
+  dataset = type("D", (), {"images": images, "labels": images,
+                           "__len__": lambda self: dataset_size})()
+  whole = list(batching.eval_batches(dataset, batch))
+  parts = [list(batching.eval_batches(
+      dataset, batch, multihost.process_rows(batch, p, 4))) for p in range(4)]
+  for index, full in enumerate(whole):
+    joined = np.concatenate([part[index]["image"] for part in parts])
+    mask = np.concatenate([part[index]["mask"] for part in parts])
+    np.testing.assert_array_equal(joined, full["image"])
+    np.testing.assert_array_equal(mask, full["mask"])
+  assert sum(b["mask"].sum() for part in parts for b in part) == dataset_size
+  train = batching.train_batches(dataset, batch, seed=3)
+  local = [batching.train_batches(dataset, batch, 3,
+                                  rows=multihost.process_rows(batch, p, 2))
+           for p in range(2)]
+  for _ in range(6):  # across an epoch boundary (4 batches per epoch)
+    (position, full), halves = next(train), [next(it) for it in local]
+    assert all(h[0] == position for h in halves)
+    np.testing.assert_array_equal(
+        np.concatenate([h[1]["image"] for h in halves]), full["image"])
+
+
+# (processes, devices, overrides, CNN_JAX_CONV_IMPL): the default suite runs
+# the 2-process case with BatchNorm and 2 steps per call on the default
+# convolutions (oneDNN on x86 CPUs); the others are slow.
+_PARALLEL_CASES = [
+    pytest.param(2, 2, {"model.use_batchnorm": True,
+                        "train.steps_per_call": 2}, None, id="2x2-bn-call2"),
+    pytest.param(1, 4, {}, None, id="1x4", marks=pytest.mark.slow),
+    pytest.param(1, 4, {"model.use_batchnorm": True}, "xla",
+                 id="1x4-bn-xla", marks=pytest.mark.slow),
+    pytest.param(2, 2, {}, "xla", id="2x2-xla", marks=pytest.mark.slow),
+    pytest.param(2, 2, {"model.use_batchnorm": True}, None, id="2x2-bn",
+                 marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("processes,devices,overrides,conv_impl",
+                         _PARALLEL_CASES)
+def test_data_parallel_equals_one_device(processes, devices, overrides,
+                                         conv_impl, tiny_run_data, launch_env,
+                                         tmp_path):
+  overrides = {"train.num_epochs": 1, **overrides}
+  env = dict(launch_env)
+  if conv_impl:
+    env["CNN_JAX_CONV_IMPL"] = conv_impl
+  _run(tmp_path / "one", tiny_run_data, overrides, 1, 1, env)
+  results = _run(tmp_path / "many", tiny_run_data, overrides, processes,
+                 devices, env)
+  expected, got = _variables(tmp_path / "one"), _variables(tmp_path / "many")
+  chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-6)
+  summary = workdirs.read_summary(tmp_path / "many")
+  assert (summary["processes"], summary["devices"]) == (
+      processes, processes * devices)
+  assert summary["steps"] == tiny_run.STEPS_PER_EPOCH
+  assert summary["test_examples"] == 100
+  if processes > 1:  # process 1: one start and one end line, no files
+    _, stdout, _ = results[1]
+    lines = stdout.strip().splitlines()
+    assert lines[0].startswith("process 1 of 2"), lines
+    assert lines[-1] == "process 1: done (exit status 0)", lines
+
+
+def _write_odd_mnist(folder, train=64, test=37):
+  """A learnable tiny MNIST with an odd-sized test split."""
+  rng = np.random.default_rng(1)
+  for prefix, n in (("train", train), ("t10k", test)):
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
+    for i, k in enumerate(labels):
+      images[i, 2 + 6 * (k // 4):8 + 6 * (k // 4),
+             2 + 6 * (k % 4):8 + 6 * (k % 4)] = 255
+    write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+    write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+  return folder
+
+
+def test_two_process_evaluation_counts_each_example_once(launch_env,
+                                                         tmp_path):
+  data = tmp_path / "data"
+  data.mkdir()
+  _write_odd_mnist(data)
+  # 2 steps of batch 32; evaluation in batches of 10 (rounded up to 12 for
+  # 4 devices): 37 examples = 3 full batches and one of 1 + 11 padding.
+  overrides = {"train.num_epochs": 1, "data.eval_batch_size": 10}
+  workdir = tmp_path / "run"
+  _run(workdir, data, overrides, 1, 1, launch_env)
+  _run(workdir, data, overrides, 2, 2, launch_env, ["--mode=evaluate"])
+  one = workdirs.read_summary(workdir)
+  import json  # pylint: disable=g-import-not-at-top
+  with open(workdir / "eval.json", encoding="utf-8") as f:
+    two = json.load(f)
+  assert one["test_examples"] == two["test_examples"] == 37
+  # The same examples right: exact counts, so equal accuracies.
+  assert two["test_accuracy"] == one["test_accuracy"]
+  np.testing.assert_allclose(two["test_loss"], one["test_loss"], rtol=1e-5)
+
+
+def test_batch_size_that_does_not_split_is_one_line(tiny_run_data, launch_env,
+                                                    tmp_path):
+  (code, _, stderr), = _wait(_start(tmp_path / "run", tiny_run_data,
+                                    {"data.batch_size": 30}, 1, 4,
+                                    launch_env))
+  lines = stderr.strip().splitlines()
+  assert code == 1 and len(lines) == 1, stderr[-2000:]
+  assert "config.data.batch_size=30" in lines[0] and "4 devices" in lines[0]
+  assert not os.path.exists(tmp_path / "run" / "metrics.jsonl")
+
+
+def _sigterm_after_calls(calls):
+  """A hook: this process sends itself SIGTERM during its `calls`-th
+  agreement on stopping (its flag in that call is already False, so all
+  processes stop after the next call: a stop only this process saw)."""
+  return f"""
+import os, signal
+from cnn_jax.distributed import multihost
+_any = multihost.any_process
+_count = [0]
+def _signal_then_agree(flag):
+  _count[0] += 1
+  if _count[0] == {int(calls)}:
+    os.kill(os.getpid(), signal.SIGTERM)
+  return _any(flag)
+multihost.any_process = _signal_then_agree
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_all_at_one_step(tiny_run_data,
+                                                      launch_env, tmp_path):
+  reference = tmp_path / "uninterrupted"
+  _run(reference, tiny_run_data, {}, 2, 1, launch_env)
+  workdir = tmp_path / "stopped"
+  results = _wait(_start(workdir, tiny_run_data, {}, 2, 1, launch_env,
+                         hooks={1: _sigterm_after_calls(5)}))
+  assert [code for code, _, _ in results] == [143, 143], results[0][2][-2000:]
+  # Both stopped after the call following the 5th: step 6, one checkpoint.
+  for _, _, stderr in results:
+    assert "stopped by SIGTERM after step 6" in stderr, stderr[-2000:]
+  assert workdirs.read_summary(workdir)["step"] == 6
+  assert 6 in checkpoint.saved_steps(str(workdir))
+  _run(workdir, tiny_run_data, {}, 2, 1, launch_env)
+  run_config = tiny_run.config(tiny_run_data)
+  chex.assert_trees_all_equal(
+      tiny_run.arrays(workdir, tiny_run.FINAL_STEP, run_config),
+      tiny_run.arrays(reference, tiny_run.FINAL_STEP, run_config))
+  assert workdirs.read_summary(workdir)["resumed_from_step"] == 6
+
+
+@pytest.mark.slow
+def test_sigkill_of_one_process_ends_the_other(tiny_run_data, launch_env,
+                                               tmp_path):
+  workdir = tmp_path / "run"
+  overrides = {"train.num_epochs": 400}  # long enough to be killed
+  children = _start(workdir, tiny_run_data, overrides, 2, 1, launch_env)
+  try:
+    metrics = workdir / "metrics.jsonl"
+    tiny_run.wait_for(lambda: metrics.exists() and metrics.stat().st_size,
+                      children[0])
+    os.kill(children[1].pid, signal.SIGKILL)
+    killed_at = time.time()
+    code, _, stderr = _wait(children[:1], timeout=90)[0]
+    assert time.time() - killed_at < 60, stderr[-2000:]
+    assert code != 0, stderr[-2000:]
+  finally:
+    _wait(children, timeout=60)
