@@ -1,18 +1,26 @@
 """What a run keeps in its checkpoints besides the train state, so that a
 resumed run continues bitwise as if never stopped: the step, the data
 iterator's position, the current log window's per-step metrics and the
-latest test metrics (with the config and normalisation, `run_meta`).
+latest test metrics (with the config and normalisation, `run_meta`); and
+restoring a checkpoint for evaluation (evaluate_checkpoint, --mode=evaluate),
+onto the run's mesh.
 """
 
 import dataclasses
+import functools
+import json
 
+import jax
+import ml_collections
 import numpy as np
 
 from cnn_jax.data import batching
 from cnn_jax.data import load_splits
+from cnn_jax.distributed import mesh as mesh_lib
 from cnn_jax.distributed import multihost
 from cnn_jax.runs import checkpoint
 from cnn_jax.runs import workdirs
+from cnn_jax.tasks import task_for_run
 from cnn_jax.training import multistep
 from cnn_jax.training import steps
 from cnn_jax.training import train_log
@@ -95,3 +103,41 @@ def restore_for_evaluation(config, workdir, step=None, sharding=None):
   else:
     mean, std = steps.normalization_stats(config.data, train_set)
   return state, train_set, test_set, mean, std
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        step=None):
+  """Evaluates a checkpoint of `workdir` on the whole test split.
+
+  Args:
+    config: the run's config (it must match the checkpoint's, as for
+      resuming).
+    workdir: the run folder.
+    step: the checkpoint's step; None: the latest intact one.
+  Returns:
+    (results dict, path): written to eval.json, or to eval_step<N>.json when
+    eval.json exists (an existing result is never overwritten).
+  """
+  mesh = mesh_lib.run_mesh(config)
+  replicated = mesh_lib.replicated(mesh)
+  on_data = mesh_lib.batch_sharding(mesh)
+  state, train_set, test_set, mean, std = restore_for_evaluation(
+      config, workdir, step, sharding=replicated)
+  task = task_for_run(config, train_set)
+  eval_fn = jax.jit(functools.partial(steps.eval_step, mean=mean, std=std,
+                                      task=task),
+                    in_shardings=(replicated, on_data))
+  step = int(state.step)
+  # Chosen before the evaluation (a collective), so before process 0 writes.
+  path = workdirs.new_result_path(workdir, "eval.json", f"eval_step{step}.json")
+  metrics = steps.evaluate(eval_fn, state, test_set,
+                           config.data.eval_batch_size, task, sharding=on_data)
+  results = {"step": step, "test_accuracy": metrics["accuracy"],
+             "test_loss": metrics["loss"], "test_examples": metrics["count"],
+             "task": task.name, "test_metrics": metrics,
+             "device": jax.devices()[0].device_kind,
+             "devices": jax.device_count(), "config": config.to_dict()}
+  if multihost.is_main():
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump(results, f, indent=2)
+  return results, path

@@ -1,5 +1,6 @@
 """The training loop: train_and_evaluate in named phases (prepare the run,
-build or restore the state, the step loop, finish), and evaluate_checkpoint.
+build or restore the state, the step loop, finish); evaluate_checkpoint is
+training/resume.py's.
 
 The pure pieces (model, state, steps, evaluation) are training/steps.py;
 the run folder on disk is runs/; transfer learning enters through one
@@ -8,7 +9,6 @@ transfer.hooks.TransferHooks (its state hooks and one per-step hook).
 
 import dataclasses
 import functools
-import json
 import os
 import signal
 import time
@@ -391,39 +391,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   return _finish(run, end, start_step=progress["step"])
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
-                        step=None):
-  """Evaluates a checkpoint of `workdir` on the whole test split.
-
-  Args:
-    config: the run's config (it must match the checkpoint's, as for
-      resuming).
-    workdir: the run folder.
-    step: the checkpoint's step; None: the latest intact one.
-  Returns:
-    (results dict, path): written to eval.json, or to eval_step<N>.json when
-    eval.json exists (an existing result is never overwritten).
-  """
-  mesh = mesh_lib.run_mesh(config)
-  replicated = mesh_lib.replicated(mesh)
-  on_data = mesh_lib.batch_sharding(mesh)
-  state, train_set, test_set, mean, std = resume.restore_for_evaluation(
-      config, workdir, step, sharding=replicated)
-  task = task_for_run(config, train_set)
-  eval_fn = jax.jit(functools.partial(steps.eval_step, mean=mean, std=std,
-                                      task=task),
-                    in_shardings=(replicated, on_data))
-  step = int(state.step)
-  # Chosen before the evaluation (a collective), so before process 0 writes.
-  path = workdirs.new_result_path(workdir, "eval.json", f"eval_step{step}.json")
-  metrics = steps.evaluate(eval_fn, state, test_set,
-                           config.data.eval_batch_size, task, sharding=on_data)
-  results = {"step": step, "test_accuracy": metrics["accuracy"],
-             "test_loss": metrics["loss"], "test_examples": metrics["count"],
-             "task": task.name, "test_metrics": metrics,
-             "device": jax.devices()[0].device_kind,
-             "devices": jax.device_count(), "config": config.to_dict()}
-  if multihost.is_main():
-    with open(path, "w", encoding="utf-8") as f:
-      json.dump(results, f, indent=2)
-  return results, path
+# --mode=evaluate: restores a checkpoint onto this run's mesh and evaluates it.
+evaluate_checkpoint = resume.evaluate_checkpoint

@@ -10,8 +10,6 @@ resumes. Every child is waited for with a timeout and killed by its pid.
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import chex

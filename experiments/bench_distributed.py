@@ -1,0 +1,107 @@
+"""MNIST (configs/mnist.py) on 1 and N CPU processes, 1 device each: test
+accuracy and the time per step, at the same global batch.
+
+  python experiments/bench_distributed.py [--processes=1,2] [--epochs=1]
+
+Each row runs `launch.py --config configs/mnist.py` in that many processes
+on localhost (jax.distributed, JAX_NUM_CPU_DEVICES=1 each) in a fresh
+workdir. Reported: test accuracy, steps, wall seconds, train img/s (the
+run's own measure, compilation and evaluation excluded) and ms per step;
+"overhead" is each row's ms/step minus the 1-process row's (on one machine
+the processes share its cores: the overhead then includes that sharing,
+not only the collectives). Prints a table; the last line is one JSON object
+with the headline figures.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+flags.DEFINE_list("processes", ["1", "2"], "Process counts, 1 first.")
+flags.DEFINE_integer("epochs", 1, "config.train.num_epochs.")
+flags.DEFINE_integer("timeout", 1800, "Seconds allowed for each row.")
+FLAGS = flags.FLAGS
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def run(processes, workdir):
+  """The summary.json of configs/mnist.py trained in `processes` processes."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1")
+  port = _free_port()
+  command = [sys.executable, os.path.join(REPO, "launch.py"),
+             "--config", os.path.join(REPO, "configs", "mnist.py"),
+             f"--workdir={workdir}",
+             f"--config.train.num_epochs={FLAGS.epochs}"]
+  children = []
+  try:
+    for index in range(processes):
+      extra = ([f"--coordinator_address=localhost:{port}",
+                f"--num_processes={processes}", f"--process_id={index}"]
+               if processes > 1 else [])
+      children.append(subprocess.Popen(command + extra, cwd=REPO, env=env,
+                                       stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.PIPE, text=True))
+    deadline = time.time() + FLAGS.timeout
+    for child in children:
+      _, stderr = child.communicate(timeout=max(1, deadline - time.time()))
+      if child.returncode:
+        raise RuntimeError(f"{processes} processes: exit {child.returncode}: "
+                           f"{stderr[-1000:]}")
+  finally:
+    for child in children:
+      if child.poll() is None:
+        child.kill()
+        child.communicate(timeout=60)
+  with open(os.path.join(workdir, "summary.json"), encoding="utf-8") as f:
+    return json.load(f)
+
+
+def main(argv):
+  del argv
+  counts = [int(n) for n in FLAGS.processes]
+  rows = []
+  with tempfile.TemporaryDirectory() as folder:
+    for count in counts:
+      summary = run(count, os.path.join(folder, f"p{count}"))
+      batch = summary["config"]["data"]["batch_size"]
+      rows.append({"processes": count,
+                   "test_accuracy": summary["test_accuracy"],
+                   "steps": summary["steps"],
+                   "wall_s": round(summary["wall_seconds"], 1),
+                   "img_per_s": round(summary["train_img_per_s"], 1),
+                   "ms_per_step": round(
+                       1000 * batch / summary["train_img_per_s"], 2)})
+  base = rows[0]["ms_per_step"]
+  cpu = "?"
+  if os.path.exists("/proc/cpuinfo"):
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      cpu = next((line.split(":", 1)[1].strip() for line in f
+                  if line.startswith("model name")), "?")
+  print(f"configs/mnist.py, {FLAGS.epochs} epoch(s), global batch "
+        f"{batch}, 1 CPU device per process; {cpu}, {os.cpu_count()} cores, "
+        f"load {os.getloadavg()[0]:.1f}")
+  print("processes  test acc  steps  wall s   img/s  ms/step  overhead ms")
+  for row in rows:
+    row["overhead_ms_per_step"] = round(row["ms_per_step"] - base, 2)
+    print(f"{row['processes']:9d}  {row['test_accuracy']:8.4f}  "
+          f"{row['steps']:5d}  {row['wall_s']:6.1f}  {row['img_per_s']:6.0f}"
+          f"  {row['ms_per_step']:7.2f}  {row['overhead_ms_per_step']:11.2f}")
+  print(json.dumps({"cpu": cpu, "cores": os.cpu_count(), "rows": rows}))
+
+
+if __name__ == "__main__":
+  app.run(main)
