@@ -136,7 +136,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
              "test_loss": metrics["loss"], "test_examples": metrics["count"],
              "task": task.name, "test_metrics": metrics,
              "device": jax.devices()[0].device_kind,
-             "devices": jax.device_count(), "config": config.to_dict()}
+             "devices": int(mesh.devices.size), "config": config.to_dict()}
   if multihost.is_main():
     with open(path, "w", encoding="utf-8") as f:
       json.dump(results, f, indent=2)

@@ -353,7 +353,7 @@ def _finish(run, end, start_step):
       "train_img_per_s": end.train_img_per_s,
       "normalization": run.run_meta["normalization"],
       "device": jax.devices()[0].device_kind,
-      "devices": jax.device_count(),
+      "devices": int(run.mesh.devices.size),  # the mesh's (config.mesh)
       "processes": jax.process_count(),
       "config": config.to_dict(),
   }

@@ -121,3 +121,36 @@ def test_mesh_and_batch_errors_name_the_config_key():
     with pytest.raises(ValueError, match="config.data.batch_size=1 does not"):
       parallel.check_divisible(mesh, 1)
   parallel.check_divisible(mesh, 8 * mesh.shape["data"], members=4)
+
+
+_RUN_MESH = r"""
+import json
+import ml_collections
+from cnn_jax.distributed import mesh
+from configs import mnist
+
+config = mnist.get_config()
+sizes = {"all": dict(mesh.run_mesh(config).shape)}
+config.mesh.data_devices = 2
+sizes["two"] = dict(mesh.run_mesh(config).shape)
+del config["mesh"]  # a config from before config.mesh: all devices
+sizes["no_section"] = dict(mesh.run_mesh(config).shape)
+errors = []
+for bad in (5, 0, -2):
+  config.mesh = ml_collections.ConfigDict({"data_devices": bad})
+  try:
+    mesh.run_mesh(config)
+  except ValueError as e:
+    errors.append(str(e))
+print(json.dumps({"sizes": sizes, "errors": errors}))
+"""
+
+
+def test_run_mesh_takes_config_mesh_data_devices():
+  result = json.loads(run_on_cpu_devices(_RUN_MESH, 4).strip().splitlines()[-1])
+  assert result["sizes"] == {"all": {"members": 1, "data": 4},
+                             "two": {"members": 1, "data": 2},
+                             "no_section": {"members": 1, "data": 4}}
+  assert len(result["errors"]) == 3
+  for error in result["errors"]:
+    assert error.startswith("config.mesh.data_devices=") and "4" in error

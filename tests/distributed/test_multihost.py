@@ -239,14 +239,13 @@ def test_sigterm_to_one_process_stops_all_at_one_step(tiny_run_data,
 
 
 @pytest.mark.slow
-def test_sigkill_of_one_process_ends_the_other(tiny_run_data, launch_env,
-                                               tmp_path):
+def test_sigkill_of_one_process_ends_the_other_and_relaunch_resumes(
+    tiny_run_data, launch_env, tmp_path):
   workdir = tmp_path / "run"
   overrides = {"train.num_epochs": 400}  # long enough to be killed
   children = _start(workdir, tiny_run_data, overrides, 2, 1, launch_env)
   try:
-    metrics = workdir / "metrics.jsonl"
-    tiny_run.wait_for(lambda: metrics.exists() and metrics.stat().st_size,
+    tiny_run.wait_for(lambda: checkpoint.saved_steps(str(workdir)),
                       children[0])
     os.kill(children[1].pid, signal.SIGKILL)
     killed_at = time.time()
@@ -255,3 +254,12 @@ def test_sigkill_of_one_process_ends_the_other(tiny_run_data, launch_env,
     assert code != 0, stderr[-2000:]
   finally:
     _wait(children, timeout=60)
+  saved = max(checkpoint.saved_steps(str(workdir)))
+  # The same command again resumes (stopped 2 steps later to keep it short:
+  # train.stop_after_steps may change on resume).
+  results = _wait(_start(workdir, tiny_run_data,
+                         {**overrides, "train.stop_after_steps": saved + 2},
+                         2, 1, launch_env))
+  assert [code for code, _, _ in results] == [143, 143], results[0][2][-2000:]
+  assert f"resuming from the checkpoint of step {saved}" in results[0][1]
+  assert workdirs.read_summary(workdir)["step"] == saved + 2
