@@ -263,3 +263,21 @@ def test_sigkill_of_one_process_ends_the_other_and_relaunch_resumes(
   assert [code for code, _, _ in results] == [143, 143], results[0][2][-2000:]
   assert f"resuming from the checkpoint of step {saved}" in results[0][1]
   assert workdirs.read_summary(workdir)["step"] == saved + 2
+
+
+@pytest.mark.slow
+def test_resume_on_another_process_and_device_count(tiny_run_data,
+                                                    launch_env, uninterrupted,
+                                                    tmp_path):
+  workdir = tmp_path / "run"
+  (code, _, stderr), = _wait(_start(workdir, tiny_run_data,
+                                    {"train.stop_after_steps": 4}, 1, 1,
+                                    launch_env))
+  assert code == 143, stderr[-2000:]
+  results = _run(workdir, tiny_run_data, {}, 2, 2, launch_env)
+  assert "resuming from the checkpoint of step 4" in results[0][1]
+  summary = workdirs.read_summary(workdir)
+  assert (summary["status"], summary["devices"]) == ("finished", 4)
+  # The replicated state carries over; the sums then run in another order.
+  chex.assert_trees_all_close(_variables(workdir), _variables(uninterrupted),
+                              rtol=1e-5, atol=1e-6)
