@@ -79,21 +79,16 @@ def to_host(x):
   return np.asarray(x)
 
 
-def any_process(flag):
-  """Whether `flag` is True in any process: the same answer in all of them
-  (a collective; every process must call it at the same point)."""
-  if jax.process_count() == 1:
-    return bool(flag)
-  return bool(np.any(multihost_utils.process_allgather(
-      np.asarray([bool(flag)]))))
-
-
-def first_process_value(value):
-  """Process 0's int `value`, on every process (a collective)."""
-  if jax.process_count() == 1:
-    return int(value)
-  values = multihost_utils.process_allgather(np.asarray([int(value)]))
-  return int(np.asarray(values).reshape(-1)[0])
+def any_process(*flags):
+  """For each of `flags`, whether it is True in any process: the same
+  answers in all of them (one collective; every process must call it at the
+  same point). One flag: a bool; several: a tuple of bools."""
+  flags = np.asarray([bool(f) for f in flags])
+  if jax.process_count() > 1:
+    gathered = multihost_utils.process_allgather(flags)  # [P, len(flags)]
+    flags = np.asarray(gathered).reshape(-1, len(flags)).any(axis=0)
+  answers = tuple(bool(f) for f in flags)
+  return answers[0] if len(answers) == 1 else answers
 
 
 def barrier(name):

@@ -292,13 +292,15 @@ def _train_steps(run, state, progress, train_call, eval_fn):
         if previous < config.train.stop_after_steps <= step:
           stop.request()
         # Read once: a signal arriving later is handled after the next call.
-        # Every process stops after the same call when any one got a signal
-        # (a collective: processes never disagree on the step they save).
-        stopping = multihost.any_process(stop.signum is not None)
+        # Every process stops (and saves) after the same call when any one
+        # got a signal (or its clock says checkpoint.every_seconds passed):
+        # one collective, so the processes never disagree on what they save.
+        stopping, due = multihost.any_process(
+            stop.signum is not None,
+            _checkpoint_due(run, manager, previous, step, evaluated))
         if stopping and stop.signum is None:
           stop.signum = signal.SIGTERM  # another process's stop
-        if stopping or _checkpoint_due(run, manager, previous, step,
-                                       evaluated):
+        if stopping or due:
           resume.save_checkpoint(manager, state, position, log.pending,
                            test_metrics, evaluated, run.run_meta)
         if stopping:

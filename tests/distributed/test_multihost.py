@@ -207,11 +207,11 @@ import os, signal
 from cnn_jax.distributed import multihost
 _any = multihost.any_process
 _count = [0]
-def _signal_then_agree(flag):
+def _signal_then_agree(*flags):
   _count[0] += 1
   if _count[0] == {int(calls)}:
     os.kill(os.getpid(), signal.SIGTERM)
-  return _any(flag)
+  return _any(*flags)
 multihost.any_process = _signal_then_agree
 """
 
