@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from cnn_jax.data import load_splits
+from cnn_jax.distributed import mesh as mesh_lib
 from cnn_jax.runs import checkpoint
 from cnn_jax.runs import workdirs
 from cnn_jax.training import steps
@@ -100,11 +101,17 @@ def predict(run, split="test", dataset=None):
           **base.finalize(sums, {k: v for k, v in examples.items()
                                  if k != "logits"}),
           "logits": examples["logits"]})
+  # On every device of this process, as the run evaluated (config.mesh).
+  mesh = mesh_lib.run_mesh(run.config)
+  replicated = mesh_lib.replicated(mesh)
+  on_data = mesh_lib.batch_sharding(mesh)
   eval_fn = jax.jit(functools.partial(steps.eval_step, mean=run.mean,
-                                      std=run.std, task=task))
+                                      std=run.std, task=task),
+                    in_shardings=(replicated, on_data))
   dataset = run.splits[split] if dataset is None else dataset
-  metrics = steps.evaluate(eval_fn, run.state, dataset,
-                           run.config.data.eval_batch_size, task)
+  metrics = steps.evaluate(eval_fn, jax.device_put(run.state, replicated),
+                           dataset, run.config.data.eval_batch_size, task,
+                           sharding=on_data)
   logits = np.asarray(metrics.pop("logits"))
   return logits, metrics
 
