@@ -7,9 +7,12 @@ stops both at the same step, SIGKILL makes the other exit; relaunching
 resumes. Every child is waited for with a timeout and killed by its pid.
 """
 
+import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import chex
@@ -85,8 +88,7 @@ def _variables(workdir):
   return checkpoint.restore_variables(str(workdir))
 
 
-def test_process_rows_cover_each_global_batch_once(tiny_run_data):
-  del tiny_run_data
+def test_process_rows_cover_each_global_batch_once():
   dataset_size, batch = 37, 8
   images = np.arange(dataset_size)
   dataset = type("D", (), {"images": images, "labels": images,
@@ -178,7 +180,6 @@ def test_two_process_evaluation_counts_each_example_once(launch_env,
   _run(workdir, data, overrides, 1, 1, launch_env)
   _run(workdir, data, overrides, 2, 2, launch_env, ["--mode=evaluate"])
   one = workdirs.read_summary(workdir)
-  import json  # pylint: disable=g-import-not-at-top
   with open(workdir / "eval.json", encoding="utf-8") as f:
     two = json.load(f)
   assert one["test_examples"] == two["test_examples"] == 37
@@ -281,3 +282,30 @@ def test_resume_on_another_process_and_device_count(tiny_run_data,
   # The replicated state carries over; the sums then run in another order.
   chex.assert_trees_all_close(_variables(workdir), _variables(uninterrupted),
                               rtol=1e-5, atol=1e-6)
+
+
+def test_check_command_all_reduces_over_every_process(tmp_path):
+  port = _free_port()
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2",
+             PYTHONPATH=REPO)
+  children = [subprocess.Popen(
+      [sys.executable, "-m", "cnn_jax.distributed", "--check",
+       f"--coordinator_address=localhost:{port}", "--num_processes=2",
+       f"--process_id={index}", "--distributed_timeout=60"],
+      cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for index in range(2)]
+  results = _wait(children, timeout=120)
+  for index, (code, stdout, stderr) in enumerate(results):
+    assert code == 0, stderr[-2000:]
+    assert f"process {index} of 2: 2 local of 4 devices" in stdout
+    assert (f"process {index}: all-reduce over 4 devices = 10 (expected 10)"
+            ": ok") in stdout
+
+
+def test_partial_distributed_flags_are_one_line(tiny_run_data, launch_env,
+                                                tmp_path):
+  result = tiny_run.launch(tmp_path / "run", tiny_run_data, None,
+                           "--coordinator_address=localhost:1",
+                           env=dict(launch_env, JAX_PLATFORMS="cpu"))
+  tiny_run.assert_one_line_error(result, "--num_processes", "--process_id")
+  assert not os.path.exists(tmp_path / "run")
