@@ -21,6 +21,7 @@ whose get_config() raised, followed by the file's frames); 2 bad flags;
 signal after saving a checkpoint: rerun the same command to resume.
 """
 
+import os
 import sys
 
 from absl import app
@@ -191,7 +192,11 @@ def _run_mode():
           "a collective with the other processes failed (one of them died "
           f"or was killed?): {str(e).splitlines()[0][:300]}",
           file=sys.stderr)
-    return 1
+    # Exit now: at a normal exit jax.distributed's shutdown barrier would
+    # wait for the dead process until its heartbeat times out, then abort.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)  # pylint: disable=protected-access
   if not multihost.is_main():
     return 0
   print(f"test accuracy {summary['test_accuracy']:.4f}, "

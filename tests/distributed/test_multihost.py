@@ -253,6 +253,10 @@ def test_sigkill_of_one_process_ends_the_other_and_relaunch_resumes(
     code, _, stderr = _wait(children[:1], timeout=90)[0]
     assert time.time() - killed_at < 60, stderr[-2000:]
     assert code != 0, stderr[-2000:]
+    # Its next collective fails (one line), or, outside collectives, the
+    # coordination service's heartbeat check names the lost task.
+    assert ("a collective with the other processes failed" in stderr
+            or "heartbeat" in stderr), stderr[-2000:]
   finally:
     _wait(children, timeout=60)
   saved = max(checkpoint.saved_steps(str(workdir)))
