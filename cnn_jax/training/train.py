@@ -382,10 +382,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   preemption.Preempted. On a non-finite loss it raises FloatingPointError,
   keeping the last good checkpoint, with status 'diverged' in summary.json.
 
-  Data parallel over every device of every process (config.mesh;
-  distributed/): each global batch split along the mesh's 'data' axis, the
-  state replicated; with several processes (launch.py --distributed), all
-  run this with the same arguments and process 0 writes the files.
+  Data parallel on every device of every process (config.mesh); with
+  several processes all call this alike and process 0 writes the files.
 
   With config.train.steps_per_call = N > 1, a checkpoint due inside a call
   (checkpoint.every_steps, train.stop_after_steps) is saved at the call's
