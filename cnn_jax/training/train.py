@@ -168,8 +168,7 @@ def _compiled_steps(run):
 
 
 def _batch_sharding(run):
-  """Where a train call's batches go: [B, ...], or [N, B, ...] with
-  steps_per_call N > 1, split along 'data'."""
+  """Where a call's batches [B, ...] or [N, B, ...] go: B along 'data'."""
   return mesh_lib.batch_sharding(run.mesh,
                                  steps_axis=run.steps_per_call > 1)
 
