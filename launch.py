@@ -133,10 +133,18 @@ def main(argv):
     if not multihost.is_main():
       print(f"{multihost.describe()}: {FLAGS.mode} in {FLAGS.workdir}",
             flush=True)
-  code = _run_mode()
-  if not multihost.is_main():
-    print(f"process {jax.process_index()}: done (exit status {code})",
-          flush=True)
+  if multihost.is_main():
+    return _run_mode()
+  # The others' progress lines (data notes and the like) go nowhere; their
+  # errors still reach stderr.
+  with open(os.devnull, "w", encoding="utf-8") as quiet:
+    stdout, sys.stdout = sys.stdout, quiet
+    try:
+      code = _run_mode()
+    finally:
+      sys.stdout = stdout
+  print(f"process {jax.process_index()}: done (exit status {code})",
+        flush=True)
   return code
 
 
