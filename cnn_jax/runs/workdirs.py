@@ -83,8 +83,11 @@ RESULT_FILES = ("summary.json", "metrics.jsonl", "checkpoints", CONFIG_FILE)
 # logged, evaluated and saved, not what is trained. Besides these,
 # train.num_epochs may grow (the learning-rate schedule is then recomputed for
 # the new length).
+# data.workers and data.prefetch: the Grain pipeline's batches do not depend
+# on them (data/grain_pipeline.py).
 RESUMABLE_KEYS = ("train.log_every_steps", "train.eval_every_epochs",
-                  "train.stop_after_steps", "checkpoint")
+                  "train.stop_after_steps", "checkpoint", "data.workers",
+                  "data.prefetch")
 
 
 def read_summary(workdir):
