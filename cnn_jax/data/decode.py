@@ -40,6 +40,8 @@ class HostAugment:
   crop_ratio: (min, max) aspect ratio (width / height) of the crop.
   flip: random horizontal flip (p = 0.5).
   channels: 3 (RGB) or 1 (grayscale); files are converted.
+  reduced_decode: decode JPEGs at 1/2, 1/4 or 1/8 size when the crop allows
+    (False: always the full image, as torchvision's ImageFolder does).
   """
 
   image_size: tuple = ()
@@ -47,6 +49,7 @@ class HostAugment:
   crop_ratio: tuple = (3 / 4, 4 / 3)
   flip: bool = False
   channels: int = 3
+  reduced_decode: bool = True
 
   @property
   def is_identity(self):
@@ -128,8 +131,9 @@ def decode_file(path, augment, rng=None, eval_fraction=0.0):
       out_size = augment.image_size or (height, width)
       box = _box(rng, width, height, augment, eval_fraction)
       reduction = 1.0
-      if image.format == "JPEG" and (box[2] > 2 * out_size[1]
-                                     and box[3] > 2 * out_size[0]):
+      if augment.reduced_decode and image.format == "JPEG" and (
+          box[2] > 2 * out_size[1]
+          and box[3] > 2 * out_size[0]):
         # The smallest decode that keeps the crop >= the output size.
         wanted = (math.ceil(width * out_size[1] / box[2]),
                   math.ceil(height * out_size[0] / box[3]))

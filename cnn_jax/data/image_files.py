@@ -18,12 +18,14 @@ from PIL import Image
 from cnn_jax.data import decode
 from cnn_jax.data.dataset import ArrayDataset
 from cnn_jax.data.decode import BadImageError
-from cnn_jax.data.input_pipeline import PIPELINES
 from cnn_jax.data.lazy import LazyImages
 from cnn_jax.data.lazy import default_workers
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 _MODES = {1: "L", 3: "RGB"}
+# config.data.pipeline: the in-memory iterator or Grain (input_pipeline.py);
+# here because it decides whether the files are decoded up front.
+PIPELINES = ("arrays", "grain")
 
 
 class SkippedImagesWarning(UserWarning):

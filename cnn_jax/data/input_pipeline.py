@@ -14,8 +14,7 @@ checkpoints to resume from.
 """
 
 from cnn_jax.data import batching
-
-PIPELINES = ("arrays", "grain")
+from cnn_jax.data.image_files import PIPELINES
 
 
 def pipeline_name(data_config):

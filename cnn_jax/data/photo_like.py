@@ -52,6 +52,8 @@ def write_imagenet_folder(root, num_classes=2, per_class=4, val_per_class=2,
   """
   rng = np.random.default_rng(seed)
   for split, count in (("train", per_class), ("val", val_per_class)):
+    if not count:  # no val/ folder at all (not empty class folders)
+      continue
     for label in range(num_classes):
       folder = os.path.join(root, split, f"n{label:08d}")
       os.makedirs(folder, exist_ok=True)
