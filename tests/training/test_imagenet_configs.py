@@ -68,3 +68,20 @@ def test_resnet50_trains_end_to_end_from_jpegs(imagenet_dir, tmp_path):
   config = _tiny(imagenet_resnet50.get_config(), imagenet_dir)
   summary = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert summary["status"] == "finished" and summary["steps"] == 3
+
+
+def test_weight_decay_on_kernels_only():
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from cnn_jax.training import optim  # pylint: disable=g-import-not-at-top
+  params = {"conv": {"kernel": jnp.ones((3, 3, 2, 4)), "bias": jnp.ones(4)},
+            "bn": {"scale": jnp.ones(4)}}
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  for decay_all, decayed in ((True, 3), (False, 1)):
+    optim_config = imagenet_resnet50.get_config().optim
+    optim_config.decay_norm_and_bias = decay_all
+    tx = optim.make_optimizer(optim_config, 0.1)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    moved = [bool(jnp.any(u != 0)) for u in jax.tree.leaves(updates)]
+    assert sum(moved) == decayed
+    assert bool(jnp.any(updates["conv"]["kernel"] != 0))
