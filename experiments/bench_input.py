@@ -2,6 +2,7 @@
 the same work, per worker count, and the CPU cores one GPU needs.
 
   python experiments/bench_input.py                 # 256 JPEGs, ~2 minutes
+  python experiments/bench_input.py --repeats=3      # medians of 3 (noisy CPUs)
   python experiments/bench_input.py --images=4096   # the full size
 
 Work per image (both sides): open a JPEG of ImageNet size (~500x375, made by
@@ -151,6 +152,8 @@ def main():
   parser.add_argument("--images", type=int, default=256)
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--epochs", type=int, default=2)
+  parser.add_argument("--repeats", type=int, default=1,
+                      help="alternated measurements per cell (medians)")
   parser.add_argument("--workers", default="",
                       help="comma-separated; default 1..cores")
   parser.add_argument("--dir", default=os.path.join(
@@ -172,15 +175,29 @@ def main():
   print(f"{'workers':>7} {'ours img/s':>10} {'ours, full decode':>17} "
         f"{'PyTorch img/s':>13} {'ratio':>6} {'start-up ours/torch s':>22}")
   for count in workers:
-    ours, ours_start = _grain_rate(dataset, count, args.batch, batches, True)
-    torch_rate, torch_start = _torch_rate(dataset, count, args.batch,
-                                          batches)
-    full, _ = _grain_rate(dataset, count, args.batch, batches, False)
+    # Alternated --repeats times; the medians are reported.
+    samples = {"ours": [], "full": [], "torch": [], "start": []}
+    for _ in range(args.repeats):
+      ours, ours_start = _grain_rate(dataset, count, args.batch, batches,
+                                     True)
+      torch_rate, torch_start = _torch_rate(dataset, count, args.batch,
+                                            batches)
+      full, _ = _grain_rate(dataset, count, args.batch, batches, False)
+      for key, value in (("ours", ours), ("full", full),
+                         ("torch", torch_rate),
+                         ("start", (ours_start, torch_start))):
+        samples[key].append(value)
+    ours, full, torch_rate = (float(np.median(samples[k]))
+                              for k in ("ours", "full", "torch"))
+    ours_start, torch_start = np.median(samples["start"], axis=0)
     rows.append({"workers": count, "ours_img_s": round(ours, 1),
                  "ours_full_decode_img_s": round(full, 1),
                  "torch_img_s": round(torch_rate, 1),
                  "ratio": round(ours / torch_rate, 3),
-                 "startup_s": [round(ours_start, 2), round(torch_start, 2)]})
+                 "ratio_per_repeat": [round(a / b, 3) for a, b in zip(
+                     samples["ours"], samples["torch"])],
+                 "startup_s": [round(float(ours_start), 2),
+                               round(float(torch_start), 2)]})
     print(f"{count:>7} {ours:>10.1f} {full:>17.1f} {torch_rate:>13.1f} "
           f"{ours / torch_rate:>6.2f} {ours_start:>10.2f} / {torch_start:.2f}")
   last = rows[-1]
