@@ -179,9 +179,12 @@ def make_dataset(dataset, batch_size, seed, augment, *, num_batches,
   slots = grain.MapDataset.range(start_batch * rows, num_batches * rows)
   batches = slots.map(order).map(read).batch(rows, drop_remainder=True)
   workers = options.num_workers
-  if workers == 0:  # threads in this process (PIL decodes without the GIL)
-    read_options = grain.ReadOptions(num_threads=available_cores(),
-                                     prefetch_buffer_size=options.prefetch)
+  if workers == 0:  # threads in this process (PIL decodes without the GIL),
+    # one batch each in flight (the buffer bounds the batches in flight).
+    threads = available_cores()
+    read_options = grain.ReadOptions(
+        num_threads=threads,
+        prefetch_buffer_size=max(options.prefetch, threads))
   else:  # one thread per worker process; the workers run ahead
     read_options = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
   iterable = batches.to_iter_dataset(read_options)
