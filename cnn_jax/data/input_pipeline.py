@@ -39,14 +39,18 @@ def train_batches(data_config, dataset, seed, start=batching.IteratorPosition(),
     num_batches: global batches in the run (the loop's total steps): the
       Grain workers stop there instead of decoding ahead past the end.
     process_index, process_count: this process's rows of each global batch
-      (batch_size / process_count of them; 'grain' only).
+      (batch_size / process_count of them; 'arrays' reads the global batch
+      and keeps them, 'grain' reads only them).
   """
   batch_size = data_config.batch_size
+  if batch_size % process_count:
+    raise ValueError(f"config.data.batch_size={batch_size} does not split "
+                     f"evenly over {process_count} processes")
   if pipeline_name(data_config) == "arrays":
-    if process_count != 1:
-      raise ValueError("config.data.pipeline='arrays' reads the whole global "
-                       "batch; with several processes use 'grain'")
-    return batching.train_batches(dataset, batch_size, seed, start)
+    batches = batching.train_batches(dataset, batch_size, seed, start)
+    if process_count == 1:
+      return batches
+    return _rows(batches, process_index, batch_size // process_count)
   # Imported here: Grain takes ~2 s to import, and only this path needs it.
   from cnn_jax.data import grain_pipeline  # pylint: disable=g-import-not-at-top
   return grain_pipeline.train_batches(
@@ -54,3 +58,10 @@ def train_batches(data_config, dataset, seed, start=batching.IteratorPosition(),
       augment=grain_pipeline.host_augment(data_config, dataset.example_shape),
       options=grain_pipeline.GrainOptions.from_config(data_config),
       process_index=process_index, process_count=process_count)
+
+
+def _rows(batches, process_index, rows):
+  """Rows [process_index * rows, (process_index + 1) * rows) of each batch."""
+  first = process_index * rows
+  for position, batch in batches:
+    yield position, {k: v[first:first + rows] for k, v in batch.items()}

@@ -6,6 +6,7 @@ import itertools
 import os
 import warnings
 
+import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from cnn_jax.data import batching
 from cnn_jax.data import decode
 from cnn_jax.data import grain_pipeline
+from cnn_jax.data import input_pipeline
 from cnn_jax.data import photo_like
 from cnn_jax.data.dataset import ArrayDataset
 from cnn_jax.data.folder import load_image_folder
@@ -206,3 +208,20 @@ def test_random_resized_box_stays_inside_and_follows_the_scale():
     areas.append(w * h / (500 * 375))
   assert 0.07 < min(areas) and max(areas) <= 1.0
   assert 0.4 < np.mean(areas) < 0.6  # the uniform scale's mean is 0.54
+
+
+def test_both_pipelines_give_process_rows_through_one_interface():
+  data = _arrays()
+  whole = list(itertools.islice(batching.train_batches(data, 4, 3), 6))
+  for name in ("arrays", "grain"):
+    config = ml_collections.ConfigDict({"pipeline": name, "batch_size": 4,
+                                        "workers": 0})
+    shards = [list(itertools.islice(input_pipeline.train_batches(
+        config, data, 3, num_batches=6, process_index=p, process_count=2),
+                                    6)) for p in (0, 1)]
+    for (position, batch), (first_position, first), (_, second) in zip(
+        whole, *shards):
+      assert (position.epoch, position.batch) == (first_position.epoch,
+                                                  first_position.batch)
+      np.testing.assert_array_equal(
+          batch["label"], np.concatenate([first["label"], second["label"]]))
