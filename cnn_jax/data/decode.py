@@ -51,10 +51,6 @@ class HostAugment:
   channels: int = 3
   reduced_decode: bool = True
 
-  @property
-  def is_identity(self):
-    return not (self.image_size or self.crop_scale or self.flip)
-
 
 def random_resized_box(rng, width, height, scale, ratio):
   """(left, top, w, h) of a random crop of a width x height image: area a
@@ -154,8 +150,10 @@ def transform_array(array, augment, rng=None, eval_fraction=0.0):
   """The same as decode_file for an already decoded uint8 [H, W, C] image
   (in-memory or TFDS sources). With nothing to do, `array` unchanged."""
   array = np.asarray(array)
-  if augment.is_identity and not eval_fraction:
-    return array
+  if not (augment.crop_scale or augment.flip or eval_fraction) and (
+      not augment.image_size
+      or tuple(array.shape[:2]) == tuple(augment.image_size)):
+    return array  # nothing to do (also for series and clips: any rank)
   height, width, channels = array.shape
   out_size = augment.image_size or (height, width)
   box = _box(rng, width, height, augment, eval_fraction)
