@@ -6,16 +6,23 @@ seen without stopping.
 """
 
 import dataclasses
+from typing import Optional
 
 import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
 class IteratorPosition:
-  """Where the training iterator stands: next batch `batch` of `epoch`."""
+  """Where the training iterator stands: next batch `batch` of `epoch`.
+
+  `state`: a pipeline's own iterator state at this position, as JSON (the
+  Grain pipeline's, grain_pipeline.py), saved with it in checkpoints; None
+  for the in-memory iterator, whose position says everything.
+  """
 
   epoch: int = 0
   batch: int = 0
+  state: Optional[dict] = None
 
 
 def epoch_permutation(num_examples, seed, epoch):

@@ -78,11 +78,18 @@ def scan_folder(root, class_names=(), skip_bad=False):
 
 
 def load_image_folder(root, options=ImageOptions(), class_names=(),
-                      name="folder"):
-  """{'train', 'test'(, 'val')} or {'train'}: ArrayDatasets of the folders."""
-  split_roots = {split: os.path.join(root, split)
-                 for split in ("train", "test", "val")
-                 if os.path.isdir(os.path.join(root, split))}
+                      name="folder", test_folder="test"):
+  """{'train', 'test'(, 'val')} or {'train'}: ArrayDatasets of the folders.
+
+  test_folder: the folder read as the 'test' split (config.data.test_folder;
+  'val' for ImageNet, whose labelled evaluation images are val/).
+  """
+  folders = {"train": "train", "test": test_folder, "val": "val"}
+  if test_folder == "val":
+    del folders["val"]
+  split_roots = {split: os.path.join(root, folder)
+                 for split, folder in folders.items()
+                 if os.path.isdir(os.path.join(root, folder))}
   if "train" not in split_roots:
     if split_roots:
       raise FileNotFoundError(f"{root!r} has {', '.join(split_roots)}/ but no "
@@ -105,4 +112,5 @@ def from_config(data_dir, data_config):
                      "source needs the folder holding <class>/ folders")
   return load_image_folder(data_dir, ImageOptions.from_config(data_config),
                            tuple(data_config.get("class_names", ())),
-                           os.path.basename(os.path.normpath(data_dir)))
+                           os.path.basename(os.path.normpath(data_dir)),
+                           data_config.get("test_folder", "test"))

@@ -15,16 +15,17 @@ import warnings
 import numpy as np
 from PIL import Image
 
+from cnn_jax.data import decode
 from cnn_jax.data.dataset import ArrayDataset
+from cnn_jax.data.decode import BadImageError
 from cnn_jax.data.lazy import LazyImages
 from cnn_jax.data.lazy import default_workers
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 _MODES = {1: "L", 3: "RGB"}
-
-
-class BadImageError(ValueError):
-  """An image file that is missing, unreadable, or of an unexpected size."""
+# config.data.pipeline: the in-memory iterator or Grain (input_pipeline.py);
+# here because it decides whether the files are decoded up front.
+PIPELINES = ("arrays", "grain")
 
 
 class SkippedImagesWarning(UserWarning):
@@ -46,6 +47,13 @@ class ImageOptions:
   in_memory: decode everything up front (False: decode each batch's images
     when it is drawn; needs skip_bad=False, as a file found bad then cannot
     be left out without changing the epoch, and no cache_dir).
+  pipeline: 'arrays' (the in-memory iterator, batching.py) or 'grain'
+    (grain_pipeline.py): the files stay files, decoded and cropped by Grain
+    workers for training (in_memory and cache_dir are not used; skip_bad
+    replaces a bad file by the next readable one).
+  eval_crop_fraction: > 0: evaluation reads resize the shorter side to
+    image_size / fraction and take the center crop (0.875: ImageNet's
+    256 -> 224); 0: the whole image resized to image_size.
   """
 
   image_size: tuple = ()
@@ -54,6 +62,8 @@ class ImageOptions:
   skip_bad: bool = False
   cache_dir: str = ""
   in_memory: bool = True
+  pipeline: str = "arrays"
+  eval_crop_fraction: float = 0.0
 
   @classmethod
   def from_config(cls, data_config):
@@ -67,6 +77,14 @@ class ImageOptions:
     if len(options.image_size) not in (0, 2):
       raise ValueError(f"config.data.image_size={options.image_size} is not "
                        "(height, width) or empty")
+    if options.pipeline not in PIPELINES:
+      raise ValueError(f"config.data.pipeline={options.pipeline!r} is not "
+                       f"one of: {', '.join(PIPELINES)}")
+    if not 0.0 <= options.eval_crop_fraction <= 1.0:
+      raise ValueError(f"config.data.eval_crop_fraction="
+                       f"{options.eval_crop_fraction} is not in [0, 1]")
+    if options.pipeline == "grain":
+      return options
     if options.skip_bad and not options.in_memory:
       raise ValueError("config.data.skip_bad=True needs config.data."
                        "in_memory=True (bad files are found while decoding)")
@@ -105,7 +123,37 @@ def _example_shape(paths, options, name):
                       f"as an image (first: {paths[0]})")
 
 
+class FileImages(LazyImages):
+  """LazyImages read from image files whose paths it keeps: the Grain
+  pipeline decodes (and crops) the files itself; indexing reads them as
+  `read_one` does (for evaluation)."""
+
+  def __init__(self, paths, read_one, example_shape, num_workers=0,
+               indices=None):
+    self.paths = np.asarray(paths, dtype=object)
+    super().__init__(read_one, len(self.paths), example_shape, num_workers,
+                     indices)
+
+  def path(self, i):
+    """The file of example `i` of this view."""
+    return self.paths[self._indices[i]]
+
+  def view(self, indices):
+    return FileImages(self.paths, self._read_one, self.example_shape,
+                      self.num_workers, self._indices[np.asarray(indices)])
+
+
+def _eval_reader(paths, shape, options):
+  """Resize the shorter side to size / fraction, then the center crop."""
+  augment = decode.HostAugment(image_size=shape[:2], channels=shape[2])
+  fraction = options.eval_crop_fraction
+  return lambda i: decode.decode_file(paths[i], augment, None, fraction)
+
+
 def _reader(paths, shape, options):
+  if options.eval_crop_fraction:
+    return _eval_reader(paths, shape, options)
+
   def read_one(i):
     image = decode_image(paths[i], options.image_size, options.channels)
     if image.shape != shape:
@@ -222,6 +270,10 @@ def load_image_files(paths, labels, options, name, class_names=()):
   labels = np.asarray(labels, np.int32)
   shape = _example_shape(paths, options, name)
   read_one = _reader(paths, shape, options)
+  if options.pipeline == "grain":
+    return ArrayDataset(
+        FileImages(paths, read_one, shape, options.num_workers),
+        labels, name, tuple(class_names))
   if not options.in_memory:
     return ArrayDataset(
         LazyImages(read_one, len(paths), shape, options.num_workers),

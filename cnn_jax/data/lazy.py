@@ -78,6 +78,10 @@ class LazyImages:
       out[row] = image
     return out
 
+  def __getstate__(self):
+    # Sent to other processes (Grain workers) without the thread pool.
+    return {**self.__dict__, "_pool": None}
+
   def __array__(self, dtype=None, copy=None):
     del copy
     images = self[np.arange(len(self))]

@@ -69,8 +69,13 @@ def prefetch_to_device(iterator, size=2, sharding=None):
       of the global arrays (jax.make_array_from_process_local_data).
   """
   if size <= 0:
-    for item in iterator:
-      yield _to_device(item, sharding)
+    try:
+      for item in iterator:
+        yield _to_device(item, sharding)
+    finally:
+      close = getattr(iterator, "close", None)
+      if close is not None:
+        close()
     return
   buffer = queue.Queue(maxsize=size)
   stop = threading.Event()
@@ -93,6 +98,12 @@ def prefetch_to_device(iterator, size=2, sharding=None):
       put(_Done())
     except BaseException as e:  # pylint: disable=broad-except
       put(_Done(e))  # re-raised in the consumer
+    finally:
+      # A source with resources (Grain's worker processes) is closed here,
+      # on the thread that iterates it, as soon as it is no longer read.
+      close = getattr(iterator, "close", None)
+      if close is not None:
+        close()
 
   thread = threading.Thread(target=produce, daemon=True,
                             name="prefetch_to_device")

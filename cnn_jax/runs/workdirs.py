@@ -85,8 +85,11 @@ RESULT_FILES = ("summary.json", "metrics.jsonl", "checkpoints", CONFIG_FILE)
 # the new length).
 # (mesh: the state is replicated, so a run resumes on any device count;
 # float sums then run in another order, so not bitwise as on the same count.)
+# data.workers and data.prefetch: the Grain pipeline's batches do not depend
+# on them (data/grain_pipeline.py).
 RESUMABLE_KEYS = ("train.log_every_steps", "train.eval_every_epochs",
-                  "train.stop_after_steps", "checkpoint", "mesh")
+                  "train.stop_after_steps", "checkpoint", "mesh",
+                  "data.workers", "data.prefetch")
 
 
 def read_summary(workdir):

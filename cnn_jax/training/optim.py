@@ -12,6 +12,7 @@ ordinary single run.
 import dataclasses
 from typing import Callable
 
+import jax
 import optax
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
@@ -121,20 +122,27 @@ def make_schedule(optim_config, total_steps, steps_per_epoch):
       _unit_schedule(optim_config, total_steps, steps_per_epoch))
 
 
+def kernels_only(params):
+  """Weight-decay mask: True for kernels (ndim >= 2), False for biases and
+  norm scales/offsets (ndim 1), which the ImageNet recipes do not decay."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
 def _optimizer(learning_rate, lr_factor, weight_decay, momentum=None, b1=None,
-               b2=None, *, name, grad_clip_norm):
+               b2=None, *, name, grad_clip_norm, decay_norm_and_bias=True):
   """The optax transformation; numeric arguments may be arrays (injected).
   Those an optimizer does not use stay None (so not in its hyperparams)."""
   lr = learning_rate * lr_factor
+  mask = None if decay_norm_and_bias else kernels_only
   if name in ("sgd", "momentum", "nesterov"):
-    tx = optax.chain(optax.add_decayed_weights(weight_decay),
+    tx = optax.chain(optax.add_decayed_weights(weight_decay, mask),
                      optax.sgd(lr, momentum=momentum,
                                nesterov=name == "nesterov"))
   elif name == "adam":  # L2 through the gradient, as torch's Adam(weight_decay=...)
-    tx = optax.chain(optax.add_decayed_weights(weight_decay),
+    tx = optax.chain(optax.add_decayed_weights(weight_decay, mask),
                      optax.adam(lr, b1=b1, b2=b2))
   else:  # adamw
-    tx = optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay)
+    tx = optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay, mask=mask)
   if grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(grad_clip_norm), tx)
   return tx
@@ -168,9 +176,13 @@ def make_optimizer(optim_config, learning_rate):
   hyperparams = {k: float(values[k]) if not callable(values[k])
                  else values[k] for k in HYPERPARAMS[name]}
   tx = optax.inject_hyperparams(
-      _optimizer, static_args=("name", "grad_clip_norm"))(
+      _optimizer,
+      static_args=("name", "grad_clip_norm", "decay_norm_and_bias"))(
           lr_factor=factor, name=name,
-          grad_clip_norm=optim_config.grad_clip_norm, **hyperparams)
+          grad_clip_norm=optim_config.grad_clip_norm,
+          # False: weight decay on kernels only (kernels_only).
+          decay_norm_and_bias=optim_config.get("decay_norm_and_bias", True),
+          **hyperparams)
   return _with_plateau(tx, optim_config)
 
 

@@ -19,6 +19,8 @@ import ml_collections
 import numpy as np
 
 from cnn_jax.data import batching
+from cnn_jax.data import input_pipeline
+from cnn_jax.data import input_wait
 from cnn_jax.data import load_splits
 from cnn_jax.data import prefetch
 from cnn_jax.distributed import mesh as mesh_lib
@@ -254,16 +256,23 @@ def _train_steps(run, state, progress, train_call, eval_fn):
   log = train_log.TrainLog(writer, bar, run.schedule, run.steps_per_epoch,
                            config.train.log_every_steps, pending)
   stop, stopping = preemption.StopRequest(), False
-  # This process's rows of each global batch (all of them with one process).
-  host_batches = batching.train_batches(
-      run.train_set, batch_size, config.seed, position,
-      rows=multihost.process_rows(batch_size))
+  # config.data.pipeline: the in-memory iterator or Grain workers; both
+  # yield (position, host batch), the position saved with checkpoints.
+  # Each process reads only its rows of every global batch.
+  host_batches = input_pipeline.train_batches(
+      config.data, run.train_set, config.seed, position,
+      num_batches=run.total_steps, process_index=jax.process_index(),
+      process_count=jax.process_count())
   if run.steps_per_call > 1:
     host_batches = multistep.group_batches(host_batches, run.steps_per_call)
   # Double-buffered: the next call's batches are drawn and sent while this
-  # call runs.
-  batches = prefetch.prefetch_to_device(host_batches, size=2,
-                                        sharding=_batch_sharding(run))
+  # call runs. Waiting for them for long is reported (input_wait.py).
+  batches = input_wait.monitored(
+      prefetch.prefetch_to_device(host_batches, size=2,
+                                  sharding=_batch_sharding(run)),
+      every=max(1, config.train.log_every_steps // run.steps_per_call),
+      report=writers.report, hint=" (config.data.pipeline='grain' with more "
+      "config.data.workers decodes in parallel processes)")
   try:
     with stop:
       for position, batch in batches:

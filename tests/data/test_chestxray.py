@@ -11,6 +11,7 @@ from PIL import Image
 
 from cnn_jax.data import batching
 from cnn_jax.data import chestxray
+from cnn_jax.data import grain_pipeline
 from cnn_jax.data import load_splits
 from cnn_jax.data.folder import UnknownClassError
 from cnn_jax.tasks import task_for_run
@@ -174,3 +175,17 @@ def test_chexnet_optimizer_reduces_on_plateau():
   np.testing.assert_allclose(sizes[4] / sizes[0], 1.0, rtol=1e-3)
   np.testing.assert_allclose(sizes[5] / sizes[4], 0.1, rtol=1e-3)
   np.testing.assert_allclose(sizes[7] / sizes[6], 0.1, rtol=1e-3)
+
+
+def test_grain_pipeline_streams_the_files_with_multi_hot_labels(xray_dir):
+  in_memory = chestxray.load_chestxray14(str(xray_dir))["train"]
+  options = chestxray.ImageOptions(pipeline="grain", image_size=(40, 40))
+  files = chestxray.load_chestxray14(str(xray_dir), options=options)["train"]
+  assert len(files.images.paths) == 6
+  expected = list(zip(range(3), batching.train_batches(in_memory, 2, 0)))
+  got = list(grain_pipeline.train_batches(
+      files, 2, 0, num_batches=3,
+      options=grain_pipeline.GrainOptions(workers=0)))
+  for (_, (_, batch)), (_, grain_batch) in zip(expected, got):
+    np.testing.assert_array_equal(grain_batch["label"], batch["label"])
+    np.testing.assert_array_equal(grain_batch["image"], batch["image"])

@@ -8,6 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from cnn_jax.data import batching
+from cnn_jax.data import input_pipeline
 from cnn_jax.data import load_splits
 from cnn_jax.data.lazy import LazyImages
 from cnn_jax.training import train
@@ -82,3 +83,20 @@ def test_unprepared_dataset_says_how_to_prepare_it(tmp_path):
   config.data.tfds_name = "mnistt"
   with pytest.raises(ValueError, match="config.data.tfds_name='mnistt'"):
     load_splits(config.data)
+
+
+def test_grain_pipeline_reads_a_lazy_tfds_split_in_the_same_order():
+  # Threads only (data.workers=0): the mock lives in this process.
+  config = _tiny_config()
+  config.data.in_memory = False
+  config.data.pipeline = "grain"
+  config.data.workers = 0
+  with _mock():
+    lazy = load_splits(config.data)["train"]
+    expected = list(zip(range(4), batching.train_batches(lazy, 16, seed=0)))
+    got = list(input_pipeline.train_batches(config.data, lazy, 0,
+                                            num_batches=4))
+  for (_, (pos_a, batch_a)), (pos_b, batch_b) in zip(expected, got):
+    assert (pos_a.epoch, pos_a.batch) == (pos_b.epoch, pos_b.batch)
+    np.testing.assert_array_equal(batch_a["image"], batch_b["image"])
+    np.testing.assert_array_equal(batch_a["label"], batch_b["label"])
