@@ -84,7 +84,8 @@ RESULT_FILES = ("summary.json", "metrics.jsonl", "checkpoints", CONFIG_FILE)
 # train.num_epochs may grow (the learning-rate schedule is then recomputed for
 # the new length).
 RESUMABLE_KEYS = ("train.log_every_steps", "train.eval_every_epochs",
-                  "train.stop_after_steps", "checkpoint")
+                  "train.stop_after_steps", "train.compilation_cache",
+                  "checkpoint")
 
 
 def read_summary(workdir):

@@ -1,0 +1,180 @@
+"""Time to the first training step, with and without the compilation cache,
+and what steps_per_call costs in compilation against what it saves.
+
+Startup: for each config, `python launch.py --config <config> --workdir
+<new folder> --config.train.stop_after_steps=1` three times in a row, each a
+new process; time to first step = from the interpreter's start to the end
+of the first train call (launch.py's main, with that call waited for; the
+call holds config.train.steps_per_call steps), then it saves a checkpoint
+and exits with status 143, as a preempted run:
+  off:  --config.train.compilation_cache=off (every program compiled);
+  cold: an empty cache folder (compiled, and written to the cache);
+  warm: the same folder again (loaded from it; 'new entries' says how many
+        programs were compiled again: 0 when everything came from the cache).
+`import launch` alone is timed too: the part no cache can shorten.
+
+steps_per_call (--spc 1,3,6,...): configs/mnist_fast.py for one epoch per
+value, cache off, each a new process: wall time from start to exit (compile
+plus train) and the summary's train img/s (compilation excluded). On the CPU
+a call of N steps is one unrolled program (training/train.py), so N
+multiplies the train program's compile time.
+
+  python experiments/bench_startup.py                # startup only, ~2 min
+  python experiments/bench_startup.py --spc 1,2,3,6  # + steps_per_call, ~3 min
+  python experiments/bench_startup.py --configs configs/mnist.py --spc ""
+
+The last line is one JSON object with the headline figures.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from experiments.bench_cpu import cpu_name  # pylint: disable=g-import-not-at-top
+
+
+# launch.py's main, with the first train call timed from process start (it
+# blocks until that call's steps are done) and printed as 'first step at'.
+_TIMED_LAUNCH = """
+import time
+START = time.perf_counter()
+import sys
+import jax
+from absl import app
+import launch
+from cnn_jax.training import train
+compiled_steps = train._compiled_steps
+
+def timed(run):
+  train_call, eval_fn = compiled_steps(run)
+  calls = []
+
+  def first_timed(state, batch):
+    out = train_call(state, batch)
+    if not calls:
+      jax.block_until_ready(out)
+      print(f"first step at {time.perf_counter() - START:.3f}", flush=True)
+    calls.append(1)
+    return out
+
+  return first_timed, eval_fn
+
+train._compiled_steps = timed
+sys.argv[0] = "launch.py"
+app.run(launch.main, flags_parser=launch.parse_flags)
+"""
+
+
+def launch(config, workdir, *overrides):
+  """(seconds from start to the end of the first train call (None if not
+  reached), exit status, summary dict or None, seconds from start to exit).
+  """
+  command = [sys.executable, "-c", _TIMED_LAUNCH,
+             f"--config={config}", f"--workdir={workdir}", *overrides]
+  env = dict(os.environ, PYTHONPATH=REPO)
+  start = time.perf_counter()
+  result = subprocess.run(command, cwd=REPO, env=env, capture_output=True,
+                          text=True, check=False, timeout=1800)
+  seconds = time.perf_counter() - start
+  if result.returncode not in (0, 143):
+    raise RuntimeError(f"{' '.join(command)} exited with "
+                       f"{result.returncode}: {result.stderr[-2000:]}")
+  summary = None
+  path = os.path.join(workdir, "summary.json")
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      summary = json.load(f)
+  first = [float(line.split()[-1]) for line in result.stdout.splitlines()
+           if line.startswith("first step at ")]
+  return (first[0] if first else None), result.returncode, summary, seconds
+
+
+def import_seconds():
+  start = time.perf_counter()
+  subprocess.run([sys.executable, "-c", "import launch"], cwd=REPO,
+                 env=dict(os.environ, PYTHONPATH=REPO), check=True)
+  return time.perf_counter() - start
+
+
+def startup(configs, scratch):
+  """{config: {off, cold, warm, new_entries}} seconds to the first step."""
+  results = {}
+  print("| config | cache off | cold (empty cache) | warm | entries written "
+        "cold / warm |")
+  print("|---|---|---|---|---|")
+  for config in configs:
+    name = os.path.splitext(os.path.basename(config))[0]
+    cache = os.path.join(scratch, f"cache_{name}")
+    row = {}
+    for kind in ("off", "cold", "warm"):
+      setting = "off" if kind == "off" else cache
+      before = len(os.listdir(cache)) if os.path.isdir(cache) else 0
+      row[kind] = launch(config, os.path.join(scratch, f"{name}_{kind}"),
+                         "--config.train.stop_after_steps=1",
+                         f"--config.train.compilation_cache={setting}")[0]
+      if kind != "off":
+        row[f"entries_{kind}"] = len(os.listdir(cache)) - before
+    results[name] = row
+    print(f"| {config} | {row['off']:.1f} s | {row['cold']:.1f} s | "
+          f"{row['warm']:.1f} s | {row['entries_cold']} / "
+          f"{row['entries_warm']} |", flush=True)
+  return results
+
+
+def steps_per_call_study(values, scratch):
+  """{N: (wall s, train img/s, test accuracy)} for one mnist_fast epoch."""
+  results = {}
+  print("\n| steps_per_call | 1 epoch, start to exit | train img/s | test "
+        "accuracy |")
+  print("|---|---|---|---|")
+  for n in values:
+    _, _, summary, seconds = launch(
+        "configs/mnist_fast.py", os.path.join(scratch, f"spc{n}"),
+        f"--config.train.steps_per_call={n}", "--config.train.num_epochs=1",
+        "--config.train.eval_every_epochs=1",
+        "--config.train.compilation_cache=off")
+    results[n] = (seconds, summary["train_img_per_s"],
+                  summary["test_accuracy"])
+    print(f"| {n} | {seconds:.1f} s | {summary['train_img_per_s']:,.0f} | "
+          f"{summary['test_accuracy']:.4f} |", flush=True)
+  return results
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--configs", default="configs/mnist.py,"
+                      "configs/mnist_fast.py")
+  parser.add_argument("--spc", default="",
+                      help="comma-separated steps_per_call values to time "
+                      "for one epoch of configs/mnist_fast.py ('' skips)")
+  args = parser.parse_args()
+  load_before = os.getloadavg()[0]
+  print(f"cpu: {cpu_name()}, {len(os.sched_getaffinity(0))} logical cores; "
+        f"load average {load_before:.1f}")
+  headline = {"import_launch_s": round(import_seconds(), 2)}
+  print(f"import launch: {headline['import_launch_s']:.2f} s\n")
+  with tempfile.TemporaryDirectory() as scratch:
+    for name, row in startup(
+        [c for c in args.configs.split(",") if c], scratch).items():
+      for kind in ("off", "cold", "warm"):
+        headline[f"{name}_{kind}_s"] = round(row[kind], 2)
+      headline[f"{name}_warm_new_entries"] = row["entries_warm"]
+    if args.spc:
+      for n, (seconds, speed, accuracy) in steps_per_call_study(
+          [int(v) for v in args.spc.split(",")], scratch).items():
+        headline[f"spc{n}_epoch_s"] = round(seconds, 1)
+        headline[f"spc{n}_img_s"] = round(speed)
+        headline[f"spc{n}_accuracy"] = accuracy
+  headline.update(cpu=cpu_name(), load_avg=[round(load_before, 1),
+                                            round(os.getloadavg()[0], 1)])
+  print(json.dumps(headline))
+
+
+if __name__ == "__main__":
+  main()
