@@ -13,14 +13,14 @@ and exits with status 143, as a preempted run:
         programs were compiled again: 0 when everything came from the cache).
 `import launch` alone is timed too: the part no cache can shorten.
 
-steps_per_call (--spc 1,3,6,...): configs/mnist_fast.py for one epoch per
-value, cache off, each a new process: wall time from start to exit (compile
-plus train) and the summary's train img/s (compilation excluded). On the CPU
-a call of N steps is one unrolled program (training/train.py), so N
-multiplies the train program's compile time.
+steps_per_call (--spc 1,6,6:1,...): configs/mnist_fast.py's train call of N
+steps compiled and run in this process: compile time, time per step (wall
+and CPU), and compile + the config's steps. On the CPU a call of N steps is
+one unrolled program (training/train.py), so N multiplies the train
+program's compile time; N:1 is a lax.scan loop instead, N:2 unrolls 2.
 
   python experiments/bench_startup.py                # startup only, ~2 min
-  python experiments/bench_startup.py --spc 1,2,3,6  # + steps_per_call, ~3 min
+  python experiments/bench_startup.py --spc 1,2,3,6,6:1,6:2,12  # + steps_per_call
   python experiments/bench_startup.py --configs configs/mnist.py --spc ""
 
 The last line is one JSON object with the headline figures.
@@ -127,22 +127,60 @@ def startup(configs, scratch):
   return results
 
 
-def steps_per_call_study(values, scratch):
-  """{N: (wall s, train img/s, test accuracy)} for one mnist_fast epoch."""
+def steps_per_call_study(values):
+  """{(N, unroll): (compile CPU-s, compile s, step CPU-ms, step ms)} of
+  configs/mnist_fast.py's train call, compiled and timed in this process."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from cnn_jax.training import multistep  # pylint: disable=g-import-not-at-top
+  from cnn_jax.training import steps  # pylint: disable=g-import-not-at-top
+  from cnn_jax.training import train  # pylint: disable=g-import-not-at-top
+  from configs import mnist_fast  # pylint: disable=g-import-not-at-top
+  config = mnist_fast.get_config()
+  with tempfile.TemporaryDirectory() as workdir:
+    run = train._prepare_run(config, workdir)  # pylint: disable=protected-access
+    state, _ = train._initial_state(run)  # pylint: disable=protected-access
+  step_fn = functools.partial(
+      steps.train_step, mean=run.mean, std=run.std,
+      augment_config=config.data.augment.to_dict(),
+      label_smoothing=config.train.label_smoothing, task=run.task)
+  rng = np.random.default_rng(0)
+  batch = config.data.batch_size
+  total = config.train.num_epochs * run.steps_per_epoch
   results = {}
-  print("\n| steps_per_call | 1 epoch, start to exit | train img/s | test "
-        "accuracy |")
-  print("|---|---|---|---|")
-  for n in values:
-    _, _, summary, seconds = launch(
-        "configs/mnist_fast.py", os.path.join(scratch, f"spc{n}"),
-        f"--config.train.steps_per_call={n}", "--config.train.num_epochs=1",
-        "--config.train.eval_every_epochs=1",
-        "--config.train.compilation_cache=off")
-    results[n] = (seconds, summary["train_img_per_s"],
-                  summary["test_accuracy"])
-    print(f"| {n} | {seconds:.1f} s | {summary['train_img_per_s']:,.0f} | "
-          f"{summary['test_accuracy']:.4f} |", flush=True)
+  print(f"\nconfigs/mnist_fast.py train call (batch {batch}), compiled and "
+        f"run in one process; 'run' = compile + {total} steps")
+  print("| steps_per_call | unroll | compile s (CPU-s) | step ms (CPU-ms) | "
+        "run s (CPU-s) |")
+  print("|---|---|---|---|---|")
+  for n, unroll in values:
+    group = {"image": rng.integers(0, 256, (n, batch, 28, 28, 1), np.uint8),
+             "label": rng.integers(0, 10, (n, batch)).astype(np.int32)}
+    fn = step_fn
+    if n == 1:
+      group = jax.tree.map(lambda x: x[0], group)
+    else:
+      fn = multistep.make_multi_step(step_fn, unroll)
+    current = jax.tree.map(lambda x: x.copy() if hasattr(x, "copy") else x,
+                           state)
+    wall, cpu = time.perf_counter(), time.process_time()
+    compiled = jax.jit(fn, donate_argnums=0).lower(current, group).compile()
+    compile_s = (time.perf_counter() - wall, time.process_time() - cpu)
+    current, metrics = compiled(current, group)
+    jax.block_until_ready(metrics)
+    calls = max(2, 24 // n)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(calls):
+      current, metrics = compiled(current, group)
+    jax.block_until_ready(metrics)
+    step_s = ((time.perf_counter() - wall) / (calls * n),
+              (time.process_time() - cpu) / (calls * n))
+    results[(n, unroll)] = (*compile_s, *step_s)
+    print(f"| {n} | {unroll if n > 1 else '-'} | {compile_s[0]:.1f} ({compile_s[1]:.1f}) | "
+          f"{1e3 * step_s[0]:.0f} ({1e3 * step_s[1]:.0f}) | "
+          f"{compile_s[0] + total * step_s[0]:.0f} "
+          f"({compile_s[1] + total * step_s[1]:.0f}) |", flush=True)
   return results
 
 
@@ -151,8 +189,10 @@ def main():
   parser.add_argument("--configs", default="configs/mnist.py,"
                       "configs/mnist_fast.py")
   parser.add_argument("--spc", default="",
-                      help="comma-separated steps_per_call values to time "
-                      "for one epoch of configs/mnist_fast.py ('' skips)")
+                      help="comma-separated steps_per_call values N[:unroll] "
+                      "(unroll: full, the CPU default, or scan's unroll "
+                      "count) whose compile and step time to measure for "
+                      "configs/mnist_fast.py ('' skips)")
   args = parser.parse_args()
   load_before = os.getloadavg()[0]
   print(f"cpu: {cpu_name()}, {len(os.sched_getaffinity(0))} logical cores; "
@@ -165,12 +205,18 @@ def main():
       for kind in ("off", "cold", "warm"):
         headline[f"{name}_{kind}_s"] = round(row[kind], 2)
       headline[f"{name}_warm_new_entries"] = row["entries_warm"]
-    if args.spc:
-      for n, (seconds, speed, accuracy) in steps_per_call_study(
-          [int(v) for v in args.spc.split(",")], scratch).items():
-        headline[f"spc{n}_epoch_s"] = round(seconds, 1)
-        headline[f"spc{n}_img_s"] = round(speed)
-        headline[f"spc{n}_accuracy"] = accuracy
+  if args.spc:
+    values = []
+    for item in args.spc.split(","):
+      n, _, unroll = item.partition(":")
+      values.append((int(n), True if unroll in ("", "full") else int(unroll)))
+    for (n, unroll), (cw, cc, sw, sc) in steps_per_call_study(values).items():
+      key = (f"spc{n}" if n == 1 else
+             f"spc{n}_unroll{'full' if unroll is True else unroll}")
+      headline[f"{key}_compile_s"] = round(cw, 2)
+      headline[f"{key}_compile_cpu_s"] = round(cc, 2)
+      headline[f"{key}_step_ms"] = round(1e3 * sw, 1)
+      headline[f"{key}_step_cpu_ms"] = round(1e3 * sc, 1)
   headline.update(cpu=cpu_name(), load_avg=[round(load_before, 1),
                                             round(os.getloadavg()[0], 1)])
   print(json.dumps(headline))

@@ -20,7 +20,7 @@ accuracy ('-': not reached), with the CPU (lscpu's model name and the
 instruction sets that matter) in every row, then the means over seeds and
 cnn_jax's time to 99.4% over the faster PyTorch mode of the same recipe.
 
-  python experiments/bench_tta.py                  # 3 seeds: ~40 min on 2 cores
+  python experiments/bench_tta.py                  # 3 seeds: ~20-30 min, 2 idle cores
   python experiments/bench_tta.py --quick          # 1 seed, 2 epochs, eager
   python experiments/bench_tta.py --seeds 3 --recipe configs/mnist_fast.py \
       --torch_modes eager,compile
