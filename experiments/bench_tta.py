@@ -8,7 +8,8 @@ another (seeds interleaved, so a change in the machine's load hits all):
   torch same:     the same network, initialisation scheme, optimizer,
                   schedule, label smoothing, augmentation, batch size and
                   epochs, read from the same config file and written in
-                  PyTorch here (eager, and with --torch_modes
+                  PyTorch here (dropout and random-crop translation
+                  included; eager, and with --torch_modes
                   eager,compile also the model under torch.compile);
   torch own:      PyTorch's own recipe for the task: the network with
                   BatchNorm, AdamW with torch's OneCycleLR (max_lr 3e-3),
@@ -135,7 +136,8 @@ def onecycle(step, total, peak, pct_start, div=25.0, final_div=1e4):
 def torch_recipe(kind, recipe_path, epochs):
   """The recipe a torch worker trains: 'same' reads the cnn_jax config."""
   if kind == "own":
-    return {"batchnorm": True, "batch": 128, "epochs": epochs or 4,
+    return {"batchnorm": True, "dropout": 0.0, "batch": 128,
+            "epochs": epochs or 4,
             "optim": "adamw", "lr": 3e-3, "weight_decay": 1e-4,
             "schedule": "torch_onecycle", "label_smoothing": 0.0,
             "crop_padding": 0, "warmup_epochs": None}
@@ -149,19 +151,18 @@ def torch_recipe(kind, recipe_path, epochs):
       f"{k}={v!r}" for k, v in (
           ("model.name", config.model.name), ("optim.name", config.optim.name),
           ("optim.schedule", config.optim.schedule),
-          ("optim.grad_clip_norm", config.optim.grad_clip_norm),
-          ("model.dropout_rate", config.model.dropout_rate))
+          ("optim.grad_clip_norm", config.optim.grad_clip_norm))
       if not {"model.name": v == "simple_cnn",
               "optim.name": v in ("adamw", "nesterov", "momentum"),
               "optim.schedule": v == "one_cycle",
-              "optim.grad_clip_norm": not v,
-              "model.dropout_rate": not v}[k]]
+              "optim.grad_clip_norm": not v}[k]]
   augment = {k: v for k, v in config.data.augment.to_dict().items()
              if k != "crop_padding" and v}
   if unsupported or augment:
     raise SystemExit(f"{recipe_path}: the PyTorch twin does not implement "
                      f"{', '.join(unsupported + list(augment))}")
   return {"batchnorm": config.model.use_batchnorm,
+          "dropout": config.model.dropout_rate,
           "batch": config.data.batch_size,
           "epochs": epochs or config.train.num_epochs,
           "optim": config.optim.name, "lr": config.optim.learning_rate,
@@ -172,6 +173,33 @@ def torch_recipe(kind, recipe_path, epochs):
           "warmup_epochs": config.optim.warmup_epochs,
           "label_smoothing": config.train.label_smoothing,
           "crop_padding": config.data.augment.crop_padding}
+
+
+def torch_model(recipe, flax_init):
+  """simple_cnn in PyTorch (NCHW), with BatchNorm and dropout as `recipe`
+  says; `flax_init`: flax's default initialisation (lecun_normal kernels
+  truncated at 2 standard deviations, zero biases) instead of torch's."""
+  import torch  # pylint: disable=unused-import
+  from torch import nn
+  bn = recipe["batchnorm"]
+
+  def block(c_in, c_out):
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=not bn),
+            *([nn.BatchNorm2d(c_out, momentum=0.1)] if bn else []),
+            nn.ReLU(), nn.MaxPool2d(2)]
+
+  model = nn.Sequential(*block(1, 32), *block(32, 64), nn.Flatten(),
+                        nn.Linear(3136, 256), nn.ReLU(),
+                        nn.Dropout(recipe["dropout"]), nn.Linear(256, 10))
+  if flax_init:
+    for layer in model:
+      if isinstance(layer, (nn.Conv2d, nn.Linear)):
+        fan_in = layer.weight[0].numel()
+        std = math.sqrt(1.0 / fan_in) / .87962566103423978
+        nn.init.trunc_normal_(layer.weight, 0.0, std, -2 * std, 2 * std)
+        if layer.bias is not None:
+          nn.init.zeros_(layer.bias)
+  return model
 
 
 def torch_worker(kind, recipe_path, seed, epochs, mode):
@@ -192,25 +220,7 @@ def torch_worker(kind, recipe_path, seed, epochs, mode):
             - mean) / std
   test_y = torch.from_numpy(test_y.copy())
 
-  bn = recipe["batchnorm"]
-
-  def block(c_in, c_out):
-    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=not bn),
-            *([nn.BatchNorm2d(c_out, momentum=0.1)] if bn else []),
-            nn.ReLU(), nn.MaxPool2d(2)]
-
-  model = nn.Sequential(*block(1, 32), *block(32, 64), nn.Flatten(),
-                        nn.Linear(3136, 256), nn.ReLU(), nn.Linear(256, 10))
-  if kind == "same":
-    # flax's default initialisation: lecun_normal kernels (truncated at 2
-    # standard deviations), zero biases.
-    for layer in model:
-      if isinstance(layer, (nn.Conv2d, nn.Linear)):
-        fan_in = layer.weight[0].numel()
-        std_w = math.sqrt(1.0 / fan_in) / .87962566103423978
-        nn.init.trunc_normal_(layer.weight, 0.0, std_w, -2 * std_w, 2 * std_w)
-        if layer.bias is not None:
-          nn.init.zeros_(layer.bias)
+  model = torch_model(recipe, flax_init=kind == "same")
   batch, num_epochs = recipe["batch"], recipe["epochs"]
   steps_per_epoch = len(train_x) // batch
   total = steps_per_epoch * num_epochs
