@@ -12,7 +12,8 @@ Chosen by config.train.compilation_cache:
     ($CNN_JAX_CACHE_DIR, else $XDG_CACHE_HOME/cnn_jax, else
     ~/.cache/cnn_jax: where conv/onednn_build.py keeps its library). A
     jax_compilation_cache_dir set by the user (JAX_COMPILATION_CACHE_DIR or
-    jax.config) is kept as it is.
+    jax.config) is kept as it is. If the folder cannot be written, the run
+    goes on without the cache (a warning).
   'off': no persistent cache.
   any other string: that folder.
 
@@ -32,6 +33,7 @@ strides or padding differ; they would share one executable.)
 import os
 import pathlib
 
+from absl import logging
 import jax
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
@@ -82,10 +84,17 @@ def enable(setting="auto"):
   folder = os.path.expanduser(folder)
   try:
     os.makedirs(folder, exist_ok=True)
-  except OSError as e:
-    raise ValueError(f"config.train.compilation_cache: cannot create the "
-                     f"folder {folder!r} ({e.strerror}); name another, or "
-                     f"'{OFF}'") from e
+    writable = os.access(folder, os.W_OK)
+  except OSError:
+    writable = False
+  if not writable:
+    message = (f"config.train.compilation_cache: cannot write to the folder "
+               f"{folder!r}")
+    if setting == "auto":  # the default place: the run goes on uncached
+      logging.warning("%s; runs compile without the persistent cache (set "
+                      "%s to another folder, or 'off')", message, ENV)
+      return None
+    raise ValueError(f"{message}; name another, or '{OFF}'")
   jax.config.update("jax_compilation_cache_dir", folder)
   # Every program, not only those over JAX's 1 s default: a run's small
   # programs (init, evaluation, statistics) together take seconds.

@@ -45,6 +45,18 @@ def test_where_the_cache_is(no_user_cache, tmp_path):
     compilation_cache.resolve(3)
 
 
+def test_an_unwritable_folder(no_user_cache, tmp_path):
+  blocked = tmp_path / "file"
+  blocked.write_text("not a folder")
+  # Named in the config: an error naming the key and the folder.
+  with pytest.raises(ValueError, match="compilation_cache.*file"):
+    compilation_cache.enable(str(blocked / "cache"))
+  # The default place: the run goes on without the cache.
+  no_user_cache.setenv("CNN_JAX_CACHE_DIR", str(blocked))
+  assert compilation_cache.enable("auto") is None
+  assert jax.config.jax_compilation_cache_dir is None
+
+
 def test_a_folder_set_in_jax_is_kept(no_user_cache, tmp_path):
   jax.config.update("jax_compilation_cache_dir", str(tmp_path / "mine"))
   assert compilation_cache.resolve("auto") is None
