@@ -2,9 +2,10 @@
 
 Three runs per seed, each a new process started by this script, one after
 another (seeds interleaved, so a change in the machine's load hits all):
-  cnn_jax:        `launch.py --config <recipe>` (default configs/mnist_fast.py,
-                  evaluated after every epoch; compilation cache off: every
-                  program is compiled, as on a first run);
+  cnn_jax:        `launch.py --config <recipe>` (default configs/mnist_tta.py:
+                  configs/mnist_fast.py with random 2-pixel shifts and 10
+                  epochs), evaluated after every epoch; compilation
+                  cache off: every program is compiled, as on a first run;
   torch same:     the same network, initialisation scheme, optimizer,
                   schedule, label smoothing, augmentation, batch size and
                   epochs, read from the same config file and written in
@@ -21,9 +22,9 @@ accuracy ('-': not reached), with the CPU (lscpu's model name and the
 instruction sets that matter) in every row, then the means over seeds and
 cnn_jax's time to 99.4% over the faster PyTorch mode of the same recipe.
 
-  python experiments/bench_tta.py                  # 3 seeds: ~20-30 min, 2 idle cores
+  python experiments/bench_tta.py                  # 3 seeds: ~40-60 min, 2 idle cores
   python experiments/bench_tta.py --quick          # 1 seed, 2 epochs, eager
-  python experiments/bench_tta.py --seeds 3 --recipe configs/mnist_fast.py \
+  python experiments/bench_tta.py --seeds 3 --recipe configs/mnist_tta.py \
       --torch_modes eager,compile
 
 PyTorch is optional (the CPU wheel); without it only cnn_jax runs. The last
@@ -310,7 +311,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--seeds", type=int, default=3,
                       help="how many seeds (0, 1, ...) each run is trained with")
-  parser.add_argument("--recipe", default="configs/mnist_fast.py",
+  parser.add_argument("--recipe", default="configs/mnist_tta.py",
                       help="cnn_jax's config (and the PyTorch twin's recipe)")
   parser.add_argument("--epochs", type=int, default=0,
                       help="0: the recipe's; else every run's epochs")
