@@ -102,6 +102,14 @@ def import_seconds():
   return time.perf_counter() - start
 
 
+def _entries(cache):
+  """Compiled programs in a JAX cache folder (without its access-time and
+  lock files)."""
+  if not os.path.isdir(cache):
+    return 0
+  return sum(name.endswith("-cache") for name in os.listdir(cache))
+
+
 def startup(configs, scratch):
   """{config: {off, cold, warm, new_entries}} seconds to the first step."""
   results = {}
@@ -114,12 +122,12 @@ def startup(configs, scratch):
     row = {}
     for kind in ("off", "cold", "warm"):
       setting = "off" if kind == "off" else cache
-      before = len(os.listdir(cache)) if os.path.isdir(cache) else 0
+      before = _entries(cache)
       row[kind] = launch(config, os.path.join(scratch, f"{name}_{kind}"),
                          "--config.train.stop_after_steps=1",
                          f"--config.train.compilation_cache={setting}")[0]
       if kind != "off":
-        row[f"entries_{kind}"] = len(os.listdir(cache)) - before
+        row[f"entries_{kind}"] = _entries(cache) - before
     results[name] = row
     print(f"| {config} | {row['off']:.1f} s | {row['cold']:.1f} s | "
           f"{row['warm']:.1f} s | {row['entries_cold']} / "
