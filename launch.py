@@ -36,6 +36,7 @@ from cnn_jax.reports import entry as report_entry
 from cnn_jax.reports import heatmaps
 from cnn_jax.sweeps import sweep
 from cnn_jax.sweeps import sweep_config
+from cnn_jax.training import compilation_cache
 from cnn_jax.training import preemption
 from cnn_jax.training import train
 
@@ -160,6 +161,8 @@ def _run_mode():
     # A sweep config with --workdir <sweep>/members/<k>: member k's config.
     config = (FLAGS.config if FLAGS.mode == "train" else
               sweep_config.config_for_workdir(FLAGS.config, FLAGS.workdir))
+    # Compiled programs from earlier runs (training/compilation_cache.py).
+    compilation_cache.enable(config.train.get("compilation_cache", "auto"))
     if FLAGS.mode == "heatmap":
       folder, paths = heatmaps.write_heatmaps(
           config, FLAGS.workdir, FLAGS.step, FLAGS.heatmap_method,

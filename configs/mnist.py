@@ -70,6 +70,10 @@ def get_config():
   # >0: after this step, stop as if SIGTERM had arrived (checkpoint, exit
   # status 143); the next launch resumes. For tests and time-boxed jobs.
   config.train.stop_after_steps = 0
+  # JAX's persistent compilation cache (training/compilation_cache.py):
+  # 'auto' ~/.cache/cnn_jax/jax_compilation (or $CNN_JAX_COMPILATION_CACHE),
+  # 'off', or a folder. A repeated or resumed run skips compiling.
+  config.train.compilation_cache = "auto"
 
   # Devices: each global batch is split over them (data parallel), the
   # state replicated; with several processes (launch.py --distributed),

@@ -32,7 +32,10 @@ def get_config():
   config.train.label_smoothing = 0.05
   config.train.eval_every_epochs = 4  # evaluate once, at the end
   # 6 steps per jitted call: 234 steps per epoch are 39 calls, all of one
-  # shape (one compile; on CPU each call is unrolled, see train.py).
+  # shape (one compile; on CPU each call is unrolled, see train.py). Of
+  # 1, 2, 3, 6 and 12 (unrolled, or a scan loop), 6 gave the least compile
+  # plus train time (`experiments/bench_startup.py --spc`, README Speed);
+  # the compilation cache pays its longer compile once per machine.
   config.train.steps_per_call = 6
   config.checkpoint.every_steps = 0  # one checkpoint, at the end
   config.checkpoint.every_seconds = 0.0

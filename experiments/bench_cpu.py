@@ -2,15 +2,16 @@
 
 The MNIST CNN (simple_cnn: conv32-pool-conv64-pool-dense256-dense10, max
 pooling, 824,458 parameters) with each of cnn_jax's convolution
-implementations (conv_impls.CONV_IMPLS) and the same network in eager PyTorch, at
-batch 32, 128 and 512; then ResNet-18 (resnet18_cifar, 32x32x3) at batch 128.
+implementations (conv_impls.CONV_IMPLS) and the same network in PyTorch,
+eager and torch.compile'd (inductor), at batch 32, 128 and 512; then ResNet-18 (resnet18_cifar, 32x32x3) at batch 128.
 One train step = forward, softmax cross-entropy, backward, SGD with momentum
 0.9, in float32 on random data (a fixed batch: no input pipeline).
 
 Every variant is built and warmed up first (XLA compiles, PyTorch settles),
 then timed in interleaved rounds within this one process, so a change in the
 machine's load hits all variants alike; the table shows the median images/s
-over rounds, the spread, and the ratio to PyTorch, plus images per CPU-second
+over rounds, the spread, and the ratio to the faster PyTorch mode (eager or
+compiled, measured in the same run), plus images per CPU-second
 (the process's CPU time, robust to other processes taking the cores).
 
   python experiments/bench_cpu.py            # about 3-4 minutes on 2 cores
@@ -142,9 +143,12 @@ def torch_resnet18_cifar(num_classes=10):
 
 
 def torch_train_step(make_model, batch, image_shape, num_classes=10, seed=0,
-                     bfloat16=False):
-  """A `run(n)` that does n eager PyTorch train steps (NCHW input); with
-  `bfloat16`, the forward pass under torch.autocast (bfloat16 on the CPU)."""
+                     bfloat16=False, compiled=False):
+  """A `run(n)` that does n PyTorch train steps (NCHW input); with
+  `bfloat16`, the forward pass under torch.autocast (bfloat16 on the CPU).
+  Eager, or with `compiled` the whole step (forward, loss, backward,
+  optimizer) as one torch.compile'd function (inductor: C++/OpenMP kernels
+  built with the machine's g++; the first call compiles)."""
   torch.manual_seed(seed)
   model = make_model()
   model.train()
@@ -154,15 +158,46 @@ def torch_train_step(make_model, batch, image_shape, num_classes=10, seed=0,
   images = torch.rand(batch, c, h, w)
   labels = torch.randint(0, num_classes, (batch,))
 
+  def step():
+    opt.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+      loss = tnn.functional.cross_entropy(model(images), labels)
+    loss.backward()
+    opt.step()
+
+  if compiled:
+    step = torch.compile(step)
+
   def run(n):
     for _ in range(n):
-      opt.zero_grad(set_to_none=True)
-      with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
-        loss = tnn.functional.cross_entropy(model(images), labels)
-      loss.backward()
-      opt.step()
+      step()
 
   return run
+
+
+def torch_runs(make_model, batch, image_shape, modes, bfloat16=False):
+  """{'torch' (eager), 'torch compile': run} for the modes asked for (with
+  ' bf16' appended under `bfloat16`)."""
+  suffix = " bf16" if bfloat16 else ""
+  runs = {}
+  if "eager" in modes:
+    runs["torch" + suffix] = torch_train_step(make_model, batch, image_shape,
+                                              bfloat16=bfloat16)
+  if "compile" in modes:
+    runs["torch compile" + suffix] = torch_train_step(
+        make_model, batch, image_shape, bfloat16=bfloat16, compiled=True)
+  return runs
+
+
+def torch_anchor(results, suffix=""):
+  """(name, img/s) of the faster PyTorch mode in `results`, or (None, None):
+  what JAX is compared with."""
+  modes = [name for name in ("torch" + suffix, "torch compile" + suffix)
+           if name in results]
+  if not modes:
+    return None, None
+  best = max(modes, key=lambda name: results[name][0])
+  return best, results[best][0]
 
 
 def measure(runs, batch, rounds, window_s, warmup_s):
@@ -194,11 +229,14 @@ def measure(runs, batch, rounds, window_s, warmup_s):
 
 
 def print_table(title, results, batch):
-  torch_speed = results.get("torch", (None,))[0]
+  """The table; 'vs torch' is against the faster PyTorch mode (eager or
+  torch.compile) of the same precision."""
   print(f"\n{title}, batch {batch}")
-  print("| variant | img/s (median) | min-max | vs torch | img per CPU-s |")
+  print("| variant | img/s (median) | min-max | vs faster torch | "
+        "img per CPU-s |")
   print("|---|---|---|---|---|")
   for name, (median, low, high, per_cpu) in results.items():
+    torch_speed = torch_anchor(results, " bf16" if "bf16" in name else "")[1]
     ratio = f"{median / torch_speed:.2f}" if torch_speed else "-"
     print(f"| {name} | {median:,.0f} | {low:,.0f}-{high:,.0f} | {ratio} | "
           f"{per_cpu:,.0f} |")
@@ -235,6 +273,10 @@ def main():
                       help="also time bfloat16 compute: JAX 'auto' with the "
                       "model in bfloat16 (float32 parameters) vs PyTorch "
                       "autocast(bfloat16)")
+  parser.add_argument("--torch_modes", default="eager,compile",
+                      help="PyTorch modes to time: eager, compile "
+                      "(torch.compile, inductor; ~1 min to compile each "
+                      "network on 2 cores); ratios are against the faster")
   parser.add_argument("--single_core", action="store_true",
                       help="pin the process to one core, PyTorch to 1 thread")
   parser.add_argument("--quick", action="store_true",
@@ -257,6 +299,7 @@ def main():
         f"; malloc: {'keep freed memory' if malloc_kept else 'glibc default'}"
         f"; load average {load_before[0]:.1f}")
   impls = args.impls.split(",")
+  modes = args.torch_modes.split(",")
   headline = {}
   for batch in (int(b) for b in args.batches.split(",")):
     runs = {}
@@ -267,42 +310,51 @@ def main():
       runs["jax auto bf16"] = jax_train_step("simple_cnn", "auto", batch,
                                              (28, 28, 1), dtype=jnp.bfloat16)
     if torch is not None:
-      runs["torch"] = torch_train_step(torch_simple_cnn, batch, (28, 28, 1))
+      runs.update(torch_runs(torch_simple_cnn, batch, (28, 28, 1), modes))
       if args.bf16:
-        runs["torch bf16"] = torch_train_step(torch_simple_cnn, batch,
-                                              (28, 28, 1), bfloat16=True)
+        runs.update(torch_runs(torch_simple_cnn, batch, (28, 28, 1), modes,
+                               bfloat16=True))
     results = measure(runs, batch, args.rounds, args.window, warmup_s=3.0)
     print_table("MNIST CNN (simple_cnn) train step", results, batch)
-    if "jax auto bf16" in results and "torch bf16" in results:
+    best_bf16 = torch_anchor(results, " bf16")[1]
+    if "jax auto bf16" in results and best_bf16:
       headline[f"ratio_bf16_b{batch}"] = round(
-          results["jax auto bf16"][0] / results["torch bf16"][0], 2)
+          results["jax auto bf16"][0] / best_bf16, 2)
     jax_auto = results.get("jax auto", next(iter(results.values())))[0]
     headline[f"jax_img_s_b{batch}"] = round(jax_auto)
     headline[f"jax_img_per_cpu_s_b{batch}"] = round(
         results.get("jax auto", next(iter(results.values())))[3])
-    if "torch" in results:
-      headline[f"torch_img_s_b{batch}"] = round(results["torch"][0])
-      headline[f"torch_img_per_cpu_s_b{batch}"] = round(results["torch"][3])
-      headline[f"ratio_b{batch}"] = round(jax_auto / results["torch"][0], 2)
+    best, best_speed = torch_anchor(results)
+    if best:
+      for name, key in (("torch", "torch_eager"),
+                        ("torch compile", "torch_compile")):
+        if name in results:
+          headline[f"{key}_img_s_b{batch}"] = round(results[name][0])
+      headline[f"torch_img_per_cpu_s_b{batch}"] = round(results[best][3])
+      headline[f"torch_best_b{batch}"] = best
+      headline[f"ratio_b{batch}"] = round(jax_auto / best_speed, 2)
   if args.resnet_batch:
     batch = args.resnet_batch
     runs = {f"jax {impl}": jax_train_step("resnet18_cifar", impl, batch,
                                           (32, 32, 3))
             for impl in ("xla", "auto")}
     if torch is not None:
-      runs["torch"] = torch_train_step(torch_resnet18_cifar, batch,
-                                       (32, 32, 3))
+      runs.update(torch_runs(torch_resnet18_cifar, batch, (32, 32, 3), modes))
     results = measure(runs, batch, rounds=3, window_s=1.0, warmup_s=0.0)
     print_table("ResNet-18 (resnet18_cifar, 32x32x3) train step", results,
                 batch)
     headline["resnet18_jax_img_s"] = round(results["jax auto"][0], 1)
-    if "torch" in results:
-      headline["resnet18_torch_img_s"] = round(results["torch"][0], 1)
-      headline["resnet18_ratio"] = round(
-          results["jax auto"][0] / results["torch"][0], 2)
+    best, best_speed = torch_anchor(results)
+    if best:
+      for name, key in (("torch", "eager"), ("torch compile", "compile")):
+        if name in results:
+          headline[f"resnet18_torch_{key}_img_s"] = round(results[name][0], 1)
+      headline["resnet18_torch_best"] = best
+      headline["resnet18_ratio"] = round(results["jax auto"][0] / best_speed,
+                                         2)
   headline.update(
       cpu=cpu_name(), threads=threads, jax=jax.__version__,
-      torch=torch.__version__ if torch else None,
+      torch=torch.__version__ if torch else None, torch_modes=modes,
       malloc="keep" if malloc_kept else "default",
       load_avg=[round(load_before[0], 1), round(os.getloadavg()[0], 1)],
       seconds=round(time.time() - start))

@@ -88,8 +88,8 @@ RESULT_FILES = ("summary.json", "metrics.jsonl", "checkpoints", CONFIG_FILE)
 # data.workers and data.prefetch: the Grain pipeline's batches do not depend
 # on them (data/grain_pipeline.py).
 RESUMABLE_KEYS = ("train.log_every_steps", "train.eval_every_epochs",
-                  "train.stop_after_steps", "checkpoint", "mesh",
-                  "data.workers", "data.prefetch")
+                  "train.stop_after_steps", "train.compilation_cache",
+                  "checkpoint", "mesh", "data.workers", "data.prefetch")
 
 
 def read_summary(workdir):

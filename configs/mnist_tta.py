@@ -1,0 +1,27 @@
+"""MNIST to 99.5%: configs/mnist_fast.py with random translation, 10 epochs.
+
+Run (from the repository root, bundled data, offline):
+  python launch.py --config configs/mnist_tta.py --workdir runs/mnist_tta
+
+The recipe experiments/bench_tta.py compares with PyTorch for time to
+99.4% and 99.5% test accuracy. configs/mnist_fast.py tops out near 99.4%
+(99.40% after 4 epochs, 99.46% after 6 with translation); shifting each
+training digit by up to 2 pixels (config.data.augment.crop_padding, zero
+fill, on device) and a 10-epoch one-cycle schedule take it past 99.5%.
+
+Measured on a 2-core AMD EPYC Zen 5 shared with other jobs (load 6-11;
+seed 0, --config.train.eval_every_epochs=1): test accuracy after epochs
+1-10: 98.90, 99.02, 99.30, 99.30, 99.42, 99.53, 99.59, 99.57, 99.60,
+99.57%; 649 s wall for the 10 epochs under that load. One seed only: the
+3-seed mean is experiments/bench_tta.py's to measure.
+"""
+
+from configs import mnist_fast
+
+
+def get_config():
+  config = mnist_fast.get_config()
+  config.data.augment.crop_padding = 2  # random shifts of up to 2 pixels
+  config.train.num_epochs = 10
+  config.train.eval_every_epochs = 10  # once, at the end
+  return config

@@ -1,0 +1,423 @@
+"""Time to accuracy on MNIST: cnn_jax against PyTorch on this machine.
+
+Three runs per seed, each a new process started by this script, one after
+another (seeds interleaved, so a change in the machine's load hits all):
+  cnn_jax:        `launch.py --config <recipe>` (default configs/mnist_tta.py:
+                  configs/mnist_fast.py with random 2-pixel shifts and 10
+                  epochs), evaluated after every epoch; compilation
+                  cache off: every program is compiled, as on a first run;
+  torch same:     the same network, initialisation scheme, optimizer,
+                  schedule, label smoothing, augmentation, batch size and
+                  epochs, read from the same config file and written in
+                  PyTorch here (dropout and random-crop translation
+                  included; eager, and with --torch_modes
+                  eager,compile also the model under torch.compile);
+  torch own:      PyTorch's own recipe for the task: the network with
+                  BatchNorm, AdamW with torch's OneCycleLR (max_lr 3e-3),
+                  batch 128, 4 epochs (a standard recipe, not tuned here).
+Each evaluates all 10,000 test images after every epoch; the time of an
+epoch's evaluation is counted from the process's first statement. The
+table gives, per run, the first time it reached 99.4% and 99.5% test
+accuracy ('-': not reached), with the CPU (lscpu's model name and the
+instruction sets that matter) in every row, then the means over seeds and
+cnn_jax's time to 99.4% over the faster PyTorch mode of the same recipe.
+
+  python experiments/bench_tta.py                  # 3 seeds: ~40-60 min, 2 idle cores
+  python experiments/bench_tta.py --quick          # 1 seed, 2 epochs, eager
+  python experiments/bench_tta.py --seeds 3 --recipe configs/mnist_tta.py \
+      --torch_modes eager,compile
+
+PyTorch is optional (the CPU wheel); without it only cnn_jax runs. The last
+line is one JSON object with the headline figures.
+"""
+
+import time
+
+_START = time.perf_counter()  # this process's start, for --worker runs
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import argparse
+import gzip
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGETS = (0.994, 0.995)
+# Printed by every run after each evaluation: epoch, accuracy, seconds.
+MARK = "tta epoch"
+
+# launch.py's main, with each test evaluation printed with its time from the
+# process's first statement.
+_JAX_RUN = """
+import time
+START = time.perf_counter()
+import sys
+from absl import app
+import launch
+from cnn_jax.runs import writers
+_write = writers.MetricWriter.write
+
+def _timed_write(self, step, split, metrics):
+  _write(self, step, split, metrics)
+  if split == "test":
+    print(f"%s {metrics['epoch']} {metrics['accuracy']} "
+          f"{time.perf_counter() - START}", flush=True)
+
+writers.MetricWriter.write = _timed_write
+sys.argv[0] = "launch.py"
+app.run(launch.main, flags_parser=launch.parse_flags)
+""" % MARK
+
+
+def cpu_description():
+  """lscpu's model name, family/model, and the ISA extensions that decide
+  which kernels oneDNN, XLA and PyTorch run."""
+  info = {}
+  try:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True,
+                         check=True).stdout
+    for line in out.splitlines():
+      key, _, value = line.partition(":")
+      info[key.strip()] = value.strip()
+  except (OSError, subprocess.CalledProcessError):
+    pass
+  flags = set(info.get("Flags", "").split())
+  isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni",
+                     "amx_bf16", "amx_tile") if f in flags]
+  if not any(f.startswith("amx") for f in flags):
+    isa.append("no AMX")
+  name = info.get("Model name", "unknown CPU")
+  family = (f"family {info['CPU family']} model {info['Model']}"
+            if "CPU family" in info and "Model" in info else "")
+  cores = len(os.sched_getaffinity(0))
+  return f"{name} ({family}; {' '.join(isa)}; {cores} cores)"
+
+
+# ---------------------------------------------------------------- PyTorch side
+
+
+def read_idx(path):
+  with gzip.open(path, "rb") as f:
+    data = f.read()
+  ndim = data[3]
+  shape = np.frombuffer(data, ">u4", ndim, 4)
+  return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def load_mnist(data_dir):
+  def part(prefix):
+    images = read_idx(os.path.join(data_dir, f"{prefix}-images-idx3-ubyte.gz"))
+    labels = read_idx(os.path.join(data_dir, f"{prefix}-labels-idx1-ubyte.gz"))
+    return images, labels.astype(np.int64)
+
+  return part("train"), part("t10k")
+
+
+def onecycle(step, total, peak, pct_start, div=25.0, final_div=1e4):
+  """optax.cosine_onecycle_schedule's value at `step` (what cnn_jax's
+  'one_cycle' schedule is)."""
+  boundary = int(pct_start * total)
+  start, end = peak / div, peak / div / final_div
+
+  def interpolate(a, b, fraction):
+    return b + (a - b) / 2 * (math.cos(math.pi * fraction) + 1)
+
+  if step < boundary:
+    return interpolate(start, peak, step / boundary)
+  return interpolate(peak, end, min(1.0, (step - boundary)
+                                    / max(total - boundary, 1)))
+
+
+def torch_recipe(kind, recipe_path, epochs):
+  """The recipe a torch worker trains: 'same' reads the cnn_jax config."""
+  if kind == "own":
+    return {"batchnorm": True, "dropout": 0.0, "batch": 128,
+            "epochs": epochs or 4,
+            "optim": "adamw", "lr": 3e-3, "weight_decay": 1e-4,
+            "schedule": "torch_onecycle", "label_smoothing": 0.0,
+            "crop_padding": 0, "warmup_epochs": None}
+  sys.path.insert(0, REPO)
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("recipe", recipe_path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  unsupported = [
+      f"{k}={v!r}" for k, v in (
+          ("model.name", config.model.name), ("optim.name", config.optim.name),
+          ("optim.schedule", config.optim.schedule),
+          ("optim.grad_clip_norm", config.optim.grad_clip_norm))
+      if not {"model.name": v == "simple_cnn",
+              "optim.name": v in ("adamw", "nesterov", "momentum"),
+              "optim.schedule": v == "one_cycle",
+              "optim.grad_clip_norm": not v}[k]]
+  augment = {k: v for k, v in config.data.augment.to_dict().items()
+             if k != "crop_padding" and v}
+  if unsupported or augment:
+    raise SystemExit(f"{recipe_path}: the PyTorch twin does not implement "
+                     f"{', '.join(unsupported + list(augment))}")
+  return {"batchnorm": config.model.use_batchnorm,
+          "dropout": config.model.dropout_rate,
+          "batch": config.data.batch_size,
+          "epochs": epochs or config.train.num_epochs,
+          "optim": config.optim.name, "lr": config.optim.learning_rate,
+          "weight_decay": config.optim.weight_decay,
+          "b1": config.optim.b1, "b2": config.optim.b2,
+          "momentum": config.optim.momentum,
+          "schedule": "one_cycle",
+          "warmup_epochs": config.optim.warmup_epochs,
+          "label_smoothing": config.train.label_smoothing,
+          "crop_padding": config.data.augment.crop_padding}
+
+
+def torch_model(recipe, flax_init):
+  """simple_cnn in PyTorch (NCHW), with BatchNorm and dropout as `recipe`
+  says; `flax_init`: flax's default initialisation (lecun_normal kernels
+  truncated at 2 standard deviations, zero biases) instead of torch's."""
+  import torch  # pylint: disable=unused-import
+  from torch import nn
+  bn = recipe["batchnorm"]
+
+  def block(c_in, c_out):
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=not bn),
+            *([nn.BatchNorm2d(c_out, momentum=0.1)] if bn else []),
+            nn.ReLU(), nn.MaxPool2d(2)]
+
+  model = nn.Sequential(*block(1, 32), *block(32, 64), nn.Flatten(),
+                        nn.Linear(3136, 256), nn.ReLU(),
+                        nn.Dropout(recipe["dropout"]), nn.Linear(256, 10))
+  if flax_init:
+    for layer in model:
+      if isinstance(layer, (nn.Conv2d, nn.Linear)):
+        fan_in = layer.weight[0].numel()
+        std = math.sqrt(1.0 / fan_in) / .87962566103423978
+        nn.init.trunc_normal_(layer.weight, 0.0, std, -2 * std, 2 * std)
+        if layer.bias is not None:
+          nn.init.zeros_(layer.bias)
+  return model
+
+
+def torch_worker(kind, recipe_path, seed, epochs, mode):
+  """Trains the recipe in PyTorch, printing MARK lines after each epoch."""
+  import torch
+  from torch import nn
+  torch.set_num_threads(len(os.sched_getaffinity(0)))
+  recipe = torch_recipe(kind, recipe_path, epochs)
+  torch.manual_seed(seed)
+  rng = np.random.default_rng(seed)
+  (train_x, train_y), (test_x, test_y) = load_mnist(
+      os.path.join(REPO, "data", "mnist"))
+  mean = float(train_x.mean() / 255.0)
+  std = float(train_x.std() / 255.0)
+  train_x = torch.from_numpy(train_x.copy()).unsqueeze(1)  # uint8 [N,1,28,28]
+  train_y = torch.from_numpy(train_y.copy())
+  test_x = (torch.from_numpy(test_x.copy()).unsqueeze(1).float() / 255.0
+            - mean) / std
+  test_y = torch.from_numpy(test_y.copy())
+
+  model = torch_model(recipe, flax_init=kind == "same")
+  batch, num_epochs = recipe["batch"], recipe["epochs"]
+  steps_per_epoch = len(train_x) // batch
+  total = steps_per_epoch * num_epochs
+  if recipe["optim"] == "adamw":
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"],
+                            betas=(recipe.get("b1", 0.9), recipe.get("b2", 0.999)),
+                            weight_decay=recipe["weight_decay"])
+  else:
+    opt = torch.optim.SGD(model.parameters(), lr=recipe["lr"],
+                          momentum=recipe["momentum"],
+                          nesterov=recipe["optim"] == "nesterov",
+                          weight_decay=recipe["weight_decay"])
+  if recipe["schedule"] == "torch_onecycle":
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=recipe["lr"], total_steps=total)
+    set_lr = lambda step: None
+  else:
+    scheduler = None
+    warmup = int(round(recipe["warmup_epochs"] * steps_per_epoch))
+    pct = warmup / total if warmup else 0.25
+
+    def set_lr(step):
+      for group in opt.param_groups:
+        group["lr"] = onecycle(step, total, recipe["lr"], pct)
+
+  forward = torch.compile(model) if mode == "compile" else model
+  pad = recipe["crop_padding"]
+  loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe["label_smoothing"])
+  rows = torch.arange(28)
+  step = 0
+  for epoch in range(1, num_epochs + 1):
+    model.train()
+    order = torch.from_numpy(rng.permutation(len(train_x)))
+    for i in range(steps_per_epoch):
+      index = order[i * batch:(i + 1) * batch]
+      images = train_x[index].float()
+      if pad:  # random translation by up to `pad` pixels, zero fill
+        padded = nn.functional.pad(images, (pad,) * 4)
+        dy = torch.randint(0, 2 * pad + 1, (batch, 1, 1))
+        dx = torch.randint(0, 2 * pad + 1, (batch, 1, 1))
+        images = padded[torch.arange(batch)[:, None, None], 0,
+                        dy + rows[None, :, None],
+                        dx + rows[None, None, :]].unsqueeze(1)
+      images = (images / 255.0 - mean) / std
+      set_lr(step)
+      opt.zero_grad(set_to_none=True)
+      loss = loss_fn(forward(images), train_y[index])
+      loss.backward()
+      opt.step()
+      if scheduler is not None:
+        scheduler.step()
+      step += 1
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+      for i in range(0, len(test_x), 1000):
+        correct += int((forward(test_x[i:i + 1000]).argmax(1)
+                        == test_y[i:i + 1000]).sum())
+    print(f"{MARK} {epoch} {correct / len(test_x)} "
+          f"{time.perf_counter() - _START}", flush=True)
+
+
+# ---------------------------------------------------------------- the driver
+
+
+def run(command, env=None):
+  """[(epoch, accuracy, seconds)] of one run's MARK lines."""
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                          check=False, env=env, timeout=7200)
+  if result.returncode != 0:
+    raise RuntimeError(f"{' '.join(command[:4])}... exited with "
+                       f"{result.returncode}: {result.stderr[-2000:]}")
+  return [(int(float(w[2])), float(w[3]), float(w[4]))
+          for w in (line.split() for line in result.stdout.splitlines()
+                    if line.startswith(MARK))]
+
+
+def first_reaching(curve, target):
+  return next((t for _, accuracy, t in curve if accuracy >= target), None)
+
+
+def show(seconds):
+  return "-" if seconds is None else f"{seconds:.1f} s"
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--seeds", type=int, default=3,
+                      help="how many seeds (0, 1, ...) each run is trained with")
+  parser.add_argument("--recipe", default="configs/mnist_tta.py",
+                      help="cnn_jax's config (and the PyTorch twin's recipe)")
+  parser.add_argument("--epochs", type=int, default=0,
+                      help="0: the recipe's; else every run's epochs")
+  parser.add_argument("--torch_modes", default="eager",
+                      help="modes of the same-recipe PyTorch run: eager, "
+                      "compile (torch.compile of the model), or both")
+  parser.add_argument("--no_torch_own", action="store_true",
+                      help="skip PyTorch's own recipe")
+  parser.add_argument("--quick", action="store_true",
+                      help="seed 0 only, 2 epochs, PyTorch eager")
+  parser.add_argument("--worker", choices=("same", "own"),
+                      help=argparse.SUPPRESS)
+  parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+  parser.add_argument("--mode", default="eager", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.worker:
+    torch_worker(args.worker, os.path.join(REPO, args.recipe), args.seed,
+                 args.epochs, args.mode)
+    return
+  if args.quick:
+    args.seeds, args.epochs, args.torch_modes = 1, args.epochs or 2, "eager"
+  seeds = list(range(args.seeds))
+  try:
+    import torch  # pylint: disable=unused-import
+    have_torch = True
+  except ImportError:
+    have_torch = False
+  cpu = cpu_description()
+  load_before = os.getloadavg()
+  print(f"cpu: {cpu}; load average {load_before[0]:.1f}; recipe "
+        f"{args.recipe}; seeds {seeds}"
+        + ("" if have_torch else "; torch not installed: its runs skipped"),
+        flush=True)
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("JAX_COMPILATION_CACHE_DIR", "XLA_FLAGS")}
+  env["PYTHONPATH"] = REPO
+  contenders = {"cnn_jax": None}
+  if have_torch:
+    for mode in args.torch_modes.split(","):
+      contenders[f"torch same ({mode})"] = ("same", mode)
+    if not args.no_torch_own:
+      contenders["torch own (eager)"] = ("own", "eager")
+  curves = {name: {} for name in contenders}
+  print("\n| run | seed | CPU | epochs | final test acc | to 99.4% | "
+        "to 99.5% | last eval at |")
+  print("|---|---|---|---|---|---|---|---|")
+  with tempfile.TemporaryDirectory() as scratch:
+    for seed in seeds:
+      for name, torch_run in contenders.items():
+        if torch_run is None:
+          command = [sys.executable, "-c", _JAX_RUN,
+                     f"--config={args.recipe}",
+                     f"--workdir={os.path.join(scratch, f'jax{seed}')}",
+                     f"--config.seed={seed}",
+                     "--config.train.eval_every_epochs=1",
+                     "--config.train.compilation_cache=off"]
+          if args.epochs:
+            command.append(f"--config.train.num_epochs={args.epochs}")
+        else:
+          kind, mode = torch_run
+          command = [sys.executable, os.path.abspath(__file__),
+                     f"--worker={kind}", f"--mode={mode}", f"--seed={seed}",
+                     f"--recipe={args.recipe}",
+                     f"--epochs={args.epochs}"]
+        curve = run(command, env)
+        curves[name][seed] = curve
+        print(f"| {name} | {seed} | {cpu} | {len(curve)} | "
+              f"{curve[-1][1]:.4f} | {show(first_reaching(curve, 0.994))} | "
+              f"{show(first_reaching(curve, 0.995))} | "
+              f"{curve[-1][2]:.1f} s |", flush=True)
+  headline = {}
+  print("\n| run | CPU | seeds | mean final acc | mean to 99.4% | "
+        "mean to 99.5% | to 99.4% vs torch same |")
+  print("|---|---|---|---|---|---|---|")
+  means = {}
+  for name, by_seed in curves.items():
+    finals = [c[-1][1] for c in by_seed.values()]
+    row = {"final": float(np.mean(finals))}
+    for target in TARGETS:
+      times = [first_reaching(c, target) for c in by_seed.values()]
+      # A mean only when every seed got there.
+      row[target] = (None if None in times else float(np.mean(times)))
+    means[name] = row
+  torch_same = [row[0.994] for name, row in means.items()
+                if name.startswith("torch same") and row[0.994] is not None]
+  anchor = min(torch_same) if torch_same else None
+  for name, row in means.items():
+    ratio = ("-" if anchor is None or row[0.994] is None
+             else f"{row[0.994] / anchor:.2f}")
+    print(f"| {name} | {cpu} | {len(curves[name])} | {row['final']:.4f} | "
+          f"{show(row[0.994])} | {show(row[0.995])} | {ratio} |")
+    key = name.split(" (")[0].replace(" ", "_") + (
+        "" if "(" not in name or name.startswith("torch own")
+        else "_" + name.split("(")[1].rstrip(")"))
+    headline[f"{key}_final_acc"] = round(row["final"], 4)
+    headline[f"{key}_to_99.4_s"] = row[0.994] and round(row[0.994], 1)
+    headline[f"{key}_to_99.5_s"] = row[0.995] and round(row[0.995], 1)
+  if anchor is not None and means["cnn_jax"][0.994] is not None:
+    headline["ratio_to_99.4_vs_torch_same"] = round(
+        means["cnn_jax"][0.994] / anchor, 2)
+  headline.update(recipe=args.recipe, seeds=seeds, cpu=cpu,
+                  load_avg=[round(load_before[0], 1),
+                            round(os.getloadavg()[0], 1)],
+                  seconds=round(time.perf_counter() - _START))
+  print(json.dumps(headline))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,52 @@
+"""experiments/bench_tta.py's PyTorch twin follows cnn_jax's recipe: the
+one-cycle schedule, the config's values, the network's size."""
+
+import importlib.util
+import os
+
+import numpy as np
+import optax
+import pytest
+
+from cnn_jax.training import optim
+from configs import mnist_fast
+from experiments import bench_tta
+from tests.conftest import REPO
+
+
+def test_onecycle_is_cnn_jax_schedule():
+  config = mnist_fast.get_config()
+  steps_per_epoch = 234
+  total = config.train.num_epochs * steps_per_epoch
+  schedule = optim.make_schedule(config.optim, total, steps_per_epoch)
+  pct = round(config.optim.warmup_epochs * steps_per_epoch) / total
+  for step in (0, 1, 70, 139, 140, 141, 500, total - 1, total):
+    np.testing.assert_allclose(
+        bench_tta.onecycle(step, total, config.optim.learning_rate, pct),
+        float(schedule(step)), rtol=1e-5, atol=1e-10)
+  # and optax's schedule is what cnn_jax's is, scaled by the peak
+  np.testing.assert_allclose(
+      float(schedule(300)), config.optim.learning_rate * float(
+          optax.cosine_onecycle_schedule(total, 1.0, pct)(300)), rtol=1e-6)
+
+
+def test_same_recipe_is_read_from_the_config():
+  recipe = bench_tta.torch_recipe(
+      "same", os.path.join(REPO, "configs", "mnist_fast.py"), 0)
+  config = mnist_fast.get_config()
+  assert (recipe["batch"], recipe["epochs"], recipe["lr"],
+          recipe["label_smoothing"], recipe["warmup_epochs"]) == (
+              config.data.batch_size, config.train.num_epochs,
+              config.optim.learning_rate, config.train.label_smoothing,
+              config.optim.warmup_epochs)
+  # --epochs (as --quick sets it) overrides the config's.
+  assert bench_tta.torch_recipe(
+      "same", os.path.join(REPO, "configs", "mnist_fast.py"), 2)["epochs"] == 2
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                    reason="torch not installed")
+def test_twin_has_the_network_size():
+  model = bench_tta.torch_model({"batchnorm": False, "dropout": 0.0},
+                                flax_init=True)
+  assert sum(p.numel() for p in model.parameters()) == 824_458
