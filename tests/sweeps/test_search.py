@@ -299,6 +299,18 @@ def test_halving_search_selects_on_val_and_tests_once_at_the_end(
   assert best.to_dict() == sweep_config.resolved_config(
       config, best_values).to_dict()
   assert best.model.features == (8, 16)  # tuples stay tuples
+  # The report: trials ranked, rungs, one figure per hyperparameter.
+  from cnn_jax.reports import entry  # pylint: disable=g-import-not-at-top
+  from cnn_jax.reports import plotting  # pylint: disable=g-import-not-at-top
+  path = entry.write_report(workdir)
+  with open(path) as f:
+    text = f.read()
+  assert "# Search report" in text and "## Rungs" in text
+  stopped = sum(t["status"] == "stopped" for t in trials)
+  assert f"- step 7: {stopped} trials stopped" in text
+  for name in ("optim_learning_rate", "model_dropout_rate"):
+    png = os.path.join(os.path.dirname(path), f"search_{name}.png")
+    assert plotting.png_size(png) == (700, 400)
   with pytest.raises(search.search_outputs.workdirs.WorkdirInUseError):
     search.train_and_evaluate(config, workdir)
 
