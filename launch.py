@@ -28,6 +28,7 @@ from cnn_jax import config_file
 from cnn_jax.reports import entry as report_entry
 from cnn_jax.reports import heatmaps
 from cnn_jax.sweeps import search
+from cnn_jax.sweeps import search_settings
 from cnn_jax.sweeps import sweep
 from cnn_jax.sweeps import sweep_config
 from cnn_jax.training import preemption
@@ -125,7 +126,7 @@ def main(argv):
             f"{results['test_accuracy']:.4f}, test loss "
             f"{results['test_loss']:.4f}; written to {path}")
       return 0
-    if search.is_search(config):  # random / halving / pbt in one program
+    if search_settings.is_search(config):  # random / halving / pbt in one program
       summary = search.train_and_evaluate(config, FLAGS.workdir)
       print(f"best: trial {summary['best_trial']}, validation accuracy "
             f"{summary['val_accuracy']:.4f} (test "

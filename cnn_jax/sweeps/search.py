@@ -25,8 +25,9 @@ every slot's epochs end on the same steps.
 Selection reads only the validation split (config.data.val_fraction holds
 one out of train when the data has none); the test split is evaluated once,
 after the search, for the trials whose final states are kept (the best
-`sweep.keep` finished ones; every member for PBT). Outputs: search_outputs.py.
-Not resumable: a killed search is restarted in a new workdir.
+3 finished ones; every member for PBT). Outputs: search_outputs.py.
+Rerunning the same command after a kill resumes from the last epoch end
+(search_resume.py): the same trials, decisions and final ranking.
 """
 
 import functools
@@ -43,6 +44,8 @@ from cnn_jax.data import load_splits
 from cnn_jax.runs import writers
 from cnn_jax.sweeps import parallel
 from cnn_jax.sweeps import search_outputs
+from cnn_jax.sweeps import search_resume
+from cnn_jax.sweeps import search_settings
 from cnn_jax.sweeps import search_space
 from cnn_jax.sweeps import search_steps
 from cnn_jax.sweeps import search_trials
@@ -51,78 +54,6 @@ from cnn_jax.sweeps import sweep_steps
 from cnn_jax.tasks import CLASSIFICATION
 from cnn_jax.training import optim
 from cnn_jax.training import steps
-
-SEARCHES = ("random", "halving", "pbt")
-HALVING_DEFAULTS = {"rungs": (1,), "eta": 2}
-PBT_DEFAULTS = {"every_steps": 100, "quantile": 0.25, "factors": (0.8, 1.2)}
-
-
-def is_search(config):
-  return "sweep" in config and sweep_config.search_kind(config) in SEARCHES
-
-
-def _section(config, name, defaults):
-  given = config.sweep.get(name) or {}
-  unknown = sorted(set(given) - set(defaults))
-  if unknown:
-    raise ValueError(f"config.sweep.{name} has unknown keys: "
-                     f"{', '.join(unknown)} (known: {', '.join(defaults)})")
-  return {**defaults, **dict(given)}
-
-
-def settings(config):
-  """The search's checked settings (a dict); errors name the config key."""
-  kind = sweep_config.search_kind(config)
-  sweep_section = config.sweep
-  space = search_space.parse(sweep_section.get("space"))
-  sweep_config.check_keys(config, space, "config.sweep.space", sections=())
-  slots = sweep_section.get("slots", 0)
-  if slots < 1:
-    raise ValueError(f"config.sweep.slots={slots} must be >= 1 (trials "
-                     "trained at once)")
-  trials = sweep_section.get("trials", 0) or slots
-  if trials < slots and kind != "pbt":
-    raise ValueError(f"config.sweep.trials={trials} is fewer than "
-                     f"config.sweep.slots={slots}")
-  metric = sweep_section.get("metric", "accuracy")
-  if metric not in ("accuracy", "loss"):
-    raise ValueError(f"config.sweep.metric={metric!r} is not 'accuracy' or "
-                     "'loss' (on the validation split)")
-  found = {"kind": kind, "space": space, "slots": slots, "trials": trials,
-           "seed": sweep_section.get("search_seed", 0), "metric": metric,
-           "keep": 3}
-  epochs = config.train.num_epochs
-  if kind == "halving":
-    halving = _section(config, "halving", HALVING_DEFAULTS)
-    rungs = tuple(int(r) for r in halving["rungs"])
-    if not rungs or list(rungs) != sorted(set(rungs)) or rungs[0] < 1 or (
-        rungs[-1] >= epochs):
-      raise ValueError(f"config.sweep.halving.rungs={rungs} must be rising "
-                       f"epochs in [1, config.train.num_epochs={epochs})")
-    if halving["eta"] < 2:
-      raise ValueError(f"config.sweep.halving.eta={halving['eta']} must be "
-                       ">= 2 (keep the top 1/eta at each rung)")
-    found["halving"] = {"rungs": rungs, "eta": int(halving["eta"])}
-  if kind == "pbt":
-    pbt = _section(config, "pbt", PBT_DEFAULTS)
-    if not 0.0 < pbt["quantile"] <= 0.5:
-      raise ValueError(f"config.sweep.pbt.quantile={pbt['quantile']} is not "
-                       "in (0, 0.5]")
-    if pbt["every_steps"] < 1:
-      raise ValueError(f"config.sweep.pbt.every_steps={pbt['every_steps']} "
-                       "must be >= 1")
-    perturbed = [n for n in space if search_steps.is_per_step(n)]
-    if not perturbed:
-      raise ValueError("config.sweep.space has no key PBT can change during "
-                       "training (optim.*, model.dropout_rate, "
-                       "train.label_smoothing)")
-    found["pbt"] = {"every_steps": int(pbt["every_steps"]),
-                    "quantile": float(pbt["quantile"]),
-                    "factors": tuple(float(f) for f in pbt["factors"]),
-                    "perturbed": perturbed}
-    found["trials"] = slots
-  return found
-
 
 def evaluate_split(split, p_eval_step, states, dataset, batch_size, sharding):
   """Per-member metrics [{'accuracy', 'loss', 'count'}] of stacked `states`
@@ -136,54 +67,6 @@ def evaluate_split(split, p_eval_step, states, dataset, batch_size, sharding):
   totals = jax.device_get(totals)
   return [CLASSIFICATION.finalize({k: v[i] for k, v in totals.items()})
           for i in range(len(totals["count"]))]
-
-
-class _Slots:
-  """The K slots on the host: each one's trial, config, and data iterator."""
-
-  def __init__(self, config, found, train_set, batch_size):
-    self.config, self.found = config, found
-    self.train_set, self.batch_size = train_set, batch_size
-    self.trials, self.next_id = [], 0
-    self.current = [None] * found["slots"]  # Trial per slot (None: idle)
-    self.configs = [None] * found["slots"]
-    self.iterators = [None] * found["slots"]
-
-  def start(self, slot, values=None, parent=None, step=0):
-    """A new trial in `slot` (sampled unless `values` are given)."""
-    trial_id = self.next_id
-    self.next_id += 1
-    if values is None:
-      values = search_space.sample(self.found["space"], self.found["seed"],
-                                   trial_id)
-    cfg = sweep_config.resolved_config(self.config, values)
-    trial = search_trials.Trial(trial_id, values, slot, start_step=step,
-                                parent=parent)
-    if parent is not None:
-      trial.trajectory = list(self.trials[parent].trajectory)
-    trial.trajectory.append((step, {k: v for k, v in values.items()
-                                    if k != "seed"}))
-    self.trials.append(trial)
-    self.current[slot], self.configs[slot] = trial, cfg
-    if parent is None:
-      self.iterators[slot] = batching.train_batches(
-          self.train_set, self.batch_size, cfg.seed)
-    return trial
-
-  def stop(self, slot, status, step):
-    trial = self.current[slot]
-    trial.status, trial.stop_step = status, step
-    self.current[slot] = None
-    return trial
-
-  def batch(self):
-    """{'image': [K, B, ...], 'label': [K, B]}: each active slot's next
-    batch; an idle slot repeats the first active one's (masked out)."""
-    batches = [None if it is None or t is None else next(it)[1]
-               for it, t in zip(self.iterators, self.current)]
-    first = next(b for b in batches if b is not None)
-    batches = [first if b is None else b for b in batches]
-    return {k: np.stack([b[k] for b in batches]) for k in first}
 
 
 def _compile(program, augment_configs, vary_dropout, mean, std, slots, width,
@@ -219,7 +102,7 @@ def _check_base(base, splits):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   """Runs the search `config` into `workdir`; returns its summary dict."""
   start_time = time.time()
-  found = settings(config)
+  found = search_settings.settings(config)
   kind, metric, slots_count = found["kind"], found["metric"], found["slots"]
   probe = sweep_config.resolved_config(
       config, search_space.sample(found["space"], found["seed"], 0))
@@ -252,8 +135,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       f"train, {len(val_set)} val (selection), {len(test_set)} test (once, "
       "at the end)")
 
-  host = _Slots(config, found, train_set, batch_size)
-  for slot in range(slots_count):
+  host = search_trials.Slots(config, found, train_set, batch_size)
+  for slot in range(min(slots_count, found["trials"])):
     host.start(slot)
 
   def fresh_states():
@@ -269,60 +152,68 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
              if kind == "halving" else None)
   rng = np.random.default_rng([found["seed"], 1])  # PBT's choices
   kept = {}  # trial id -> host copy of its final state (best `keep`)
-  slot_steps = np.zeros(slots_count, np.int64)
   member_steps, step = 0, 0
+  if search_resume.can_resume(workdir):
+    states, meta = search_resume.restore(workdir, states, config.to_dict())
+    states = jax.device_put(states, on_members)
+    host.restore(meta["slots"])
+    if halving is not None:
+      halving.restore(meta["halving"])
+    rng.bit_generator.state = meta["rng"]
+    step, member_steps = meta["step"], meta["member_steps_total"]
+    kept = search_resume.restore_kept(workdir, meta["kept"], states)
+    hparams = jax.device_put(sweep_steps.hyperparameter_arrays(
+        [c or probe for c in host.configs], augment_configs), on_members)
+    writers.report(f"resuming the search at step {step} ({host.next_id} "
+                   "trials started)")
   bar = writers.progress_bar(None)
   try:
     while any(t is not None for t in host.current):
-      active = np.asarray([t is not None for t in host.current])
+      active = host.active()
       states, updated, _ = p_train(
           states, jax.device_put(jnp.asarray(active), on_members),
           host.batch(), hparams)
       step += 1
-      slot_steps += active
+      host.steps += active
       member_steps += int(active.sum())
       bar.update(1)
       updated = np.asarray(jax.device_get(updated))
       for slot in np.nonzero(active & ~updated)[0]:
-        trial = host.stop(int(slot), "diverged", int(slot_steps[slot]))
+        trial = host.stop(int(slot), "diverged", int(host.steps[slot]))
         writers.report(f"trial {trial.id} (slot {slot}) diverged at step "
                        f"{trial.stop_step}")
       epoch_end = step % per_epoch == 0
       pbt_due = kind == "pbt" and step % found["pbt"]["every_steps"] == 0
       if not (epoch_end or pbt_due):
-        if not any(t is not None for t in host.current):
-          break
         continue
       results = evaluate("val", states=states, dataset=val_set)
       for slot, trial in enumerate(host.current):
         if trial is not None:
-          trial.val.append((int(slot_steps[slot]), results[slot]))
-      if kind == "pbt":
-        if pbt_due and step < total_steps:
-          states, hparams = _exploit(host, states, hparams, found, rng,
-                                     slot_steps, metric)
+          trial.val.append((int(host.steps[slot]), results[slot]))
+      if pbt_due and step < total_steps:
+        states, hparams = _exploit(host, states, hparams, found, rng, metric)
       if not epoch_end:
         continue
-      refill = _epoch_end(host, halving, kind, metric, slot_steps, per_epoch,
-                          total_steps, states, kept, found["keep"])
+      _epoch_end(host, halving, metric, per_epoch, total_steps, states,
+                 kept, workdir, (mean, std))
       mask = np.zeros(slots_count, bool)
-      for slot in refill:
-        if host.next_id < found["trials"]:
-          host.start(slot)
-          slot_steps[slot] = 0
-          mask[slot] = True
+      if kind != "pbt":  # freed slots take the next trials, from step 0
+        for slot in np.nonzero(~host.active())[0]:
+          if host.next_id < found["trials"]:
+            host.start(int(slot))
+            mask[slot] = True
       if mask.any():  # the new trials' states, in place
         fresh, hparams = fresh_states()
         states = search_steps.replace_slots(
             jax.device_put(jnp.asarray(mask), on_members), fresh, states)
+      search_resume.save(workdir, states, step, {
+          "step": step, "member_steps_total": member_steps,
+          "slots": host.state(), "rng": rng.bit_generator.state,
+          "halving": halving.state() if halving else None,
+          "kept": sorted(kept), "config": config.to_dict()}, set(kept))
   finally:
     bar.close()
 
-  if kind == "pbt":  # every member trained to the end: all kept
-    for trial in host.trials:
-      if trial.status == "finished" and trial.id not in kept:
-        kept[trial.id] = jax.device_get(
-            sweep_steps.member_state(states, trial.slot))
   # The one look at the test split: the kept trials' final states.
   finished = [t for t in host.trials if t.id in kept]
   for start in range(0, len(finished), slots_count):
@@ -340,20 +231,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
        "member_steps": member_steps, "steps_per_epoch": per_epoch})
 
 
-def _epoch_end(host, halving, kind, metric, slot_steps, per_epoch,
-               total_steps, states, kept, keep):
-  """Finishes trials at the last step and decides rungs; returns the slots
-  to refill."""
+def _epoch_end(host, halving, metric, per_epoch, total_steps, states, kept,
+               workdir, normalization):
+  """Finishes the trials at their last step (keeping the best final states)
+  and applies halving's rung rule; the freed slots are then idle."""
   arrivals = {}
   for slot, trial in enumerate(host.current):
     if trial is None:
       continue
-    if slot_steps[slot] >= total_steps:
-      host.stop(slot, "finished", int(slot_steps[slot]))
-      if kind != "pbt":
-        _keep_best(host, trial, states, kept, keep, metric)
+    if host.steps[slot] >= total_steps:
+      host.stop(slot, "finished", int(host.steps[slot]))
+      _keep_best(host, trial, states, kept, metric, workdir, normalization)
     elif halving is not None:
-      epoch = int(slot_steps[slot]) // per_epoch
+      epoch = int(host.steps[slot]) // per_epoch
       if epoch in halving.rungs:
         arrivals.setdefault(epoch, {})[slot] = trial.score(metric)
   for rung, scores in sorted(arrivals.items()):
@@ -364,24 +254,26 @@ def _epoch_end(host, halving, kind, metric, slot_steps, per_epoch,
       if trial.id in promoted:
         trial.rungs_passed.append(rung)
       else:
-        host.stop(slot, "stopped", int(slot_steps[slot]))
-  if kind == "pbt":
-    return []
-  # Stopped, finished, and diverged earlier in the epoch: refilled now, at
-  # the epoch end, so every slot's epochs keep ending on the same steps.
-  return [slot for slot, t in enumerate(host.current) if t is None]
+        host.stop(slot, "stopped", int(host.steps[slot]))
 
 
-def _keep_best(host, trial, states, kept, keep, metric):
-  """Keeps the host copy of `trial`'s final state if it is among the best
-  `keep` finished trials (by validation score)."""
+def _keep_best(host, trial, states, kept, metric, workdir, normalization):
+  """Keeps `trial`'s final state (on the host, and in kept/<trial>/ for a
+  resume) if it is among the best KEEP finished trials by validation score
+  (PBT: every final member)."""
   kept[trial.id] = jax.device_get(sweep_steps.member_state(states, trial.slot))
   ranked = sorted(kept, key=lambda i: -host.trials[i].score(metric))
-  for dropped in ranked[keep:]:
-    del kept[dropped]
+  if host.found["kind"] != "pbt":
+    for dropped in ranked[host.found["keep"]:]:
+      del kept[dropped]
+  if trial.id in kept:
+    mean, std = normalization
+    search_resume.save_kept(workdir, trial.id, kept[trial.id], {
+        "trial": trial.id, "config": host.configs[trial.slot].to_dict(),
+        "normalization": {"mean": mean.tolist(), "std": std.tolist()}})
 
 
-def _exploit(host, states, hparams, found, rng, slot_steps, metric):
+def _exploit(host, states, hparams, found, rng, metric):
   """PBT: the bottom quantile copies top members, then perturbs."""
   pbt, space = found["pbt"], found["space"]
   scores = [t.score(metric) for t in host.current]
@@ -400,10 +292,9 @@ def _exploit(host, states, hparams, found, rng, slot_steps, metric):
     values = dict(source.values)
     for name, factor in factors.items():
       values[name] = search_space.perturb(space, name, values[name], factor)
-    step = int(slot_steps[src[k]])
-    host.stop(k, "replaced", int(slot_steps[k]))
+    step = int(host.steps[src[k]])
+    host.stop(k, "replaced", int(host.steps[k]))
     host.start(k, values=values, parent=source.id, step=step)
-    slot_steps[k] = step
     columns[k] = values
   # Copy batch iterators' positions: a copied member keeps its own data
   # order (its seed), from where it is.

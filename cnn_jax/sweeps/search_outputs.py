@@ -18,6 +18,7 @@
 import json
 import os
 import pprint
+import shutil
 
 import jax
 
@@ -26,8 +27,9 @@ from cnn_jax.runs import writers
 from cnn_jax.sweeps import sweep_config
 from cnn_jax.sweeps import sweep_outputs
 
-_RESULTS = ("summary.json", "trials.jsonl", "best", "best_config.py",
-            "members", "metrics.jsonl")
+# A finished search (summary.json) or a sweep's results: never written over.
+# checkpoints/ and kept/ without summary.json: a killed search, resumed.
+_RESULTS = ("summary.json", "members", "metrics.jsonl")
 
 
 def prepare(workdir):
@@ -36,8 +38,7 @@ def prepare(workdir):
   if existing:
     raise workdirs.WorkdirInUseError(
         f"workdir {workdir!r} already holds results ({', '.join(existing)}); "
-        "choose a new --workdir (results are never overwritten; a search is "
-        "not resumed)")
+        "choose a new --workdir (results are never overwritten)")
   with workdirs.writing(workdir):
     os.makedirs(workdir, exist_ok=True)
 
@@ -138,6 +139,8 @@ def write(workdir, config, found, trials, kept, probe, mean, std, per_epoch,
       f.write(_config_file(best_config, best, line))
     best_dir = os.path.join(workdir, "best")
     with workdirs.writing(workdir):
+      if os.path.exists(best_dir):  # begun by a search killed while writing
+        shutil.rmtree(best_dir)
       os.makedirs(best_dir)
     member = sweep_outputs.Member(best.id, best.values, best_config, best_dir)
     sweep_outputs.save_member(member, kept[best.id], mean, std, per_epoch,

@@ -97,6 +97,26 @@ def sample(parsed, seed, trial):
           for name, (kind, args) in sorted(parsed.items())}
 
 
+def grid_size(parsed, where="config.sweep.space"):
+  """The number of combinations of an all-'choice' space (a grid search)."""
+  others = [n for n, (kind, _) in parsed.items() if kind != "choice"]
+  if others:
+    raise ValueError(f"{where}.{others[0]}: a grid search takes 'choice' "
+                     "distributions only (the values to combine)")
+  return math.prod(len(args) for _, args in parsed.values())
+
+
+def grid_point(parsed, trial):
+  """Combination `trial` of an all-'choice' space, in itertools.product
+  order over the keys sorted by name (the last varies fastest)."""
+  values = {}
+  for name in sorted(parsed, reverse=True):
+    choices = parsed[name][1]
+    trial, index = divmod(trial, len(choices))
+    values[name] = choices[index]
+  return dict(sorted(values.items()))
+
+
 def bounds(parsed, name):
   """(low, high) a perturbed value of `name` is clipped to."""
   kind, args = parsed[name]

@@ -15,6 +15,7 @@ import pytest
 from cnn_jax.data import batching
 from cnn_jax.data import load_splits
 from cnn_jax.sweeps import search
+from cnn_jax.sweeps import search_settings
 from cnn_jax.sweeps import search_space
 from cnn_jax.sweeps import search_steps
 from cnn_jax.sweeps import search_trials
@@ -70,6 +71,24 @@ def test_random_samples_are_seeded_and_within_bounds():
   assert "sweep" not in resolved
 
 
+def test_grid_over_a_space_of_choices_enumerates_every_combination():
+  parsed = search_space.parse(ml_collections.ConfigDict(
+      {"optim": {"learning_rate": ("choice", (0.1, 0.01))},
+       "seed": ("choice", (0, 1, 2))}))
+  assert search_space.grid_size(parsed) == 6
+  points = [search_space.grid_point(parsed, t) for t in range(6)]
+  assert points[1] == {"optim.learning_rate": 0.1, "seed": 1}
+  assert {tuple(p.values()) for p in points} == {
+      (lr, s) for lr in (0.1, 0.01) for s in (0, 1, 2)}
+  config = _search_config(kind="grid")
+  config.sweep.space = ml_collections.ConfigDict(
+      {"optim": {"learning_rate": ("choice", (0.1, 0.01))}})
+  assert search_settings.is_search(config) and search_settings.settings(config)["trials"] == 2
+  config.sweep.space.seed = ("int", 0, 3)
+  with pytest.raises(ValueError, match=r"space\.seed: a grid search takes"):
+    search_settings.settings(config)
+
+
 @pytest.mark.parametrize("spec, message", [
     ({"optim": {"learning_rate": ("loguniform", 1e-4, 1e-1)}},
      r"config\.sweep\.space\.optim\.learning_rate=.* is not a distribution"),
@@ -102,7 +121,7 @@ def test_bad_search_settings_are_errors_naming_the_key(update, message):
     config.sweep[key] = (ml_collections.ConfigDict(value)
                          if isinstance(value, dict) else value)
   with pytest.raises(ValueError, match=message):
-    search.settings(config)
+    search_settings.settings(config)
 
 
 def test_halving_keeps_the_top_one_over_eta():
@@ -123,7 +142,7 @@ def _data(config):
 
 
 def _found(config):
-  found = search.settings(config)
+  found = search_settings.settings(config)
   return found, sweep_config.resolved_config(
       config, search_space.sample(found["space"], found["seed"], 0))
 
@@ -141,7 +160,7 @@ def test_refilled_slot_equals_a_fresh_single_run(tiny_mnist_dir):
   train_step = jax.jit(sweep_steps.make_train_step(
       program.model, augments, mean=mean, std=std, member_count=2,
       vary_dropout=True))
-  host = search._Slots(config, found, train_set, 32)  # pylint: disable=protected-access
+  host = search_trials.Slots(config, found, train_set, 32)
 
   def fresh():
     states, _ = sweep_steps.init_members(host.configs, train_set.example_shape,
@@ -195,7 +214,7 @@ def test_pbt_exploit_copies_bitwise_and_perturbs_within_bounds(
   train_step = jax.jit(sweep_steps.make_train_step(
       program.model, augments, mean=mean, std=std, member_count=4,
       vary_dropout=True))
-  host = search._Slots(config, found, train_set, 32)  # pylint: disable=protected-access
+  host = search_trials.Slots(config, found, train_set, 32)
   for slot in range(4):
     host.start(slot)
   states, _ = sweep_steps.init_members(host.configs, train_set.example_shape,
@@ -207,10 +226,9 @@ def test_pbt_exploit_copies_bitwise_and_perturbs_within_bounds(
   for slot, accuracy in enumerate([0.2, 0.9, 0.5, 0.1]):  # 1, 2 top
     host.current[slot].val.append((3, {"accuracy": accuracy, "loss": 1.0}))
   sources = list(host.current)
-  slot_steps = np.full(4, 3)
+  host.steps[:] = 3
   new, new_hparams = search._exploit(  # pylint: disable=protected-access
-      host, states, hparams, found, np.random.default_rng(0), slot_steps,
-      "accuracy")
+      host, states, hparams, found, np.random.default_rng(0), "accuracy")
   for slot in (1, 2):  # the top half is untouched
     chex.assert_trees_all_equal(sweep_steps.member_state(new, slot),
                                 sweep_steps.member_state(states, slot))
@@ -320,3 +338,47 @@ def test_search_needs_a_validation_split(tiny_mnist_dir, tmp_path):
   config.data.val_fraction = 0.0
   with pytest.raises(ValueError, match="config.data.val_fraction"):
     search.train_and_evaluate(config, str(tmp_path / "search"))
+
+
+class _Killed(Exception):
+  pass
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, kill_at", [("halving", 17), ("pbt", 10)])
+def test_killed_search_resumes_to_the_same_ranking(
+    tiny_mnist_dir, tmp_path, monkeypatch, kind, kill_at):
+  """A search killed mid-way (after an epoch-end checkpoint and rung or
+  exploit decisions) and rerun with the same command ends with the same
+  trials, ranking and best trial as one never interrupted."""
+  config = _search_config(tiny_mnist_dir, kind)
+  config.sweep.slots = 2 if kind == "halving" else 4
+  config.sweep.trials = 4
+  config.sweep.metric = "loss"
+  whole = search.train_and_evaluate(config, str(tmp_path / "whole"))
+  batch = search_trials.Slots.batch
+  calls = []
+
+  def dying(self):
+    calls.append(1)
+    if len(calls) == kill_at:
+      raise _Killed()
+    return batch(self)
+
+  monkeypatch.setattr(search_trials.Slots, "batch", dying)
+  workdir = str(tmp_path / "killed")
+  with pytest.raises(_Killed):
+    search.train_and_evaluate(config, workdir)
+  assert os.listdir(os.path.join(workdir, "checkpoints"))
+  assert not os.path.exists(os.path.join(workdir, "summary.json"))
+  monkeypatch.setattr(search_trials.Slots, "batch", batch)
+  resumed = search.train_and_evaluate(config, workdir)
+  assert resumed["steps"] == whole["steps"]
+  assert resumed["best_trial"] == whole["best_trial"]
+  strip = lambda rows: [{k: r[k] for k in ("trial", "parent", "values",
+                                           "status", "stop_step")}
+                        for r in rows]
+  assert strip(resumed["ranking"]) == strip(whole["ranking"])
+  for got, want in zip(resumed["ranking"], whole["ranking"]):
+    assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-5)
+  assert resumed["test_accuracy"] == whole["test_accuracy"]
