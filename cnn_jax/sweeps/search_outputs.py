@@ -13,6 +13,8 @@
   best/            the best trial's final state as an ordinary run folder
                    (summary.json, checkpoints/): `launch.py --mode=evaluate
                    --config <search>/best_config.py --workdir <search>/best`.
+(checkpoints/ and kept/<trial>/ are the search's resume state,
+search_resume.py.)
 """
 
 import json

@@ -382,3 +382,38 @@ def test_killed_search_resumes_to_the_same_ranking(
   for got, want in zip(resumed["ranking"], whole["ranking"]):
     assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-5)
   assert resumed["test_accuracy"] == whole["test_accuracy"]
+
+
+_TWO_DEVICES = r"""
+import json, sys
+import jax
+sys.path.insert(0, "tests")
+from cnn_jax.sweeps import search
+from tests.sweeps.test_search import _search_config
+
+assert len(jax.devices()) == 2, jax.devices()
+results = {}
+for member_devices in (1, 2):  # batch split over 2; slots split over 2
+  config = _search_config(DATA, "halving")
+  config.sweep.slots, config.sweep.trials = 2, 4
+  config.sweep.metric = "loss"
+  config.sweep.member_devices = member_devices
+  summary = search.train_and_evaluate(config, f"{OUT}/{member_devices}")
+  results[member_devices] = [(r["trial"], r["status"], r["val_loss"])
+                             for r in summary["ranking"]]
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.slow
+def test_search_with_slots_over_devices(tiny_mnist_dir, tmp_path):
+  """Slots split over 2 devices ('members' axis) make the same decisions
+  as slots on a data-parallel mesh."""
+  from tests.conftest import run_on_cpu_devices  # pylint: disable=g-import-not-at-top
+  code = _TWO_DEVICES.replace("DATA", repr(str(tiny_mnist_dir))).replace(
+      "{OUT}", str(tmp_path))
+  result = json.loads(run_on_cpu_devices(code, devices=2).splitlines()[-1])
+  data_parallel, over_members = result["1"], result["2"]
+  assert [r[:2] for r in over_members] == [r[:2] for r in data_parallel]
+  for got, want in zip(over_members, data_parallel):
+    assert got[2] == pytest.approx(want[2], rel=1e-4)
