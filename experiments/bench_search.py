@@ -184,6 +184,17 @@ def run_optuna(config, budget, seed=0):
           "member_epochs": float(spent["epochs"])}
 
 
+def cpu_model():
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true")
@@ -209,7 +220,7 @@ def main():
   print(f"\nMNIST, {train_count} train (10% held out for selection), "
         f"{test_count} test, {args.epochs} epochs per trial, "
         f"{'quick CNN' if args.quick else 'configs/mnist.py CNN'}; "
-        f"{platform.processor() or platform.machine()}, "
+        f"{cpu_model()} ({os.cpu_count()} cores), "
         f"{jax.devices()[0].device_kind}, load {os.getloadavg()[0]:.1f}")
   print("| method | best val acc | its test acc | wall s | trials | "
         "member-epochs |")

@@ -167,25 +167,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     writers.report(f"resuming the search at step {step} ({host.next_id} "
                    "trials started)")
   bar = writers.progress_bar(None)
+  # Between evaluations the step runs ahead of the host (no per-step sync):
+  # `alive` stays on the device, as in sweep.py, and the steps' `updated`
+  # flags are read at the next evaluation to find diverged trials.
+  alive, window = None, []
   try:
     while any(t is not None for t in host.current):
+      if alive is None:
+        alive = jax.device_put(jnp.asarray(host.active()), on_members)
       active = host.active()
-      states, updated, _ = p_train(
-          states, jax.device_put(jnp.asarray(active), on_members),
-          host.batch(), hparams)
+      states, alive, metrics = p_train(states, alive, host.batch(), hparams)
+      window.append(metrics["updated"])
       step += 1
       host.steps += active
       member_steps += int(active.sum())
       bar.update(1)
-      updated = np.asarray(jax.device_get(updated))
-      for slot in np.nonzero(active & ~updated)[0]:
-        trial = host.stop(int(slot), "diverged", int(host.steps[slot]))
-        writers.report(f"trial {trial.id} (slot {slot}) diverged at step "
-                       f"{trial.stop_step}")
       epoch_end = step % per_epoch == 0
       pbt_due = kind == "pbt" and step % found["pbt"]["every_steps"] == 0
       if not (epoch_end or pbt_due):
         continue
+      _diverged(host, np.asarray(jax.device_get(window)))
+      window, alive = [], None  # slots change below: alive from the host
       results = evaluate("val", states=states, dataset=val_set)
       for slot, trial in enumerate(host.current):
         if trial is not None:
@@ -229,6 +231,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       workdir, config, found, host.trials, kept, probe, mean, std, per_epoch,
       {"wall_seconds": time.time() - start_time, "steps": step,
        "member_steps": member_steps, "steps_per_epoch": per_epoch})
+
+
+def _diverged(host, updated):
+  """Stops the trials whose step failed in the window (updated: bool
+  [T, K]; a failing member's state stayed at its last finite value)."""
+  for slot, trial in enumerate(host.current):
+    if trial is None or updated[:, slot].all():
+      continue
+    good = int(np.argmin(updated[:, slot]))  # steps before the failing one
+    host.stop(slot, "diverged",
+              int(host.steps[slot]) - len(updated) + good)
+    writers.report(f"trial {trial.id} (slot {slot}) diverged at step "
+                   f"{trial.stop_step + 1}; its state is kept from the step "
+                   "before")
 
 
 def _epoch_end(host, halving, metric, per_epoch, total_steps, states, kept,

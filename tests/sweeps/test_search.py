@@ -417,3 +417,18 @@ def test_search_with_slots_over_devices(tiny_mnist_dir, tmp_path):
   assert [r[:2] for r in over_members] == [r[:2] for r in data_parallel]
   for got, want in zip(over_members, data_parallel):
     assert got[2] == pytest.approx(want[2], rel=1e-4)
+
+
+def test_a_diverged_trial_is_stopped_at_its_failing_step(tiny_mnist_dir):
+  config = _search_config(tiny_mnist_dir, "random")
+  config.sweep.slots, config.sweep.trials = 2, 2
+  found, probe = _found(config)
+  train_set = _data(probe)[0]
+  host = search_trials.Slots(config, found, train_set, 32)
+  for slot in range(2):
+    host.start(slot)
+  host.steps[:] = 10  # after a window of 3 steps; slot 1 failed at its 2nd
+  search._diverged(host, np.asarray([[True, True], [True, False],  # pylint: disable=protected-access
+                                     [True, False]]))
+  assert host.current[0] is not None and host.current[1] is None
+  assert (host.trials[1].status, host.trials[1].stop_step) == ("diverged", 8)
