@@ -194,6 +194,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
           trial.val.append((int(host.steps[slot]), results[slot]))
       if pbt_due and step < total_steps:
         states, hparams = _exploit(host, states, hparams, found, rng, metric)
+        # Back on the step's shardings: an equal layout under another
+        # sharding object would make jit compile the step again.
+        states, hparams = jax.device_put((states, hparams), on_members)
       if not epoch_end:
         continue
       _epoch_end(host, halving, metric, per_epoch, total_steps, states,
@@ -206,8 +209,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
             mask[slot] = True
       if mask.any():  # the new trials' states, in place
         fresh, hparams = fresh_states()
-        states = search_steps.replace_slots(
-            jax.device_put(jnp.asarray(mask), on_members), fresh, states)
+        states = jax.device_put(search_steps.replace_slots(
+            jax.device_put(jnp.asarray(mask), on_members), fresh, states),
+                                on_members)
       search_resume.save(workdir, states, step, {
           "step": step, "member_steps_total": member_steps,
           "slots": host.state(), "rng": rng.bit_generator.state,
