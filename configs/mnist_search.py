@@ -12,6 +12,9 @@ pbt.quantile, pbt.factors). Writes summary.md (trials ranked by validation
 accuracy; test accuracy of the kept trials, evaluated once at the end),
 trials.jsonl (every trial's config and lineage), best_config.py and best/
 (the best trial as an ordinary run folder). See the README's sweep section.
+
+Not yet measured on the full data (a 3,000-image run of the same space is in
+experiments/bench_search.py --quick and the README).
 """
 
 import ml_collections
