@@ -87,11 +87,14 @@ def _compile(program, augment_configs, vary_dropout, mean, std, slots, width,
   return train_step, eval_step
 
 
-def _check_base(base, splits):
+def _check_base(base):
   optim.check_schedule(base.optim, base.train.num_epochs)
   if base.get("task", "classification") != "classification":
     raise ValueError(f"config.task={base.task!r}: searches train "
                      "classification only")
+
+
+def _check_val(base, splits):
   if "val" not in splits:
     raise ValueError(
         f"{base.data.name} has no validation split: set "
@@ -106,9 +109,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   kind, metric, slots_count = found["kind"], found["metric"], found["slots"]
   probe = sweep_config.resolved_config(
       config, search_space.sample(found["space"], found["seed"], 0))
-  search_outputs.prepare(workdir)
+  _check_base(probe)  # before any I/O
   splits = load_splits(probe.data)
-  _check_base(probe, splits)
+  _check_val(probe, splits)
+  search_outputs.prepare(workdir)
   train_set, val_set, test_set = splits["train"], splits["val"], splits["test"]
   mean, std = steps.normalization_stats(probe.data, train_set)
   batch_size = probe.data.batch_size
