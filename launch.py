@@ -7,7 +7,8 @@
   python launch.py --mode=report --workdir runs/mnist [--report_html]
   python launch.py --config configs/mnist_sweep.py --workdir runs/sweep
       (a config with a `sweep` section: every member in one program;
-      --mode=evaluate --workdir runs/sweep/members/<k> for member k)
+      --mode=evaluate --workdir runs/sweep/members/<k> for member k;
+      with config.sweep.search random/halving/pbt: a search, configs/mnist_search.py)
   python launch.py --config configs/multidigit.py --workdir runs/multidigit \
       --mode=heatmap [--step=N] [--heatmap_method=gradcam]
 
@@ -34,6 +35,8 @@ from cnn_jax import config_file
 from cnn_jax.distributed import multihost
 from cnn_jax.reports import entry as report_entry
 from cnn_jax.reports import heatmaps
+from cnn_jax.sweeps import search
+from cnn_jax.sweeps import search_settings
 from cnn_jax.sweeps import sweep
 from cnn_jax.sweeps import sweep_config
 from cnn_jax.training import compilation_cache
@@ -176,6 +179,15 @@ def _run_mode():
         print(f"step {results['step']}: test accuracy "
               f"{results['test_accuracy']:.4f}, test loss "
               f"{results['test_loss']:.4f}; written to {path}")
+      return 0
+    if search_settings.is_search(config):  # random / halving / pbt in one program
+      summary = search.train_and_evaluate(config, FLAGS.workdir)
+      print(f"best: trial {summary['best_trial']}, validation accuracy "
+            f"{summary['val_accuracy']:.4f} (test "
+            f"{summary['test_accuracy']:.4f}); {summary['trials']} trials, "
+            f"{summary['wall_seconds']:.0f} s; ranking in "
+            f"{FLAGS.workdir}/summary.md, rerun the best with --config "
+            f"{FLAGS.workdir}/best_config.py")
       return 0
     if sweep_config.is_sweep(config):  # every member at once, in one program
       if jax.process_count() > 1:

@@ -945,8 +945,17 @@ def test_good_config_files_still_load():
                         "optim.warmup_epochs": 1.0},
      "config.optim.warmup_epochs=1.0 must be shorter than "
      "config.train.num_epochs=1 (warmup_cosine)"),
+    ("mnist_search.py", {"sweep.search": "random", "train.num_epochs": 1,
+                         "optim.schedule": "warmup_cosine",
+                         "optim.warmup_epochs": 1.0},
+     "config.optim.warmup_epochs=1.0 must be shorter than "
+     "config.train.num_epochs=1 (warmup_cosine)"),
+    ("mnist_search.py", {"sweep.space.optim.learning_rate": (
+        "loguniform", 1e-4, 1e-1)},
+     "config.sweep.space.optim.learning_rate=('loguniform', 0.0001, 0.1) is "
+     "not a distribution"),
 ], ids=["warmup_cosine", "ucr", "one_cycle", "end_lr_factor", "no_epochs",
-        "sweep"])
+        "sweep", "search", "search_space"])
 def test_schedule_that_does_not_fit_the_run_is_named_before_any_io(
     launch_here, tmp_path, config_file, values, message):
   workdir = tmp_path / "run"  # an existing one: left as it was

@@ -17,6 +17,7 @@ import os
 
 from cnn_jax.reports import markdown
 from cnn_jax.reports import report
+from cnn_jax.reports import report_search
 from cnn_jax.reports import report_sweep
 
 REPORT_DIR = "report"
@@ -49,7 +50,9 @@ def write_report(workdir, overwrite=False, html=False, report_dir=None):
         f"{path} exists and was edited (or not written by cnn_jax.report); "
         "it is kept. Move it away, or pass --overwrite_report to replace it")
   os.makedirs(out_dir, exist_ok=True)
-  if report_sweep.is_sweep(workdir):
+  if report_search.is_search(workdir):
+    text = report_search.search_report(workdir, out_dir)
+  elif report_sweep.is_sweep(workdir):
     text = report_sweep.sweep_report(workdir, out_dir)
   else:
     text = report.run_report(workdir, out_dir)

@@ -27,6 +27,9 @@ import ml_collections
 from cnn_jax.training import optim
 
 MODES = ("grid", "zip")
+# config.sweep.search: grid / zip (the axes, as `mode`), or a search over
+# config.sweep.space run by cnn_jax/sweeps/search.py.
+SEARCHES = MODES + ("random", "halving", "pbt")
 
 # Config keys members may differ in, besides every key of data.augment.
 VARYING = ("seed", "optim.learning_rate", "optim.weight_decay",
@@ -37,12 +40,33 @@ VARYING_SECTIONS = ("data.augment",)
 # Keys of the sweep section itself.
 SWEEP_DEFAULTS = {"axes": None, "mode": "grid", "chunk": 0,
                   "member_devices": 1, "vmap_width": 0,
-                  "conv_impl": "auto"}
+                  "conv_impl": "auto",
+                  # Searches (cnn_jax/sweeps/search.py, search_space.py):
+                  "search": "", "space": None, "trials": 0,
+                  "search_seed": 0, "slots": 0, "metric": "accuracy",
+                  "halving": None, "pbt": None}
+
+
+def search_kind(config):
+  """config.sweep.search, or config.sweep.mode when it is not set."""
+  sweep_section = config.sweep
+  kind = sweep_section.get("search", "")
+  if kind:
+    if kind not in SEARCHES:
+      raise ValueError(f"config.sweep.search={kind!r} is not one of: "
+                       f"{', '.join(SEARCHES)}")
+    return kind
+  mode = sweep_section.get("mode", "grid")
+  if mode not in MODES:
+    raise ValueError(f"config.sweep.mode={mode!r} is not one of: "
+                     f"{', '.join(MODES)}")
+  return mode
 
 
 def is_sweep(config):
   """Whether `config` describes a sweep (has a `sweep` section with axes)."""
-  return "sweep" in config and bool(_flat_axes(config.sweep.get("axes")))
+  return "sweep" in config and bool(_flat_axes(config.sweep.get("axes"))
+                                    or _flat_axes(config.sweep.get("space")))
 
 
 def _flat_axes(axes, prefix=""):
@@ -67,12 +91,7 @@ def _lookup(tree, dotted):
   return True, node
 
 
-def _may_vary(name):
-  return name in VARYING or any(name.startswith(section + ".")
-                                for section in VARYING_SECTIONS)
-
-
-def _converted(name, value, current):
+def _converted(name, value, current, where="config.sweep.axes"):
   """`value` with the type of the config's `current` value at `name`."""
   if isinstance(current, bool) or isinstance(value, bool):
     if isinstance(current, bool) and isinstance(value, bool):
@@ -81,7 +100,7 @@ def _converted(name, value, current):
     return float(value)
   elif isinstance(current, int) and isinstance(value, int):
     return value
-  raise ValueError(f"config.sweep.axes.{name}: value {value!r} is not of the "
+  raise ValueError(f"{where}.{name}: value {value!r} is not of the "
                    f"type of config.{name} ({type(current).__name__})")
 
 
@@ -96,36 +115,17 @@ def member_overrides(config):
   if unknown:
     raise ValueError(f"config.sweep has unknown keys: {', '.join(unknown)} "
                      f"(known: {', '.join(SWEEP_DEFAULTS)})")
-  mode = sweep_config.get("mode", "grid")
+  mode = search_kind(config)
   if mode not in MODES:
-    raise ValueError(f"config.sweep.mode={mode!r} is not one of: "
-                     f"{', '.join(MODES)}")
+    raise ValueError(f"config.sweep.search={mode!r} samples trials from "
+                     "config.sweep.space (cnn_jax/sweeps/search.py), it has "
+                     "no fixed members")
   axes = _flat_axes(sweep_config.get("axes"))
   if not axes:
     raise ValueError("config.sweep.axes is empty: name at least one config "
                      "key and its values, e.g. config.sweep.axes.seed = (0, 1)")
   base = config.to_dict()
-  missing = [name for name in axes if not _lookup(base, name)[0]
-             or name.split(".")[0] == "sweep"]
-  if missing:
-    raise ValueError(f"config.sweep.axes names keys the config does not have: "
-                     f"{', '.join(missing)}")
-  fixed = [name for name in axes if not _may_vary(name)]
-  if fixed:
-    raise ValueError(
-        f"config.sweep.axes: {', '.join(fixed)} cannot differ between "
-        "members (they change shapes or the compiled program); members may "
-        f"differ in: {', '.join(VARYING)}, "
-        f"{', '.join(s + '.*' for s in VARYING_SECTIONS)}")
-  optimizer = config.optim.name
-  unused = [name for name in axes if name.startswith("optim.")
-            and name.split(".", 1)[1] not in optim.HYPERPARAMS.get(
-                optimizer, ())]
-  if unused:
-    raise ValueError(
-        f"config.sweep.axes: {', '.join(unused)} has no effect with "
-        f"config.optim.name={optimizer!r} (its hyperparameters: "
-        f"{', '.join(optim.HYPERPARAMS.get(optimizer, ()))})")
+  check_keys(config, axes, "config.sweep.axes")
   names = sorted(axes)
   values = {}
   for name in names:
@@ -150,6 +150,48 @@ def member_overrides(config):
                        f"got {lengths}")
     rows = zip(*(values[n] for n in names))
   return [dict(zip(names, row)) for row in rows]
+
+
+def check_keys(config, names, where, sections=VARYING_SECTIONS):
+  """Raises ValueError naming the keys of `names` (dotted) that the config
+  lacks, that cannot differ between members, or that its optimizer does not
+  read. `where`: the config section named in the message."""
+  base = config.to_dict()
+  missing = [name for name in names if not _lookup(base, name)[0]
+             or name.split(".")[0] == "sweep"]
+  if missing:
+    raise ValueError(f"{where} names keys the config does not have: "
+                     f"{', '.join(missing)}")
+  fixed = [name for name in names if not (
+      name in VARYING or any(name.startswith(s + ".") for s in sections))]
+  if fixed:
+    raise ValueError(
+        f"{where}: {', '.join(fixed)} cannot differ between "
+        "members (they change shapes or the compiled program); members may "
+        f"differ in: {', '.join(VARYING)}"
+        + "".join(f", {s}.*" for s in sections))
+  optimizer = config.optim.name
+  unused = [name for name in names if name.startswith("optim.")
+            and name.split(".", 1)[1] not in optim.HYPERPARAMS.get(
+                optimizer, ())]
+  if unused:
+    raise ValueError(
+        f"{where}: {', '.join(unused)} has no effect with "
+        f"config.optim.name={optimizer!r} (its hyperparameters: "
+        f"{', '.join(optim.HYPERPARAMS.get(optimizer, ()))})")
+
+
+def resolved_config(config, values, where="config.sweep.space"):
+  """The single-run config of a member with these {dotted key: value}: the
+  base config with them set (each converted to the type of the config's
+  value), without the `sweep` section, locked."""
+  base = config.to_dict()
+  del base["sweep"]
+  converted = {name: _converted(name, value, _lookup(base, name)[1], where)
+               for name, value in values.items()}
+  member = ml_collections.ConfigDict(_with_overrides(base, converted))
+  member.lock()
+  return member
 
 
 def _with_overrides(config_dict, overrides):
