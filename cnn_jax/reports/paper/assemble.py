@@ -132,9 +132,12 @@ def _document(folder, title, groups, made_figures, floats_text):
   return "\n".join(body)
 
 
-def write_paper(specs, folder, title="", overwrite=False, compile_pdf=True):
+def write_paper(specs, folder, title="", overwrite=False, compile_pdf=True,
+                predictions=True):
   """Writes the paper folder for the (label, path) `specs` (see the module
-  docstring); compiles it when pdflatex is there. Returns PaperResult.
+  docstring); compiles it when pdflatex is there (and `compile_pdf`).
+  `predictions=False` skips re-evaluating the best run's checkpoint (no
+  confusion matrix or examples). Returns PaperResult.
 
   Raises:
     collect.RunFolderError: a run is missing, unfinished, or mislabelled.
@@ -148,7 +151,8 @@ def write_paper(specs, folder, title="", overwrite=False, compile_pdf=True):
   if any(r.records for g in groups for r in g.runs):
     made.append(figures.plot_learning_curves(
         groups, os.path.join(folder, "figures", "learning_curves.pdf")))
-  made += _best_run_figures(groups, folder, notes)
+  if predictions:
+    made += _best_run_figures(groups, folder, notes)
 
   table_specs = [
       ("data", tables.data_table(groups, facts),

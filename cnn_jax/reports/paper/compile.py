@@ -164,8 +164,9 @@ def advice(result, floats: List[Float], limit=PAGE_LIMIT):
   if result.body_pages > page:
     where += f", its floats reach page {result.body_pages}"
   if over <= 0:
-    lines.append(f"{where}: within the {limit}-page limit "
-                 f"({-over:.1f} column-inches to spare)")
+    spare = (f"{-over:.1f} column-inches to spare" if not late else
+             f"the body and its floats end on page {result.body_pages}")
+    lines.append(f"{where}: within the {limit}-page limit ({spare})")
     return lines
   lines.append(f"{where}: {over:.1f} column-inches over the {limit}-page "
                "limit. To fit, drop (estimated heights, lowest priority "

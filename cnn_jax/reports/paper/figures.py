@@ -53,8 +53,10 @@ def _curve(records, split, key):
 
 def plot_learning_curves(groups, path):
   """Train loss (left) and accuracy (right) of every run against the epoch."""
+  legend_rows = -(-len(groups) // 3)
+  height = 1.6 + 0.14 * legend_rows
   with plt.rc_context(_RC):
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(COLUMN_IN, 1.7))
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(COLUMN_IN, height))
     for i, group in enumerate(groups):
       colour = f"C{i % 10}"
       alpha = 1.0 if len(group.runs) == 1 else 0.7
@@ -78,10 +80,14 @@ def plot_learning_curves(groups, path):
     ax_acc.set_ylabel("accuracy (train - -, test o)")
     for ax in (ax_loss, ax_acc):
       ax.grid(alpha=0.3, linewidth=0.5)
-    ax_loss.legend(loc="best", frameon=False)
-    fig.tight_layout(pad=0.3, w_pad=0.8)
+    # The legend below both panels, where it hides no curve.
+    handles, labels = ax_loss.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)),
+               frameon=False, handlelength=1.5, columnspacing=1.0)
+    fig.tight_layout(pad=0.3, w_pad=0.8,
+                     rect=(0, 0.14 * legend_rows / height + 0.02, 1, 1))
     _save(fig, path)
-  return Figure("learning_curves", 1.7,
+  return Figure("learning_curves", height,
                 "Learning curves of every run on shared axes: training loss "
                 "(left), training accuracy (dashed) and test accuracy "
                 "(points) against the epoch. Runs of one label (seeds) share "

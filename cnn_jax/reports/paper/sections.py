@@ -107,56 +107,70 @@ def _transfer_text(config):
   scale = transfer.get("backbone_lr_scale")
   if mode == "fine_tune" and scale not in (None, 1, 1.0):
     how += f" (pretrained layers at {scale:g}$\\times$ the learning rate)"
-  return (f" It starts from the weights of a pretrained run"
+  return (f" Starts from the weights of a pretrained run"
           f"{bibliography.cite('yosinski2014transfer')}, {how}.")
 
 
+def _method_pieces(group, fact):
+  """The sentences describing one group: model, optimizer, length,
+  transfer, seeds (each ends with '.'; '' when it has nothing to say)."""
+  config = group.config
+  model = config.get("model", {})
+  optim = config.get("optim", {})
+  train = config.get("train", {})
+  summary = group.runs[0].summary
+  model_name = model.get("name", "?")
+  optim_name, schedule = optim.get("name"), optim.get("schedule")
+  model_text = (f"\\texttt{{{escape(model_name)}}}"
+                f"{bibliography.cite(bibliography.cite_for_model(model_name))}"
+                f" with {fact.parameters:,} parameters"
+                + (", batch normalisation" + bibliography.cite(
+                    "ioffe2015batchnorm") if model.get("use_batchnorm")
+                   else "")
+                + (f", dropout {model['dropout_rate']:g}"
+                   if model.get("dropout_rate") else "") + ".")
+  optim_text = (f"{_OPTIM_NAMES.get(optim_name, escape(optim_name))}"
+                f"{bibliography.cite(bibliography.OPTIM_CITES.get(optim_name))}"
+                f" with learning rate {optim.get('learning_rate', 0):g} and a "
+                f"{_SCHEDULES.get(schedule, escape(schedule))} schedule"
+                f"{bibliography.cite(bibliography.SCHEDULE_CITES.get(schedule))}"
+                + (f", weight decay {optim['weight_decay']:g}"
+                   if optim.get("weight_decay") else "")
+                + (f", label smoothing {train['label_smoothing']:g}"
+                   if train.get("label_smoothing") else "") + ".")
+  steps = summary.get("steps")
+  length_text = (f"{summary.get('epochs', train.get('num_epochs'))} epochs ("
+                 + (f"{steps:,}" if isinstance(steps, int) else "?")
+                 + " steps) of batches of "
+                 f"{config.get('data', {}).get('batch_size', '?')}.")
+  seeds = collect.describe_seeds(group)
+  seeds_text = (f"Seed{'s' if len(group.runs) > 1 else ''} {seeds}." if seeds
+                else "")
+  return [model_text, optim_text, length_text,
+          _transfer_text(config).strip(), seeds_text]
+
+
 def method_text(groups, facts):
-  """The Method section's generated paragraph: one item per group."""
-  items = []
-  for group in groups:
-    config = group.config
-    fact = facts[group.label]
-    model = config.get("model", {})
-    optim = config.get("optim", {})
-    train = config.get("train", {})
-    summary = group.runs[0].summary
-    model_name = model.get("name", "?")
-    text = (f"\\item \\textbf{{{escape(group.label)}}}: "
-            f"\\texttt{{{escape(model_name)}}}"
-            f"{bibliography.cite(bibliography.cite_for_model(model_name))}"
-            f" with {fact.parameters:,} parameters"
-            + (", batch normalisation" + bibliography.cite(
-                "ioffe2015batchnorm") if model.get("use_batchnorm") else "")
-            + (f", dropout {model['dropout_rate']:g}"
-               if model.get("dropout_rate") else "") + ". ")
-    text += (f"{_OPTIM_NAMES.get(optim.get('name'), escape(optim.get('name')))}"
-             f"{bibliography.cite(bibliography.OPTIM_CITES.get(optim.get('name')))}"
-             f" with learning rate {optim.get('learning_rate', 0):g} and a "
-             f"{_SCHEDULES.get(optim.get('schedule'), escape(optim.get('schedule')))}"
-             " schedule"
-             f"{bibliography.cite(bibliography.SCHEDULE_CITES.get(optim.get('schedule')))}")
-    if optim.get("weight_decay"):
-      text += f", weight decay {optim['weight_decay']:g}"
-    text += (f"; {summary.get('epochs', train.get('num_epochs'))} epochs "
-             f"({summary.get('steps', '?'):,} steps) of batches of "
-             f"{config.get('data', {}).get('batch_size', '?')}")
-    if train.get("label_smoothing"):
-      text += f", label smoothing {train['label_smoothing']:g}"
-    text += "."
-    text += _transfer_text(config)
-    seeds = collect.describe_seeds(group)
-    if seeds:
-      text += (f" Seed{'s' if len(group.runs) > 1 else ''} {seeds} "
-               f"({len(group.runs)} run{'s' if len(group.runs) > 1 else ''}).")
-    items.append(text)
+  """The Method section's generated text: what all groups share, once, then
+  an item per group with what is its own."""
+  pieces = [_method_pieces(g, facts[g.label]) for g in groups]
+  shared = [i for i in range(len(pieces[0]))
+            if len({p[i] for p in pieces}) == 1 and pieces[0][i]]
+  text = ""
+  if len(groups) > 1 and shared:
+    text = ("All runs: " + " ".join(pieces[0][i] for i in shared) + "\n")
+  else:
+    shared = []
+  items = [f"\\item \\textbf{{{escape(g.label)}}}: " + (" ".join(
+      p[i] for i in range(len(p)) if i not in shared and p[i]) or "as above.")
+           for g, p in zip(groups, pieces)]
   software = ("All models are implemented and trained with cnn\\_jax on "
               f"JAX{bibliography.cite('jax2018github')}, "
               f"Flax{bibliography.cite('flax2020github')} and "
               f"Optax{bibliography.cite('deepmind2020jax')}; "
               "the loss is the softmax cross-entropy unless stated.")
-  return ("\\begin{itemize}\n" + "\n".join(items) + "\n\\end{itemize}\n"
-          + software + "\n")
+  return (text + "\\begin{itemize}\n" + "\n".join(items)
+          + "\n\\end{itemize}\n" + software + "\n")
 
 
 def experiments_text(groups, figure_labels):
