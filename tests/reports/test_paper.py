@@ -225,3 +225,14 @@ def test_launch_paper_mode_names_a_missing_run(tmp_path):
   assert result.returncode == 1
   assert result.stderr.strip().splitlines() == [
       f"error: run cnn={tmp_path}/nope: no such run folder"]
+
+
+def test_a_best_run_without_checkpoint_leaves_out_its_figures(tmp_path):
+  folder, _ = _copy_run(tmp_path / "run", 0)
+  shutil.rmtree(os.path.join(folder, "checkpoints"))
+  result = assemble.write_paper([("cnn", folder)], str(tmp_path / "paper"),
+                                compile_pdf=False)
+  assert [f.label for f in result.floats if f.label.startswith("fig:")] == [
+      "fig:curves"]
+  assert any("has no checkpoint" in line for line in result.lines())
+  assert "confusion" not in (tmp_path / "paper" / "paper.tex").read_text()

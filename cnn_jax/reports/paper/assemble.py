@@ -81,8 +81,13 @@ def _best_run_figures(groups, folder, notes):
   if not checkpoint.saved_steps(run.path):
     notes.append(f"no confusion matrix: {run.path} has no checkpoint")
     return []
-  restored = restored_run.load_run(run.path)
-  logits, _ = restored_run.predict(restored)
+  try:
+    restored = restored_run.load_run(run.path)
+    logits, _ = restored_run.predict(restored)
+  except (checkpoint.CheckpointError, FileNotFoundError, ValueError) as e:
+    notes.append(f"no confusion matrix: the best run {run.path} could not "
+                 f"be re-evaluated ({e})")
+    return []
   test = restored.splits["test"]
   labels = np.asarray(test.labels)
   names = test.class_names or restored.splits["train"].class_names or None
