@@ -46,19 +46,29 @@ def todo(text):
 # --------------------------------------------------------------------------
 # The built-in style and the shared macros.
 
-STYLE = r"""% cnnjax_icml.sty: ICML's page geometry and title macros, written by
+STYLE = r"""% cnnjax_icml.sty: ICML's page layout and title macros, written by
 % cnn_jax (launch.py --mode=paper) for when the official icml20XX.sty is not
-% beside paper.tex. Geometry as icml2025.sty: US letter, text 6.75in x 9in,
-% two columns of 3.25in with a 0.25in gap, 10pt Times.
+% beside paper.tex. The lengths are icml2025.sty's: US letter, text 6.75in x
+% 9in at 0.77in from the left, two columns of 3.25in with a 0.25in gap, 10pt
+% Times on 12pt, 6pt between paragraphs, its title block, abstract, section
+% headings, lists, captions and first-page notice; without its line-number
+% ruler and its checks.
 \NeedsTeXFormat{LaTeX2e}
-\ProvidesPackage{cnnjax_icml}[2025/01/01 ICML geometry (cnn_jax)]
-\RequirePackage[letterpaper,textwidth=6.75in,textheight=9in,top=1in,
-  left=0.77in,columnsep=0.25in,headheight=10pt,headsep=0.2in,
-  footskip=0.3in]{geometry}
-\RequirePackage{mathptmx}
-\RequirePackage[T1]{fontenc}
-\RequirePackage[round]{natbib}
+\ProvidesPackage{cnnjax_icml}[2025/01/01 ICML layout (cnn_jax)]
+\RequirePackage[letterpaper,textwidth=6.75in,textheight=9in,top=67.312pt,
+  left=0.77in,columnsep=0.25in,headheight=10pt,headsep=10pt,
+  footskip=25pt]{geometry}
+\RequirePackage{times}
 \RequirePackage{fancyhdr}
+\RequirePackage{xcolor}
+\RequirePackage[round]{natbib}
+\setcitestyle{authoryear,round,citesep={;},aysep={,},yysep={;}}
+\renewcommand{\cite}[1]{\citep{#1}}
+\ifdefined\hypersetup
+  \definecolor{mydarkblue}{rgb}{0,0.08,0.45}
+  \hypersetup{pdfborder=0 0 0, colorlinks=true, linkcolor=mydarkblue,
+    citecolor=mydarkblue, filecolor=mydarkblue, urlcolor=mydarkblue}
+\fi
 \pagestyle{fancy}
 \fancyhf{}
 \renewcommand{\headrulewidth}{1pt}
@@ -66,29 +76,56 @@ STYLE = r"""% cnnjax_icml.sty: ICML's page geometry and title macros, written by
 \fancyfoot[C]{\thepage}
 \def\cnnjax@running{}
 \newcommand{\icmltitlerunning}[1]{\def\cnnjax@running{#1}}
-\setlength{\parindent}{0pt}
-\setlength{\parskip}{5.5pt}
+\flushbottom\twocolumn\sloppy
+\renewcommand\small{\@setfontsize\small\@ixpt{10}}
+\renewcommand\footnotesize{\@setfontsize\footnotesize\@ixpt{10}}
+\parindent 0pt
+\parskip 6pt
+\topsep 4pt plus 1pt minus 2pt
+\partopsep 1pt plus 0.5pt minus 0.5pt
+\itemsep 2pt plus 1pt minus 0.5pt
+\parsep 2pt plus 1pt minus 0.5pt
+\leftmargin 2em \leftmargini\leftmargin \leftmarginii 2em
+\labelsep 5pt
+\def\@listi{\leftmargin\leftmargini}
+\footnotesep 6.65pt
+\skip\footins 9pt
+\def\footnoterule{\kern-3pt \hrule width 0.8in \kern 2.6pt}
 \renewcommand\section{\@startsection{section}{1}{\z@}{-0.12in}{0.02in}%
   {\large\bf\raggedright}}
 \renewcommand\subsection{\@startsection{subsection}{2}{\z@}{-0.10in}%
   {0.01in}{\normalsize\bf\raggedright}}
-\setlength{\abovecaptionskip}{4pt}
-\setlength{\belowcaptionskip}{2pt}
-\newcommand{\icmltitle}[1]{\hrule height 4pt\vskip 0.25in
-  {\centering\Large\bf #1\par}\vskip 0.22in\hrule height 1pt\vskip 0.2in}
-\newenvironment{icmlauthorlist}{\begin{center}\bf Anonymous Authors%
-  \setbox0\vbox\bgroup}{\egroup\end{center}}
-\newcommand{\icmlauthor}[2]{#1}
+\renewcommand\subsubsection{\@startsection{subsubsection}{3}{\z@}%
+  {-0.08in}{0.01in}{\normalsize\sc\raggedright}}
+\def\@seccntformat#1{\csname the#1\endcsname.\hskip 0.4em}
+\long\def\@makecaption#1#2{\vskip 10pt\baselineskip 11pt
+  \setbox\@tempboxa\hbox{#1. #2}%
+  \ifdim\wd\@tempboxa>\hsize {\small\sl #1.~}{\footnotesize #2}\par
+  \else\centerline{{\small\sl #1.} {\small #2}}\fi}
+\newcommand{\icmltitle}[1]{\thispagestyle{plain}{\center\baselineskip 18pt
+  \hrule height 1pt\vskip .25in{\Large\bf #1}\vskip .22in
+  \hrule height 1pt\vskip .3in}}
+\newif\ifcnnjax@firstauthor \cnnjax@firstauthortrue
+\newenvironment{icmlauthorlist}{\setlength\topsep{0pt}\setlength\parskip{0pt}%
+  \begin{center}}{\end{center}}
+% Under review, ICML prints 'Anonymous Authors' once, whatever the list.
+\newcommand{\icmlauthor}[2]{\ifcnnjax@firstauthor
+  \mbox{\bf Anonymous Authors}\textsuperscript{1\,}\fi
+  \global\cnnjax@firstauthorfalse}
 \newcommand{\icmlaffiliation}[2]{}
 \newcommand{\icmlcorrespondingauthor}[2]{}
 \newcommand{\icmlsetsymbol}[2]{}
 \newcommand{\icmlkeywords}[1]{}
-\newcommand{\icmlEqualContribution}{}
-\newcommand{\printAffiliationsAndNotice}[1]{\let\thefootnote\relax
-  \footnotetext{\small Preliminary work. Under review by ICML (layout of
-  cnn\_jax's built-in ICML-geometry style).}}
-\renewenvironment{abstract}{\centerline{\large\bf Abstract}\vspace{0.5ex}%
-  \begin{quote}}{\par\end{quote}\vskip 1ex}
+\newcommand{\icmlEqualContribution}{\textsuperscript{*}Equal contribution }
+\newcommand{\printAffiliationsAndNotice}[1]{{\let\thefootnote\relax
+  \footnotetext{\hspace*{-\footnotesep}\textsuperscript{1}Anonymous
+  Institution, Anonymous City, Anonymous Region, Anonymous Country.
+  Correspondence to: Anonymous Author \textless{}anon.email@domain.com%
+  \textgreater{}.\par\ \\ Preliminary work. Under review by the
+  International Conference on Machine Learning (ICML). Do not
+  distribute.}}}
+\renewenvironment{abstract}{\centerline{\large\bf Abstract}%
+  \vspace{-0.12in}\begin{quote}}{\par\end{quote}\vskip 0.12in}
 \endinput
 """
 
