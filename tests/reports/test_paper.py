@@ -98,8 +98,9 @@ def test_tables_carry_the_numbers_of_summary_json(runs, tmp_path):
   assert data[0][2:5] == ["60,000", "--", "10,000"]
   # The best group's best run gave the confusion matrix and examples.
   names = {os.path.basename(f.name) for f in result.floats}
-  assert {"learning_curves.pdf", "confusion.pdf", "examples.pdf"} <= names
-  for name in ("learning_curves", "confusion", "examples"):
+  assert names == {"learning_curves.pdf", "confusion.pdf", "examples.pdf",
+                   "heatmaps.pdf", "results.tex", "data.tex", "cost.tex"}
+  for name in ("learning_curves", "confusion", "examples", "heatmaps"):
     with open(tmp_path / "paper" / "figures" / f"{name}.pdf", "rb") as f:
       assert f.read(5) == b"%PDF-"
   bib = (tmp_path / "paper" / "references.bib").read_text()

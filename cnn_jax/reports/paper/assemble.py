@@ -29,9 +29,7 @@ import dataclasses
 import os
 from typing import List
 
-import numpy as np
-
-from cnn_jax.reports import restored_run
+from cnn_jax.reports.paper import best_run
 from cnn_jax.reports.paper import bibliography
 from cnn_jax.reports.paper import collect
 from cnn_jax.reports.paper import compile as compile_lib
@@ -40,7 +38,6 @@ from cnn_jax.reports.paper import figures
 from cnn_jax.reports.paper import latex
 from cnn_jax.reports.paper import sections
 from cnn_jax.reports.paper import tables
-from cnn_jax.runs import checkpoint
 
 _CAPTION_CHARS_PER_LINE = 60
 _LINE_IN = 0.14
@@ -67,39 +64,6 @@ class PaperResult:
 
 def _caption_in(caption):
   return (len(caption) // _CAPTION_CHARS_PER_LINE + 1) * _LINE_IN
-
-
-def _best_run_figures(groups, folder, notes):
-  """Confusion matrix and examples of the best run, re-evaluated from its
-  final checkpoint; [] with a note when that cannot be done."""
-  group = collect.best_group(groups)
-  run = group.best_run()
-  task = run.config.get("task", "classification")
-  if task != "classification":
-    notes.append(f"no confusion matrix: the best run's task is {task}")
-    return []
-  if not checkpoint.saved_steps(run.path):
-    notes.append(f"no confusion matrix: {run.path} has no checkpoint")
-    return []
-  try:
-    restored = restored_run.load_run(run.path)
-    logits, _ = restored_run.predict(restored)
-  except (checkpoint.CheckpointError, FileNotFoundError, ValueError) as e:
-    notes.append(f"no confusion matrix: the best run {run.path} could not "
-                 f"be re-evaluated ({e})")
-    return []
-  test = restored.splits["test"]
-  labels = np.asarray(test.labels)
-  names = test.class_names or restored.splits["train"].class_names or None
-  label = f"{latex.escape(group.label)}, {latex.escape(run.name)}"
-  made = [figures.plot_confusion(
-      figures.confusion_matrix(labels, logits), names,
-      os.path.join(folder, "figures", "confusion.pdf"), label)]
-  if len(test.example_shape) == 3:
-    made.append(figures.plot_examples(
-        np.asarray(test.images), labels, logits, names,
-        os.path.join(folder, "figures", "examples.pdf"), label))
-  return made
 
 
 def _document(folder, title, groups, made_figures, floats_text):
@@ -157,7 +121,7 @@ def write_paper(specs, folder, title="", overwrite=False, compile_pdf=True,
     made.append(figures.plot_learning_curves(
         groups, os.path.join(folder, "figures", "learning_curves.pdf")))
   if predictions:
-    made += _best_run_figures(groups, folder, notes)
+    made += best_run.best_run_figures(groups, folder, notes)
 
   table_specs = [
       ("data", tables.data_table(groups, facts),

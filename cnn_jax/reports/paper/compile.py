@@ -164,7 +164,8 @@ def advice(result, floats: List[Float], limit=PAGE_LIMIT):
   if result.body_pages > page:
     where += f", its floats reach page {result.body_pages}"
   if over <= 0:
-    spare = (f"{-over:.1f} column-inches to spare" if not late else
+    spare = (f"{-over:.1f} column-inches to spare"
+             if result.body_pages <= page else
              f"the body and its floats end on page {result.body_pages}")
     lines.append(f"{where}: within the {limit}-page limit ({spare})")
     return lines

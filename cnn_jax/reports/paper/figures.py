@@ -8,6 +8,7 @@
                        checkpoint re-evaluated on the whole test split)
   examples.pdf         test images of the best run with true -> predicted
                        class, the most confident mistakes first
+  heatmaps.pdf         Grad-CAM of the predicted class over test images
 
 Each `plot_*` returns a Figure record (file, height in inches, caption,
 label, priority: the lower, the sooner it is suggested for dropping when the
@@ -20,6 +21,7 @@ import numpy as np
 
 from cnn_jax.reports import plotting
 from cnn_jax.reports import visualize
+from cnn_jax.reports import visualize_model
 # pyplot after plotting, which selects the Agg backend.
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
@@ -164,6 +166,29 @@ def plot_examples(images, labels, logits, class_names, path, label,
                 f"Test images of the best run ({label}), titled true$>$"
                 "predicted class: its most confident mistakes (red), then "
                 "correct predictions.", "fig:examples", priority=1)
+
+
+def plot_heatmaps(images, maps, titles, path, label, layer):
+  """Each image with its heat map [h, w] (any size, resized) over it, in
+  one row; titles 'true>predicted'."""
+  count = len(images)
+  height = COLUMN_IN / max(count, 1) + 0.15
+  with plt.rc_context(_RC):
+    fig, axes = plt.subplots(1, count, figsize=(COLUMN_IN, height),
+                             squeeze=False)
+    for ax, image, heat, title in zip(axes[0], images, maps, titles):
+      overlay = visualize_model.overlay_heatmap(
+          image, np.maximum(np.asarray(heat), 0.0), alpha=0.5, vmin=0.0)
+      plotting.show_image(ax, overlay)
+      ax.set_title(title, fontsize=5, pad=1)
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.85, bottom=0.01,
+                        wspace=0.05)
+    _save(fig, path)
+  return Figure("heatmaps", height,
+                f"Grad-CAM heat maps of the predicted class at layer "
+                f"\\texttt{{{layer}}} of the best run ({label}) over test "
+                "images (titled true$>$predicted): where the evidence for "
+                "the prediction lies.", "fig:heatmaps", priority=0)
 
 
 def confusion_matrix(labels, logits):

@@ -193,7 +193,9 @@ def experiments_text(groups, figure_labels):
                         "curves",
           "fig:confusion": "Figure~\\ref{fig:confusion} the confusion "
                            "matrix of the best run",
-          "fig:examples": "Figure~\\ref{fig:examples} example predictions"}
+          "fig:examples": "Figure~\\ref{fig:examples} example predictions",
+          "fig:heatmaps": "Figure~\\ref{fig:heatmaps} where the best "
+                          "run looks (Grad-CAM)"}
   shown = [refs[label] for label in figure_labels if label in refs]
   if shown:
     text += " " + _join(shown) + "."
