@@ -13,6 +13,8 @@ What only the author can say (motivation, interpretation) stays a \\todo in
 paper.tex.
 """
 
+import json
+
 from cnn_jax.reports.paper import bibliography
 from cnn_jax.reports.paper import collect
 from cnn_jax.reports.paper import tables
@@ -66,8 +68,9 @@ def data_text(groups, facts):
     name = config.get("data", {}).get("name", "")
     who = ("All runs use" if len(datasets) == 1 else
            f"{_join(escape(g.label) for g in members)} use")
-    sizes = dict(sizes)
-    split_text = _join(f"{n:,} {s} examples" for s, n in sizes.items())
+    order = {"train": 0, "val": 1, "test": 2}
+    sizes = sorted(sizes, key=lambda item: (order.get(item[0], 3), item[0]))
+    split_text = _join(f"{n:,} {s}" for s, n in sizes) + " examples"
     classes = (f" in {fact.num_classes} classes" if fact.num_classes
                else "")
     shape_text = "\\times".join(str(d) for d in shape)
@@ -76,9 +79,15 @@ def data_text(groups, facts):
             f"{split_text} of shape "
             f"${shape_text}${classes} "
             "(Table~\\ref{tab:data}).")
+    if any(len({json.dumps(r.config.get("data", {}).get("data_dir"))
+                for r in g.runs}) > 1 for g in members):
+      text += (" Each seed has its own data file (a training subset drawn "
+               "with that seed); the sizes are the first seed's.")
     counts = fact.class_counts.get("train") or []
     if counts and fact.task == "classification":
-      text += (f" The training classes hold {min(counts):,} to "
+      text += (f" The training classes hold {min(counts):,} examples each."
+               if min(counts) == max(counts) else
+               f" The training classes hold {min(counts):,} to "
                f"{max(counts):,} examples each.")
     if fact.pixel_mean:
       text += (" Inputs are scaled to $[0, 1]$ and standardised per channel "
@@ -113,7 +122,7 @@ def _transfer_text(config):
 
 def _method_pieces(group, fact):
   """The sentences describing one group: model, optimizer, length,
-  transfer, seeds (each ends with '.'; '' when it has nothing to say)."""
+  augmentation, transfer, seeds (each ends with '.'; '' when it has nothing to say)."""
   config = group.config
   model = config.get("model", {})
   optim = config.get("optim", {})
@@ -146,7 +155,8 @@ def _method_pieces(group, fact):
   seeds = collect.describe_seeds(group)
   seeds_text = (f"Seed{'s' if len(group.runs) > 1 else ''} {seeds}." if seeds
                 else "")
-  return [model_text, optim_text, length_text,
+  augment_text = f"Augmentation: {augmentation_text(config)}."
+  return [model_text, optim_text, length_text, augment_text,
           _transfer_text(config).strip(), seeds_text]
 
 
