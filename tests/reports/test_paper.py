@@ -173,11 +173,17 @@ def test_bad_runs_are_errors_naming_them(tmp_path):
 
 
 def test_a_sweep_gives_a_group_per_setting(tmp_path):
-  for k, (seed, lr) in enumerate([(0, 0.003), (1, 0.003), (0, 0.1)]):
-    _copy_run(tmp_path / "sweep" / "members" / str(k), seed, lr=lr)
+  for k, (seed, lr, status) in enumerate([
+      (0, 0.003, "finished"), (1, 0.003, "finished"), (0, 0.1, "finished"),
+      (1, 0.1, "diverged")]):
+    _copy_run(tmp_path / "sweep" / "members" / str(k), seed, lr=lr,
+              status=status)
   groups = collect.collect([("lr", str(tmp_path / "sweep"))])
   assert {g.label: len(g.runs) for g in groups} == {
       "lr (learning_rate=0.003)": 2, "lr (learning_rate=0.1)": 1}
+  # The diverged member is left out, and named.
+  assert [n for g in groups for n in g.left_out] == [
+      f"lr={tmp_path / 'sweep'} member 3 (diverged)"]
 
 
 def test_page_limit_advice_drops_lowest_priority_first():

@@ -115,7 +115,7 @@ def write_paper(specs, folder, title="", overwrite=False, compile_pdf=True,
   facts = facts_lib.facts_for_groups(groups)
   for sub in ("figures", "tables", "generated"):
     os.makedirs(os.path.join(folder, sub), exist_ok=True)
-  notes = []
+  notes = [f"left out: {name}" for g in groups for name in g.left_out]
   made = []
   if any(r.records for g in groups for r in g.runs):
     made.append(figures.plot_learning_curves(

@@ -60,6 +60,7 @@ class Group:
 
   label: str
   runs: List[Run]
+  left_out: List[str] = dataclasses.field(default_factory=list)
 
   @property
   def config(self):
@@ -147,10 +148,19 @@ def _differences(runs):
 
 
 def _sweep_groups(label, path):
-  """One group per setting of the sweep's finished members."""
-  runs = []
-  for name, member_dir, _ in report_sweep._read_members(path):  # pylint: disable=protected-access
+  """One group per setting of the sweep's finished members; members that
+  diverged (or stopped) are left out, as the sweep report does, and named
+  in the first group's `left_out`."""
+  runs, left_out = [], []
+  for name, member_dir, result in report_sweep._read_members(path):  # pylint: disable=protected-access
+    status = result.get("status", "finished")
+    if status != "finished":
+      left_out.append(f"{label}={path} member {name} ({status})")
+      continue
     runs.append(_read_run(label, member_dir, f"{label}={path} member {name}"))
+  if not runs:
+    raise RunFolderError(f"sweep {label}={path}: no member finished "
+                         f"({'; '.join(left_out)})")
   varying = _differences(runs)
   by_setting = {}
   for run in runs:
@@ -165,6 +175,7 @@ def _sweep_groups(label, path):
     for run in members:
       run.label = name
     groups.append(Group(name, members))
+  groups[0].left_out = left_out
   return groups
 
 
