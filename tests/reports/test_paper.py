@@ -243,3 +243,30 @@ def test_a_best_run_without_checkpoint_leaves_out_its_figures(tmp_path):
       "fig:curves"]
   assert any("has no checkpoint" in line for line in result.lines())
   assert "confusion" not in (tmp_path / "paper" / "paper.tex").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config_name,figure", [("multidigit", "heatmaps"),
+                                                ("unet_digits", "masks")])
+def test_multilabel_and_segmentation_papers_show_their_maps(
+    tmp_path, config_name, figure):
+  """A few steps of the config; the paper shows the best run's Grad-CAM
+  heat maps (multi-label) or masks (segmentation), and compiles."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  from cnn_jax.training import train  # pylint: disable=g-import-not-at-top
+  config = importlib.import_module(f"configs.{config_name}").get_config()
+  config.data.num_train, config.data.num_test = 32, 8
+  config.data.batch_size, config.data.eval_batch_size = 16, 8
+  config.train.num_epochs = 1
+  if config_name == "unet_digits":
+    config.model.features, config.model.depth = 4, 2
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir)
+  result = assemble.write_paper([("tiny", workdir)], str(tmp_path / "paper"),
+                                compile_pdf=not compile_lib.tools_missing())
+  assert [f.label for f in result.floats if f.label.startswith("fig:")] == [
+      "fig:curves", f"fig:{figure}"], result.lines()
+  with open(tmp_path / "paper" / "figures" / f"{figure}.pdf", "rb") as f:
+    assert f.read(5) == b"%PDF-"
+  if not compile_lib.tools_missing():
+    assert result.compiled.pdf, result.compiled.message

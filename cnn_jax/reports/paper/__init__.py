@@ -5,7 +5,7 @@ training): launch.py --mode=paper / --mode=proposal.
   facts.py         data and model facts (split sizes, classes, parameters)
   tables.py        tables/*.tex: results with 95% intervals, data, cost
   figures.py       figures/*.pdf: learning curves, confusion, examples
-  best_run.py      the best run re-evaluated: confusion, examples, Grad-CAM
+  best_run.py      the best run's confusion, examples, Grad-CAM maps, masks
   sections.py      generated/*.tex: the text filled from the runs
   bibliography.py  references.bib: standard citations of what the runs used
   latex.py         escaping, the built-in ICML-geometry style, sealed files

@@ -8,7 +8,8 @@
                        checkpoint re-evaluated on the whole test split)
   examples.pdf         test images of the best run with true -> predicted
                        class, the most confident mistakes first
-  heatmaps.pdf         Grad-CAM of the predicted class over test images
+  heatmaps.pdf         Grad-CAM heat maps over test images
+  masks.pdf            true and predicted segmentation masks
 
 Each `plot_*` returns a Figure record (file, height in inches, caption,
 label, priority: the lower, the sooner it is suggested for dropping when the
@@ -168,27 +169,43 @@ def plot_examples(images, labels, logits, class_names, path, label,
                 "correct predictions.", "fig:examples", priority=1)
 
 
-def plot_heatmaps(images, maps, titles, path, label, layer):
-  """Each image with its heat map [h, w] (any size, resized) over it, in
-  one row; titles 'true>predicted'."""
-  count = len(images)
-  height = COLUMN_IN / max(count, 1) + 0.15
+def _image_row(panels, titles, path, height):
+  """One row of images (RGB floats or uint8) with small titles."""
   with plt.rc_context(_RC):
-    fig, axes = plt.subplots(1, count, figsize=(COLUMN_IN, height),
+    fig, axes = plt.subplots(1, len(panels), figsize=(COLUMN_IN, height),
                              squeeze=False)
-    for ax, image, heat, title in zip(axes[0], images, maps, titles):
-      overlay = visualize_model.overlay_heatmap(
-          image, np.maximum(np.asarray(heat), 0.0), alpha=0.5, vmin=0.0)
-      plotting.show_image(ax, overlay)
+    for ax, panel, title in zip(axes[0], panels, titles):
+      plotting.show_image(ax, panel)
       ax.set_title(title, fontsize=5, pad=1)
     fig.subplots_adjust(left=0.01, right=0.99, top=0.85, bottom=0.01,
                         wspace=0.05)
     _save(fig, path)
+
+
+def plot_heatmaps(images, maps, titles, path, label, layer, what):
+  """Each image with its heat map [h, w] (any size, resized) over it, in
+  one row; `what`: the output the maps explain, for the caption."""
+  height = COLUMN_IN / max(len(images), 1) + 0.15
+  _image_row([visualize_model.overlay_heatmap(
+      image, np.maximum(np.asarray(heat), 0.0), alpha=0.5, vmin=0.0)
+              for image, heat in zip(images, maps)], titles, path, height)
   return Figure("heatmaps", height,
-                f"Grad-CAM heat maps of the predicted class at layer "
-                f"\\texttt{{{layer}}} of the best run ({label}) over test "
-                "images (titled true$>$predicted): where the evidence for "
-                "the prediction lies.", "fig:heatmaps", priority=0)
+                f"Grad-CAM heat maps at layer \\texttt{{{layer}}} of the "
+                f"best run ({label}) over test images, for {what}: where "
+                "the evidence lies.", "fig:heatmaps", priority=0)
+
+
+def plot_masks(pairs, path, label):
+  """(true-mask overlay, predicted-mask overlay) per test image, in one
+  row: true, predicted, true, predicted, ..."""
+  panels = [p for pair in pairs for p in pair]
+  titles = ["true", "predicted"] * len(pairs)
+  height = COLUMN_IN / max(len(panels), 1) + 0.15
+  _image_row(panels, titles, path, height)
+  return Figure("masks", height,
+                f"Segmentation masks of the best run ({label}): for each "
+                "test image the true mask, then the predicted one, over the "
+                "image.", "fig:masks", priority=1)
 
 
 def confusion_matrix(labels, logits):

@@ -205,7 +205,8 @@ def experiments_text(groups, figure_labels):
                            "matrix of the best run",
           "fig:examples": "Figure~\\ref{fig:examples} example predictions",
           "fig:heatmaps": "Figure~\\ref{fig:heatmaps} where the best "
-                          "run looks (Grad-CAM)"}
+                          "run looks (Grad-CAM)",
+          "fig:masks": "Figure~\\ref{fig:masks} its predicted masks"}
   shown = [refs[label] for label in figure_labels if label in refs]
   if shown:
     text += " " + _join(shown) + "."
