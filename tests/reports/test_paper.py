@@ -202,6 +202,12 @@ def test_page_limit_advice_drops_lowest_priority_first():
   within = compile_lib.CompileResult("p.pdf", 4, (4, 1, 2.0), "")
   assert "within the 4-page limit (16.0 column-inches to spare)" in \
       compile_lib.advice(within, floats)[1]
+  # Far over: no dropping of floats suffices, the text must shrink.
+  far = compile_lib.CompileResult("p.pdf", 8, (7, 2, 3.4), "")
+  line = compile_lib.advice(far, floats)[1]
+  assert "48.4 column-inches over" in line and "shorten the text by ~41" \
+      in line and line.endswith("figures/examples.pdf, figures/confusion.pdf"
+                                ", tables/cost.tex, tables/results.tex")
   # A float LaTeX pushed past page 4 counts even when the text fits.
   late = compile_lib.CompileResult("p.pdf", 5, (4, 2, 8.0), "",
                                    float_pages={"fig:confusion": 5})

@@ -169,20 +169,28 @@ def advice(result, floats: List[Float], limit=PAGE_LIMIT):
              f"the body and its floats end on page {result.body_pages}")
     lines.append(f"{where}: within the {limit}-page limit ({spare})")
     return lines
+  costs = [(item, item.height_in * (COLUMNS if item.wide else 1))
+           for item in sorted(floats, key=lambda f: f.priority)]
+  total = sum(cost for _, cost in costs)
+  if total < over:
+    # Dropping floats cannot do it: the text itself is too long.
+    lines.append(f"{where}: {over:.1f} column-inches over the {limit}-page "
+                 f"limit, more than all figures and tables hold (~"
+                 f"{total:.1f}): shorten the text by ~{over - total:.0f} "
+                 f"column-inches (~{(over - total) * 6:.0f} lines), then "
+                 "drop figures and tables, lowest priority first: "
+                 + ", ".join(item.name for item, _ in costs))
+    return lines
   lines.append(f"{where}: {over:.1f} column-inches over the {limit}-page "
                "limit. To fit, drop (estimated heights, lowest priority "
                "first):")
   freed = 0.0
-  for item in sorted(floats, key=lambda f: f.priority):
-    cost = item.height_in * (COLUMNS if item.wide else 1)
+  for item, cost in costs:
     freed += cost
     lines.append(f"  - {item.name} (\\ref{{{item.label}}}, ~{cost:.1f} "
                  "column-inches)")
     if freed >= over:
       break
-  if freed < over:
-    lines.append(f"  dropping every float frees ~{freed:.1f} column-inches: "
-                 "shorten the text too")
   return lines
 
 
