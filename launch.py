@@ -5,6 +5,10 @@
   python launch.py --config configs/mnist.py --workdir runs/mnist \
       --mode=evaluate [--step=N]
   python launch.py --mode=report --workdir runs/mnist [--report_html]
+  python launch.py --mode=paper --workdir papers/mine \
+      --runs=baseline=runs/a,cnn=runs/b_seed*  [--paper_title='...']
+  python launch.py --mode=proposal --config configs/mnist.py \
+      --workdir papers/proposal
   python launch.py --config configs/mnist_sweep.py --workdir runs/sweep
       (a config with a `sweep` section: every member in one program;
       --mode=evaluate --workdir runs/sweep/members/<k> for member k;
@@ -37,6 +41,8 @@ from cnn_jax.reports import entry as report_entry
 from cnn_jax.reports import heatmaps
 from cnn_jax.sweeps import search
 from cnn_jax.sweeps import search_settings
+from cnn_jax.reports.paper import assemble as paper
+from cnn_jax.reports.paper import proposal
 from cnn_jax.sweeps import sweep
 from cnn_jax.sweeps import sweep_config
 from cnn_jax.training import compilation_cache
@@ -45,13 +51,17 @@ from cnn_jax.training import train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Folder for logs, checkpoints, results.")
-flags.DEFINE_enum("mode", "train", ["train", "evaluate", "report", "heatmap"],
+flags.DEFINE_enum("mode", "train", ["train", "evaluate", "report", "heatmap",
+                                    "paper", "proposal"],
                   "train: train (or resume) in --workdir; evaluate: evaluate "
                   "a checkpoint of --workdir on the test split; report: "
                   "write --workdir/report/report.md (figures beside it) for "
                   "a finished run or sweep (needs no --config); heatmap: "
                   "PNGs of a checkpoint's heat maps (CAM / Grad-CAM) or "
-                  "predicted masks over test images, in --workdir/heatmaps.")
+                  "predicted masks over test images, in --workdir/heatmaps; "
+                  "paper: an ICML-format paper of --runs in the folder "
+                  "--workdir (needs no --config); proposal: the project "
+                  "proposal of --config in the folder --workdir.")
 flags.DEFINE_integer("step", None, "--mode=evaluate/heatmap: the "
                      "checkpoint's step (default: the latest intact one).")
 flags.DEFINE_enum("heatmap_method", "auto", list(heatmaps.METHODS),
@@ -65,9 +75,10 @@ flags.DEFINE_integer("heatmap_count", 8, "--mode=heatmap: how many test "
 config_file.define_flag(
     "config", None, "A configs/*.py file; override keys with --config.a.b=v.",
     lock_config=True)
-flags.DEFINE_bool("overwrite_report", False, "--mode=report: replace a "
-                  "report.md that was edited since it was written (an "
-                  "unedited one is always regenerated).")
+flags.DEFINE_bool("overwrite_report", False, "--mode=report/paper/"
+                  "proposal: replace a report.md / paper.tex / proposal.tex "
+                  "/ references.bib that was edited since it was written "
+                  "(an unedited one is always regenerated).")
 flags.DEFINE_bool("report_html", False, "--mode=report: also write "
                   "report.html.")
 flags.DEFINE_bool("distributed", False, "Start jax.distributed with the "
@@ -80,12 +91,18 @@ flags.DEFINE_integer("num_processes", None, "How many processes in all.")
 flags.DEFINE_integer("process_id", None, "This process, 0 .. N-1.")
 flags.DEFINE_integer("distributed_timeout", 300, "Seconds to wait for every "
                      "process to join jax.distributed.")
+flags.DEFINE_string("runs", "", "--mode=paper: label=run_folder pairs, "
+                    "comma-separated; a folder may be a sweep or a glob; "
+                    "runs sharing a label are seeds of one setting.")
+flags.DEFINE_string("paper_title", "", "--mode=paper/proposal: the title "
+                    "(default: a \\todo placeholder).")
 flags.mark_flags_as_required(["workdir"])
 flags.register_multi_flags_validator(
     ["config", "mode"],
-    lambda f: f["mode"] == "report" or f["config"] is not None,
+    lambda f: f["mode"] in ("report", "paper") or f["config"] is not None,
     message="flag --config must have a value other than None (only "
-    "--mode=report reads the config from the run's summary.json)")
+    "--mode=report and --mode=paper read configs from the runs' "
+    "summary.json)")
 
 # Errors a user can cause and fix: reported as one line, without a traceback.
 _USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError,
@@ -123,7 +140,7 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   if FLAGS.distributed or FLAGS.coordinator_address is not None:
-    if FLAGS.mode in ("report", "heatmap"):
+    if FLAGS.mode in ("report", "heatmap", "paper", "proposal"):
       print(f"error: --mode={FLAGS.mode} runs in one process: drop "
             "--distributed/--coordinator_address", file=sys.stderr)
       return 1
@@ -160,6 +177,18 @@ def _run_mode():
                                        overwrite=FLAGS.overwrite_report,
                                        html=FLAGS.report_html)
       print(f"report written to {path}")
+      return 0
+    if FLAGS.mode == "paper":
+      result = paper.write_paper(paper.collect.parse_runs_flag(FLAGS.runs),
+                                 FLAGS.workdir, FLAGS.paper_title,
+                                 overwrite=FLAGS.overwrite_report)
+      print("\n".join(result.lines()))
+      return 0
+    if FLAGS.mode == "proposal":
+      lines, _ = proposal.write_proposal(FLAGS.config, FLAGS.workdir,
+                                         FLAGS.paper_title,
+                                         overwrite=FLAGS.overwrite_report)
+      print("\n".join(lines))
       return 0
     # A sweep config with --workdir <sweep>/members/<k>: member k's config.
     config = (FLAGS.config if FLAGS.mode == "train" else

@@ -16,6 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from cnn_jax.data import batching
 from cnn_jax.data import load_splits
 from cnn_jax.distributed import mesh as mesh_lib
 from cnn_jax.runs import checkpoint
@@ -62,10 +63,12 @@ def load_run(workdir, step=None):
     raise FileNotFoundError(
         f"no summary.json in {workdir!r}: not a run folder, or the run has "
         "not finished (train it with launch.py first)")
-  config = ml_collections.ConfigDict(summary["config"])
+  config = ml_collections.ConfigDict(_tuples(summary["config"]))
   splits = load_splits(config.data)
   train_set = splits["train"]
-  per_epoch = max(1, len(train_set) // config.data.batch_size)
+  # As the training loop counts them: the optimizer's structure (transfer
+  # groups, schedules) can depend on it.
+  per_epoch = batching.steps_per_epoch(len(train_set), config.data.batch_size)
   abstract = steps.abstract_train_state(config, train_set.example_shape,
                                         per_epoch)
   manager = checkpoint.make_manager(workdir)
@@ -86,6 +89,17 @@ def load_run(workdir, step=None):
     mean, std = steps.normalization_stats(config.data, train_set)
   return RestoredRun(os.path.abspath(workdir), summary, config, splits, state,
                      int(state.step), mean, std)
+
+
+def _tuples(tree):
+  """The config as the config file made it: JSON turned its tuples into
+  lists, and a list where a default holds a tuple reads as a changed
+  setting (transfer.plan.is_active would see transfer.load=['.*'] as on)."""
+  if isinstance(tree, dict):
+    return {k: _tuples(v) for k, v in tree.items()}
+  if isinstance(tree, list):
+    return tuple(_tuples(v) for v in tree)
+  return tree
 
 
 def predict(run, split="test", dataset=None):
