@@ -34,7 +34,6 @@ import argparse
 import functools
 import json
 import os
-import platform
 import sys
 import time
 
@@ -44,6 +43,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import machine  # pylint: disable=g-import-not-at-top
 from cnn_jax.conv import conv_impls  # pylint: disable=g-import-not-at-top
 from cnn_jax.conv import cpu_malloc  # pylint: disable=g-import-not-at-top
 from cnn_jax.models import MODELS  # pylint: disable=g-import-not-at-top
@@ -243,15 +243,6 @@ def print_table(title, results, batch):
   sys.stdout.flush()
 
 
-def cpu_name():
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
 
 
 def main():
@@ -293,7 +284,7 @@ def main():
   if torch is not None:
     torch.set_num_threads(threads)
   load_before = os.getloadavg()
-  print(f"cpu: {cpu_name()}, {threads} logical cores; jax {jax.__version__} "
+  print(f"cpu: {machine.cpu_description()}, {threads} logical cores; jax {jax.__version__} "
         f"({jax.devices()[0].device_kind}); torch "
         f"{torch.__version__ if torch else 'not installed: its rows skipped'}"
         f"; malloc: {'keep freed memory' if malloc_kept else 'glibc default'}"
@@ -353,7 +344,7 @@ def main():
       headline["resnet18_ratio"] = round(results["jax auto"][0] / best_speed,
                                          2)
   headline.update(
-      cpu=cpu_name(), threads=threads, jax=jax.__version__,
+      cpu=machine.cpu_description(), threads=threads, jax=jax.__version__,
       torch=torch.__version__ if torch else None, torch_modes=modes,
       malloc="keep" if malloc_kept else "default",
       load_avg=[round(load_before[0], 1), round(os.getloadavg()[0], 1)],

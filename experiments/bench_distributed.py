@@ -25,6 +25,8 @@ from absl import app
 from absl import flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from experiments import machine  # pylint: disable=g-import-not-at-top
 
 flags.DEFINE_list("processes", ["1", "2"], "Process counts, 1 first.")
 flags.DEFINE_integer("epochs", 1, "config.train.num_epochs.")
@@ -86,11 +88,7 @@ def main(argv):
                    "ms_per_step": round(
                        1000 * batch / summary["train_img_per_s"], 2)})
   base = rows[0]["ms_per_step"]
-  cpu = "?"
-  if os.path.exists("/proc/cpuinfo"):
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      cpu = next((line.split(":", 1)[1].strip() for line in f
-                  if line.startswith("model name")), "?")
+  cpu = machine.cpu_description()
   print(f"configs/mnist.py, {FLAGS.epochs} epoch(s), global batch "
         f"{batch}, 1 CPU device per process; {cpu}, {os.cpu_count()} cores, "
         f"load {os.getloadavg()[0]:.1f}")

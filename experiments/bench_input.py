@@ -26,7 +26,6 @@ folder) and reused. Prints a table, then as its LAST line one JSON object.
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -35,6 +34,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from experiments import machine  # pylint: disable=g-import-not-at-top
 from cnn_jax.data import decode  # pylint: disable=g-import-not-at-top
 from cnn_jax.data import grain_pipeline
 from cnn_jax.data import photo_like
@@ -52,15 +52,6 @@ _SCALE, _RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
 _WARM = 8  # batches drawn before timing (>= 2 per worker + 1)
 
 
-def _cpu_model():
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor()
 
 
 def _folder(root, images, seed):
@@ -171,7 +162,7 @@ def main():
   load_before = os.getloadavg()
   rows = []
   print(f"{len(dataset)} JPEGs (~500x375) -> 224x224 random-resized crop + "
-        f"flip, batch {args.batch}; {_cpu_model()}, {cores} cores")
+        f"flip, batch {args.batch}; {machine.cpu_description()}, {cores} cores")
   print(f"{'workers':>7} {'ours img/s':>10} {'ours, full decode':>17} "
         f"{'PyTorch img/s':>13} {'ratio':>6} {'start-up ours/torch s':>22}")
   for count in workers:
@@ -207,7 +198,7 @@ def main():
         f"feed one H200 training ResNet-50 ({H200_RESNET50_IMG_S:,} img/s)")
   print(f"load average before / after: {load_before} / {os.getloadavg()}")
   print(json.dumps({
-      "benchmark": "bench_input", "cpu": _cpu_model(), "cores": cores,
+      "benchmark": "bench_input", "cpu": machine.cpu_description(), "cores": cores,
       "images": len(dataset), "batch": args.batch, "rows": rows,
       "min_ratio": min(r["ratio"] for r in rows),
       "img_s_per_core": round(per_core, 1),

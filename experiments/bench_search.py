@@ -28,7 +28,6 @@ import functools
 import gzip
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from experiments import machine  # pylint: disable=g-import-not-at-top
 from cnn_jax.data import batching  # pylint: disable=g-import-not-at-top
 from cnn_jax.data import load_splits  # pylint: disable=g-import-not-at-top
 from cnn_jax.sweeps import search  # pylint: disable=g-import-not-at-top
@@ -184,15 +184,6 @@ def run_optuna(config, budget, seed=0):
           "member_epochs": float(spent["epochs"])}
 
 
-def cpu_model():
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
 
 
 def main():
@@ -220,7 +211,7 @@ def main():
   print(f"\nMNIST, {train_count} train (10% held out for selection), "
         f"{test_count} test, {args.epochs} epochs per trial, "
         f"{'quick CNN' if args.quick else 'configs/mnist.py CNN'}; "
-        f"{cpu_model()} ({os.cpu_count()} cores), "
+        f"{machine.cpu_description()} ({os.cpu_count()} cores), "
         f"{jax.devices()[0].device_kind}, load {os.getloadavg()[0]:.1f}")
   print("| method | best val acc | its test acc | wall s | trials | "
         "member-epochs |")

@@ -36,7 +36,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from experiments.bench_cpu import cpu_name  # pylint: disable=g-import-not-at-top
+from experiments import machine  # pylint: disable=g-import-not-at-top
 
 
 # launch.py's main, with the first train call timed from process start (it
@@ -203,7 +203,7 @@ def main():
                       "configs/mnist_fast.py ('' skips)")
   args = parser.parse_args()
   load_before = os.getloadavg()[0]
-  print(f"cpu: {cpu_name()}, {len(os.sched_getaffinity(0))} logical cores; "
+  print(f"cpu: {machine.cpu_description()}, {len(os.sched_getaffinity(0))} logical cores; "
         f"load average {load_before:.1f}")
   headline = {"import_launch_s": round(import_seconds(), 2)}
   print(f"import launch: {headline['import_launch_s']:.2f} s\n")
@@ -225,7 +225,7 @@ def main():
       headline[f"{key}_compile_cpu_s"] = round(cc, 2)
       headline[f"{key}_step_ms"] = round(1e3 * sw, 1)
       headline[f"{key}_step_cpu_ms"] = round(1e3 * sc, 1)
-  headline.update(cpu=cpu_name(), load_avg=[round(load_before, 1),
+  headline.update(cpu=machine.cpu_description(), load_avg=[round(load_before, 1),
                                             round(os.getloadavg()[0], 1)])
   print(json.dumps(headline))
 

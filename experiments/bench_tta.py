@@ -48,6 +48,8 @@ import tempfile
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from experiments import machine  # pylint: disable=g-import-not-at-top
 TARGETS = (0.994, 0.995)
 # Printed by every run after each evaluation: epoch, accuracy, seconds.
 MARK = "tta epoch"
@@ -75,28 +77,6 @@ app.run(launch.main, flags_parser=launch.parse_flags)
 """ % MARK
 
 
-def cpu_description():
-  """lscpu's model name, family/model, and the ISA extensions that decide
-  which kernels oneDNN, XLA and PyTorch run."""
-  info = {}
-  try:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True,
-                         check=True).stdout
-    for line in out.splitlines():
-      key, _, value = line.partition(":")
-      info[key.strip()] = value.strip()
-  except (OSError, subprocess.CalledProcessError):
-    pass
-  flags = set(info.get("Flags", "").split())
-  isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni",
-                     "amx_bf16", "amx_tile") if f in flags]
-  if not any(f.startswith("amx") for f in flags):
-    isa.append("no AMX")
-  name = info.get("Model name", "unknown CPU")
-  family = (f"family {info['CPU family']} model {info['Model']}"
-            if "CPU family" in info and "Model" in info else "")
-  cores = len(os.sched_getaffinity(0))
-  return f"{name} ({family}; {' '.join(isa)}; {cores} cores)"
 
 
 # ---------------------------------------------------------------- PyTorch side
@@ -339,7 +319,7 @@ def main():
     have_torch = True
   except ImportError:
     have_torch = False
-  cpu = cpu_description()
+  cpu = machine.cpu_description()
   load_before = os.getloadavg()
   print(f"cpu: {cpu}; load average {load_before[0]:.1f}; recipe "
         f"{args.recipe}; seeds {seeds}"

@@ -42,7 +42,7 @@ import numpy as np
 from cnn_jax.data import batching
 from cnn_jax.data import load_splits
 from cnn_jax.runs import writers
-from cnn_jax.sweeps import parallel
+from cnn_jax.distributed import mesh as parallel
 from cnn_jax.sweeps import search_outputs
 from cnn_jax.sweeps import search_resume
 from cnn_jax.sweeps import search_settings
