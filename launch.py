@@ -37,6 +37,7 @@ import jax
 
 from cnn_jax import config_file
 from cnn_jax.distributed import multihost
+from cnn_jax.distributed import process_flags
 from cnn_jax.reports import entry as report_entry
 from cnn_jax.reports import heatmaps
 from cnn_jax.sweeps import search
@@ -81,16 +82,7 @@ flags.DEFINE_bool("overwrite_report", False, "--mode=report/paper/"
                   "(an unedited one is always regenerated).")
 flags.DEFINE_bool("report_html", False, "--mode=report: also write "
                   "report.html.")
-flags.DEFINE_bool("distributed", False, "Start jax.distributed with the "
-                  "cluster auto-detected (SLURM, Open MPI, TPU pods): run the "
-                  "same command in every process.")
-flags.DEFINE_string("coordinator_address", None, "With --num_processes and "
-                    "--process_id: jax.distributed by hand; host:port of "
-                    "process 0 (e.g. localhost:12345).")
-flags.DEFINE_integer("num_processes", None, "How many processes in all.")
-flags.DEFINE_integer("process_id", None, "This process, 0 .. N-1.")
-flags.DEFINE_integer("distributed_timeout", 300, "Seconds to wait for every "
-                     "process to join jax.distributed.")
+process_flags.define_flags()
 flags.DEFINE_string("runs", "", "--mode=paper: label=run_folder pairs, "
                     "comma-separated; a folder may be a sweep or a glob; "
                     "runs sharing a label are seeds of one setting.")
@@ -139,14 +131,13 @@ def main(argv):
   # our progress lines (--verbosity=0 brings them back).
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  if FLAGS.distributed or FLAGS.coordinator_address is not None:
+  if process_flags.asked(FLAGS):
     if FLAGS.mode in ("report", "heatmap", "paper", "proposal"):
       print(f"error: --mode={FLAGS.mode} runs in one process: drop "
             "--distributed/--coordinator_address", file=sys.stderr)
       return 1
     try:
-      multihost.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
-                           FLAGS.process_id, FLAGS.distributed_timeout)
+      process_flags.initialize(FLAGS)
     except (RuntimeError, ValueError) as e:
       print(f"error: {e}", file=sys.stderr)
       return 1

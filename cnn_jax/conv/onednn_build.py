@@ -75,7 +75,10 @@ def _library(root: pathlib.Path) -> Optional[pathlib.Path]:
   return None
 
 
-def _cache_dir() -> pathlib.Path:
+def cache_dir() -> pathlib.Path:
+  """cnn_jax's cache folder: $CNN_JAX_CACHE_DIR, else
+  $XDG_CACHE_HOME/cnn_jax or ~/.cache/cnn_jax (also the compilation
+  cache's parent, training/compilation_cache.py)."""
   named = os.environ.get("CNN_JAX_CACHE_DIR")
   if named:
     return pathlib.Path(named)
@@ -95,7 +98,7 @@ def _compile(root: pathlib.Path) -> pathlib.Path:
   key = hashlib.sha256(b"\0".join([
       source, jax.lib.__version__.encode(), str(library.resolve()).encode(),
       str(library.stat().st_size).encode(), compiler.encode()])).hexdigest()
-  target = _cache_dir() / "native" / f"onednn_conv-{key[:16]}.so"
+  target = cache_dir() / "native" / f"onednn_conv-{key[:16]}.so"
   if target.exists():
     return target
   target.parent.mkdir(parents=True, exist_ok=True)

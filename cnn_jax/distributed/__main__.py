@@ -18,13 +18,10 @@ import numpy as np
 
 from cnn_jax.distributed import mesh as mesh_lib
 from cnn_jax.distributed import multihost
+from cnn_jax.distributed import process_flags
 
 flags.DEFINE_bool("check", False, "Run the check (required).")
-flags.DEFINE_bool("distributed", False, "jax.distributed, auto-detected.")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
-flags.DEFINE_integer("num_processes", None, "How many processes in all.")
-flags.DEFINE_integer("process_id", None, "This process, 0 .. N-1.")
-flags.DEFINE_integer("distributed_timeout", 300, "Seconds to wait for all.")
+process_flags.define_flags()
 FLAGS = flags.FLAGS
 
 
@@ -52,10 +49,9 @@ def main(argv):
           "--coordinator_address=H:P --num_processes=N --process_id=I]",
           file=sys.stderr)
     return 2
-  if FLAGS.distributed or FLAGS.coordinator_address is not None:
+  if process_flags.asked(FLAGS):
     try:
-      multihost.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
-                           FLAGS.process_id, FLAGS.distributed_timeout)
+      process_flags.initialize(FLAGS)
     except (RuntimeError, ValueError) as e:
       print(f"error: {e}", file=sys.stderr)
       return 1

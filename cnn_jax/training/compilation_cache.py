@@ -31,11 +31,12 @@ strides or padding differ; they would share one executable.)
 """
 
 import os
-import pathlib
 
 from absl import logging
 import jax
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
+
+from cnn_jax.conv import onednn_build
 
 OFF = "off"
 ENV = "CNN_JAX_COMPILATION_CACHE"
@@ -48,15 +49,6 @@ def _has_filelock():
   except ImportError:
     return False
   return True
-
-
-def cnn_jax_cache_dir() -> pathlib.Path:
-  """cnn_jax's cache folder (the same rule as conv/onednn_build.py's)."""
-  named = os.environ.get("CNN_JAX_CACHE_DIR")
-  if named:
-    return pathlib.Path(named)
-  base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
-  return pathlib.Path(base) / "cnn_jax"
 
 
 def resolve(setting):
@@ -72,7 +64,7 @@ def resolve(setting):
   named = os.environ.get(ENV, "")
   if named.strip().lower() == OFF:
     return None
-  return named or str(cnn_jax_cache_dir() / "jax_compilation")
+  return named or str(onednn_build.cache_dir() / "jax_compilation")
 
 
 def enable(setting="auto"):

@@ -25,7 +25,6 @@ from cnn_jax.data import load_splits
 from cnn_jax.data import prefetch
 from cnn_jax.distributed import mesh as mesh_lib
 from cnn_jax.distributed import multihost
-from cnn_jax.reports import visualize
 from cnn_jax.runs import checkpoint
 from cnn_jax.runs import workdirs
 from cnn_jax.runs import writers
@@ -34,6 +33,7 @@ from cnn_jax.training import multistep
 from cnn_jax.training import optim
 from cnn_jax.training import preemption
 from cnn_jax.training import resume
+from cnn_jax.training import run_end
 from cnn_jax.training import steps
 from cnn_jax.training import train_log
 from cnn_jax.training.train_log import DivergedError
@@ -316,7 +316,7 @@ def _train_steps(run, state, progress, train_call, eval_fn):
   except FloatingPointError as e:
     # The last checkpoint predates the NaN (a poisoned state is never saved).
     manager.wait_until_finished()
-    _write_summary(run.workdir, {
+    run_end.write_summary(run.workdir, {
         "status": "diverged",
         "step": e.step if isinstance(e, DivergedError) else step,
         "error": str(e), "last_checkpoint": manager.latest_step(),
@@ -330,51 +330,6 @@ def _train_steps(run, state, progress, train_call, eval_fn):
     manager.close()
   return LoopEnd(state, step, test_metrics,
                  stop.signum if stopping else None, log.train_img_per_s)
-
-
-def _finish(run, end, start_step):
-  """Writes summary.json (and the learning curves) and returns it; raises
-  preemption.Preempted instead when the loop was stopped by a signal."""
-  config = run.config
-  if end.signum is not None:
-    _write_summary(run.workdir, {
-        "status": "preempted", "step": end.step,
-        "signal": signal.Signals(end.signum).name,
-        "wall_seconds": run.wall_seconds(), "config": config.to_dict()})
-    raise preemption.Preempted(end.signum, end.step, run.workdir)
-
-  if multihost.is_main():
-    visualize.plot_learning_curves(
-        writers.drop_superseded(writers.read_metrics(run.workdir)),
-        os.path.join(run.workdir, "learning_curves.png"))
-  test_metrics = end.test_metrics
-  summary = {
-      "status": "finished",
-      "test_accuracy": test_metrics["accuracy"],
-      "test_loss": test_metrics["loss"],
-      "test_examples": test_metrics["count"],
-      # Every metric of the task (config.task), e.g. mean_auroc, mean_iou.
-      "task": run.task.name,
-      "test_metrics": test_metrics,
-      "steps": end.step,
-      "epochs": config.train.num_epochs,
-      "resumed_from_step": start_step if run.continues else None,
-      "wall_seconds": run.wall_seconds(),
-      "train_img_per_s": end.train_img_per_s,
-      "normalization": run.run_meta["normalization"],
-      "device": jax.devices()[0].device_kind,
-      "devices": int(run.mesh.devices.size),  # the mesh's (config.mesh)
-      "processes": jax.process_count(),
-      "config": config.to_dict(),
-  }
-  _write_summary(run.workdir, summary)
-  return summary
-
-
-def _write_summary(workdir, summary):
-  """summary.json, written by process 0 only."""
-  if multihost.is_main():
-    workdirs.write_summary(workdir, summary)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
@@ -401,7 +356,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   state, progress = _initial_state(run)
   train_call, eval_fn = _compiled_steps(run)
   end = _train_steps(run, state, progress, train_call, eval_fn)
-  return _finish(run, end, start_step=progress["step"])
+  return run_end.finish(run, end, start_step=progress["step"])
 
 
 # --mode=evaluate: restores a checkpoint onto this run's mesh and evaluates it.
