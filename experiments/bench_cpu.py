@@ -261,7 +261,7 @@ def main():
                       help="keep: cpu_malloc.keep_freed_memory() for the "
                       "whole process (both frameworks); default: glibc's")
   parser.add_argument("--bf16", action="store_true",
-                      help="also time bfloat16 compute: JAX 'auto' with the "
+                      help="also time bfloat16 compute: JAX (each of --impls) with the "
                       "model in bfloat16 (float32 parameters) vs PyTorch "
                       "autocast(bfloat16)")
   parser.add_argument("--torch_modes", default="eager,compile",
@@ -297,9 +297,9 @@ def main():
     for impl in impls:
       runs[f"jax {impl}"] = jax_train_step("simple_cnn", impl, batch,
                                            (28, 28, 1))
-    if args.bf16:
-      runs["jax auto bf16"] = jax_train_step("simple_cnn", "auto", batch,
-                                             (28, 28, 1), dtype=jnp.bfloat16)
+    for impl in impls if args.bf16 else ():
+      runs[f"jax {impl} bf16"] = jax_train_step(
+          "simple_cnn", impl, batch, (28, 28, 1), dtype=jnp.bfloat16)
     if torch is not None:
       runs.update(torch_runs(torch_simple_cnn, batch, (28, 28, 1), modes))
       if args.bf16:
