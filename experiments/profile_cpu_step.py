@@ -10,7 +10,7 @@ pooling, optimizer), XNNPACK/YNNPACK fusions (dense layers and
 per-channel reductions), copies. Then the largest thunks, and the loop
 fusions' time by the size of the activation they write.
 
-  python experiments/profile_cpu_step.py                  # ResNet-18, 32x32, B=128
+  python experiments/profile_cpu_step.py       # ResNet-18, 32x32, batch 128
   python experiments/profile_cpu_step.py --model simple_cnn --shape 28x28x1
 
 Thunk times add up to about the step's wall time (XLA:CPU runs one thunk at

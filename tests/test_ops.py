@@ -251,7 +251,8 @@ class PoolTest(chex.TestCase):
         self.variant(fn)(x), _ref_pool(x, kind, (3, 3), (2, 2)), atol=1e-6)
 
   @chex.variants(with_jit=True, without_jit=True)
-  @parameterized.parameters(((1, 4, 4, 1), (2, 2)), ((2, 6, 6, 4, 3), (2, 3, 2)))
+  @parameterized.parameters(((1, 4, 4, 1), (2, 2)),
+                            ((2, 6, 6, 4, 3), (2, 3, 2)))
   def test_max_pool_ties_route_gradient_to_first_max(self, shape, window):
     # Tied maxima (few distinct values): each window's gradient goes to its
     # first maximal element in row-major order, as reduce_window's

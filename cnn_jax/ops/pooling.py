@@ -71,8 +71,10 @@ def _window_elements(tiles: jax.Array, axes: Sequence[int]):
   return elements
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _tiled_max(tiles: jax.Array, axes: Tuple[int, ...]) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _tiled_max(tiles: jax.Array, axes: Tuple[int, ...],
+               window: Tuple[int, ...]) -> jax.Array:
+  del window  # tiles.shape on `axes`, for the gradient (it sees no tiles)
   # An elementwise max of the window's elements, not a reduce: XLA fuses it
   # with the producer (bias, ReLU) into one pass over the activations.
   return functools.reduce(jnp.maximum, _window_elements(tiles, axes))
@@ -90,16 +92,16 @@ def _first_max_index(elements, pooled):
   return index
 
 
-def _tiled_max_fwd(tiles, axes):
+def _tiled_max_fwd(tiles, axes, window):
   # The max and, as PyTorch's max-pooling keeps, the index of the element
-  # that passes the gradient on: one fused pass over the tiles writes both.
+  # that passes the gradient on, both from one pass over the tiles (XLA may
+  # instead recompute the index inside the gradient's fusion).
   elements = _window_elements(tiles, axes)
   pooled = functools.reduce(jnp.maximum, elements)
-  window = tuple(tiles.shape[a] for a in axes)
-  return pooled, (_first_max_index(elements, pooled), window)
+  return pooled, _first_max_index(elements, pooled)
 
 
-def _tiled_max_bwd(axes, residuals, g):
+def _tiled_max_bwd(axes, window, index, g):
   # Each window's gradient goes to its first maximal element in row-major
   # order, as lax.reduce_window's select-and-scatter and PyTorch route it:
   # one elementwise pass that reads g and the index at the pooled resolution
@@ -107,7 +109,6 @@ def _tiled_max_bwd(axes, residuals, g):
   # maxima used before counted the ties from the saved tiles; its one-pass
   # form came out wrong in XLA's program for a batch sharded over devices
   # at --xla_backend_optimization_level=0, which the tests run.)
-  index, window = residuals
   # The row-major position of each element in its window, [1, .., w1, ..]
   # on the tiles' axes.
   position = np.zeros([1] * (g.ndim + len(axes)), np.int32)
@@ -158,7 +159,8 @@ def max_pool(x: jax.Array, window: IntOrSeq, stride: Optional[IntOrSeq] = None,
   if _is_tiling(window, strides, pads):
     tiles, axes = _tile_windows(x, window)
     if jnp.issubdtype(x.dtype, jnp.inexact):
-      return _tiled_max(tiles, axes)
+      window = tuple(tiles.shape[a] for a in axes)
+      return _tiled_max(tiles, axes, window)
     return jnp.max(tiles, axis=axes)
   if jnp.issubdtype(x.dtype, jnp.inexact):
     init = -jnp.inf
