@@ -276,9 +276,13 @@ def main():
   if args.quick:
     args.batches, args.rounds, args.resnet_batch = "128", 3, 0
   start = time.time()
-  if args.single_core:
-    # Before XLA sizes its thread pools (at the first jax.devices()).
+  if args.single_core and len(os.sched_getaffinity(0)) > 1:
+    # Pinned, then started again: oneDNN's OpenMP runtime sizes its thread
+    # team when it loads (at this module's imports), so pinning this process
+    # left it 2 threads on 1 core (JAX's MNIST step at 1,564 instead of
+    # 6,001 img/s on the EPYC). A new process sizes every pool for one core.
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    os.execv(sys.executable, [sys.executable] + sys.argv)
   malloc_kept = args.malloc == "keep" and cpu_malloc.keep_freed_memory()
   threads = len(os.sched_getaffinity(0))
   if torch is not None:
