@@ -6,6 +6,16 @@ val/<wnid>/*.JPEG (val sorted into class folders):
   python launch.py --config configs/imagenet_resnet50.py \
       --workdir runs/imagenet_resnet50 --config.data.data_dir=/path/to/imagenet
 
+Or from TFDS `imagenet2012` prepared in array-record format (images kept
+as the JPEG bytes TFDS stored, decoded by the same Grain workers; no
+TensorFlow needed to read it):
+  python launch.py --config configs/imagenet_resnet50.py \
+      --workdir runs/imagenet_resnet50 --config.data.name=tfds \
+      --config.data.data_dir=~/tensorflow_datasets
+(data.tfds_name='imagenet2012', train on 'train', evaluate on 'validation';
+the labels are read in one pass over the records at start, kept in
+--config.data.cache_dir=... for later runs when set.)
+
 Recipe: SGD with momentum 0.9 (Nesterov off), learning rate 0.1 x B / 256
 with 5 warm-up epochs and a cosine decay, weight decay 1e-4 on kernels only
 (not on BatchNorm or biases), label smoothing 0.1, 90 epochs; random-resized
@@ -35,8 +45,17 @@ def get_config():
   config.model.dtype = "bfloat16"  # float32 parameters
 
   data = config.data
+  # 'image_folder': data_dir holds train/<wnid>/*.JPEG, val/<wnid>/*.JPEG;
+  # 'tfds': data_dir is the TFDS data dir (empty: ~/tensorflow_datasets).
   data.name = "image_folder"
-  data.data_dir = "~/data/imagenet"  # train/<wnid>/*.JPEG, val/<wnid>/*.JPEG
+  data.data_dir = "~/data/imagenet"
+  data.tfds_name = "imagenet2012"
+  data.tfds_train_split = "train"
+  data.tfds_test_split = "validation"  # TFDS's 'test' has no labels
+  data.tfds_val_split = ""
+  data.tfds_image_key = "image"
+  data.tfds_label_key = "label"
+  data.cache_dir = ""  # 'tfds': where the label pass's result is kept
   data.image_size = (224, 224)
   data.channels = 3
   data.batch_size = 256

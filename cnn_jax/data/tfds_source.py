@@ -47,12 +47,15 @@ class TfdsOptions:
     return splits
 
 
-def _open(tfds, name, split, data_dir):
+def open_split(tfds, name, split, data_dir, **kwargs):
+  """tfds.data_source(name, split, data_dir, **kwargs) (e.g. decoders), or
+  one clear error: not a TFDS name, or not prepared in array-record format.
+  """
   where = data_dir or ("the TFDS default (~/tensorflow_datasets or "
                        "$TFDS_DATA_DIR)")
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir or None,
-                            download=False)
+                            download=False, **kwargs)
   except tfds.core.registered.DatasetNotFoundError as e:
     raise ValueError(f"config.data.tfds_name={name!r} is not a TFDS dataset "
                      "(see tfds.list_builders())") from e
@@ -77,7 +80,7 @@ def _reader(source, name, split, key):
 
 
 def _read_split(tfds, options, split, data_dir):
-  source = _open(tfds, options.tfds_name, split, data_dir)
+  source = open_split(tfds, options.tfds_name, split, data_dir)
   count = len(source)
   if count == 0:
     raise ValueError(f"TFDS {options.tfds_name}/{split} is empty")
