@@ -151,7 +151,7 @@ def _labels_cache_path(records, label_key, cache_dir):
   """A file name that changes when the split's files change."""
   info = records.source.dataset_info
   digest = hashlib.sha1(repr((records.tfds_name, records.split, label_key,
-                              str(info.data_dir))).encode())
+                              os.path.abspath(info.data_dir))).encode())
   for entry in sorted(os.listdir(info.data_dir)):
     stat = os.stat(os.path.join(info.data_dir, entry))
     digest.update(f"{entry}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
@@ -162,17 +162,18 @@ def _labels_cache_path(records, label_key, cache_dir):
 
 
 def _read_labels(records, label_key, workers):
-  """int64 [N] labels of every record (-1: a record that cannot be read)
-  and the first unreadable record's error (or None)."""
+  """(int64 [N] labels of every record, bool [N] whether it could be read,
+  the first unreadable record's error or None)."""
   count = len(records)
-  labels = np.empty(count, np.int64)
+  labels = np.zeros(count, np.int64)
+  readable = np.ones(count, bool)
   first_error = None
 
   def label(index):
     try:
       example = records.read(index)
     except decode.BadImageError as e:
-      return -1, e
+      return 0, e
     if label_key not in example:
       raise ValueError(
           f"TFDS {records.tfds_name}/{records.split} has no feature "
@@ -186,24 +187,28 @@ def _read_labels(records, label_key, workers):
       indices = range(start, min(start + chunk, count))
       for i, (value, error) in zip(indices, pool.map(label, indices)):
         labels[i] = value
-        if error is not None and first_error is None:
-          first_error = error
-  return labels, first_error
+        if error is not None:
+          readable[i] = False
+          first_error = first_error or error
+  return labels, readable, first_error
 
 
 def _labels(records, label_key, workers, cache_dir):
-  if not cache_dir:
+  """_read_labels's result, from or into cache_dir when given (and the
+  split is on a local disk: the key reads its files' sizes and times)."""
+  if not cache_dir or not os.path.isdir(records.source.dataset_info.data_dir):
     return _read_labels(records, label_key, workers)
   path = _labels_cache_path(records, label_key, cache_dir)
   if os.path.exists(path):
-    return np.load(path), None
-  labels, error = _read_labels(records, label_key, workers)
+    labels = np.load(path)
+    return labels, np.ones(len(labels), bool), None
+  labels, readable, error = _read_labels(records, label_key, workers)
   if error is None:  # a damaged split is read again (and reported) each run
     os.makedirs(os.path.dirname(path), exist_ok=True)
     partial = path + ".partial.npy"
     np.save(partial, labels)
     os.replace(partial, path)
-  return labels, error
+  return labels, readable, error
 
 
 def _class_names(records, label_key):
@@ -233,9 +238,9 @@ def load_split(options, image_options, split, data_dir="", cache_dir=""):
   if len(records) == 0:
     raise ValueError(f"TFDS {options.tfds_name}/{split} is empty")
   workers = image_options.num_workers or default_workers()
-  labels, error = _labels(records, options.tfds_label_key, workers,
-                          cache_dir)
-  good = np.flatnonzero(labels >= 0)
+  labels, readable, error = _labels(records, options.tfds_label_key, workers,
+                                    cache_dir)
+  good = np.flatnonzero(readable)
   if error is not None:
     if not image_options.skip_bad:
       raise error

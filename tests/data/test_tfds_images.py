@@ -93,6 +93,9 @@ def test_records_hold_the_folders_jpeg_bytes_and_labels(folder, tfds_dir):
     assert train.labels[i] == label
     sizes.add(decode.decode_file(path, decode.HostAugment()).shape)
   assert len(sizes) > 1  # the images vary in size
+  with pytest.raises(ValueError, match=r"imagenet2012/train has no feature "
+                     r"'labels' \(config.data.tfds_label_key\)"):
+    load_splits(_data_config(tfds_dir, tfds_label_key="labels"))
 
 
 def test_batches_equal_the_image_folders_bitwise(folder, tfds_dir):

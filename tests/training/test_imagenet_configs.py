@@ -59,6 +59,9 @@ def test_val_is_the_test_split_read_from_files(imagenet_dir):
   assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8
 
 
+# Both ResNet-18 runs compile the same programs: the second reads them from
+# launch_env's compilation cache.
+@pytest.mark.usefixtures("launch_env")
 def test_resnet18_trains_end_to_end_from_jpegs(imagenet_dir, tmp_path):
   config = _tiny(imagenet_resnet18.get_config(), imagenet_dir)
   summary = train.train_and_evaluate(config, str(tmp_path / "run"))
@@ -67,6 +70,7 @@ def test_resnet18_trains_end_to_end_from_jpegs(imagenet_dir, tmp_path):
   assert np.isfinite(summary["test_loss"])
 
 
+@pytest.mark.usefixtures("launch_env")
 def test_resnet18_trains_end_to_end_from_tfds_imagenet2012(imagenet_dir,
                                                           tmp_path):
   config = _tiny(imagenet_resnet18.get_config(),
