@@ -1,6 +1,6 @@
 """TFDS imagenet2012 (array-record, images of varying sizes) through the
 Grain pipeline (data/tfds_images.py), on a tiny copy written from a
-generated ImageNet-layout folder (tests/tfds_imagenet.py; no network, no
+generated ImageNet-layout folder (data/tfds_write.py; no network, no
 TensorFlow): the records' bytes and labels are the folder's, the batches
 equal the folder's bitwise, the worker count changes nothing, and damaged
 records are named or skipped and counted."""
@@ -20,7 +20,7 @@ from cnn_jax.data import load_splits
 from cnn_jax.data import photo_like
 from cnn_jax.data import tfds_images
 from cnn_jax.data.image_files import SkippedImagesWarning
-from tests import tfds_imagenet
+from cnn_jax.data import tfds_write
 
 _SIZE = (24, 24)
 _CROP = decode.HostAugment(image_size=_SIZE, crop_scale=(0.08, 1.0),
@@ -37,7 +37,7 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tfds_dir(folder, tmp_path_factory):
-  return tfds_imagenet.write_tfds_imagenet(
+  return tfds_write.write_tfds_imagenet(
       str(tmp_path_factory.mktemp("tfds")), folder)
 
 
@@ -82,7 +82,7 @@ def test_records_hold_the_folders_jpeg_bytes_and_labels(folder, tfds_dir):
   assert isinstance(train.images, tfds_images.EncodedImages)
   assert train.class_names[:2] == ("n01440764", "n01443537")  # ImageNet's
   files = dict((os.path.basename(p), (p, label)) for p, label in
-               tfds_imagenet.folder_files(folder, "train"))
+               tfds_write.folder_files(folder, "train"))
   sizes = set()
   for i in range(len(train)):
     source, name = train.images.encoded(i)
@@ -118,7 +118,7 @@ def test_evaluation_reads_the_folders_center_crops(folder, tfds_dir):
 
 
 def test_a_corrupt_image_is_named_or_skipped_and_counted(folder, tmp_path):
-  data_dir = tfds_imagenet.write_tfds_imagenet(
+  data_dir = tfds_write.write_tfds_imagenet(
       str(tmp_path), folder, replace={"n00000001_2.JPEG": b"not a JPEG"})
   train = load_splits(_data_config(data_dir))["train"]
   bad = [i for i in range(len(train)) if train.images.records.read(i)[

@@ -12,7 +12,7 @@ from cnn_jax.data import photo_like
 from cnn_jax.data.image_files import FileImages
 from cnn_jax.data.tfds_images import EncodedImages
 from cnn_jax.training import train
-from tests import tfds_imagenet
+from cnn_jax.data import tfds_write
 from configs import imagenet_resnet18
 from configs import imagenet_resnet50
 
@@ -74,7 +74,7 @@ def test_resnet18_trains_end_to_end_from_jpegs(imagenet_dir, tmp_path):
 def test_resnet18_trains_end_to_end_from_tfds_imagenet2012(imagenet_dir,
                                                           tmp_path):
   config = _tiny(imagenet_resnet18.get_config(),
-                 tfds_imagenet.write_tfds_imagenet(str(tmp_path / "tfds"),
+                 tfds_write.write_tfds_imagenet(str(tmp_path / "tfds"),
                                                    imagenet_dir))
   config.data.name = "tfds"  # as --config.data.name=tfds on the command line
   splits = load_splits(config.data)

@@ -1,12 +1,17 @@
-"""A tiny TFDS `imagenet2012` in array-record format, written without
-network or TensorFlow: TFDS's own Imagenet2012 builder (its features,
-version, label names) with the split generators replaced by an
-ImageNet-layout folder's JPEG files (their bytes stored as they are, as the
-real builder stores ImageNet's).
+"""An ImageNet-layout folder (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG) as
+TFDS `imagenet2012` in array-record format, written without network or
+TensorFlow: TFDS's own Imagenet2012 builder (its features, version 5.1.0,
+label names) with the split generators reading the folder instead of the
+ImageNet tars (which TFDS's builder reads through TensorFlow). The JPEG
+bytes are stored as they are, as the real builder stores ImageNet's, keyed
+by file name (so TFDS shuffles them the same way).
 
-`tfds.data_source('imagenet2012', data_dir=...)` then reads it through the
-registered builder, exactly as a `tfds build imagenet2012
---file_format=array_record` preparation.
+Labels are the sorted class folders' indices, as the image_folder source
+numbers them (ImageNet's own label order when the folder holds its 1000
+wnids). `tfds.data_source('imagenet2012', data_dir=...)` then reads the copy
+through the registered builder, as a `tfds build imagenet2012
+--file_format=array_record` preparation. Used by the tests and
+experiments/bench_input.py (generated folders).
 """
 
 import os
@@ -40,8 +45,9 @@ class _FromFolder(imagenet2012_dataset_builder.Builder,
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    return {"train": self._examples("train"),
-            "validation": self._examples("val")}
+    return {split: self._examples(folder)
+            for split, folder in (("train", "train"), ("validation", "val"))
+            if os.path.isdir(os.path.join(self.folder_root, folder))}
 
   def _examples(self, folder):
     for path, label in folder_files(self.folder_root, folder):
@@ -53,8 +59,8 @@ class _FromFolder(imagenet2012_dataset_builder.Builder,
 
 
 def write_tfds_imagenet(data_dir, folder_root, replace=None):
-  """Writes data_dir/imagenet2012/5.1.0/ (train, validation) from
-  folder_root/{train,val}/<wnid>/*.JPEG; returns data_dir.
+  """Writes data_dir/imagenet2012/5.1.0/ (train, and validation when val/
+  exists) from folder_root/{train,val}/<wnid>/*.JPEG; returns data_dir.
 
   replace: {file name: bytes} stored in place of those files' bytes (e.g.
   a corrupt image).
