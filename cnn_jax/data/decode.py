@@ -3,7 +3,8 @@ decode (JPEG at reduced size when the crop allows it), random-resized crop
 to the model size, horizontal flip; resize + center crop for evaluation.
 
 Used by the Grain pipeline (grain_pipeline.py) in its worker processes, and
-by image_files.py for evaluation reads. Pure functions of (file or array,
+by image_files.py and tfds_images.py for evaluation reads (a TFDS record's
+encoded image is decoded from its bytes exactly as the file would be). Pure functions of (file or array,
 numpy Generator): the same example and generator state give the same pixels
 in any process.
 

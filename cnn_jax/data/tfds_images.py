@@ -40,7 +40,6 @@ from cnn_jax.data.lazy import LazyImages
 from cnn_jax.data.lazy import default_workers
 
 
-
 def _record_errors():
   """What reading a damaged record raises: array-record's RuntimeError
   ('Corrupted Riegeli/records file: chunk data hash mismatch ...'), the

@@ -60,10 +60,12 @@ def _folder_in_tfds_order(folder, tfds_split, split="train"):
   return data.subset(order)
 
 
-def _grain(dataset, workers=0, count=6, **options):
+def _grain(dataset, workers=0, count=6, process_index=0, process_count=1,
+           **options):
   return list(grain_pipeline.train_batches(
       dataset, 4, seed=5, num_batches=count, augment=_CROP,
-      options=grain_pipeline.GrainOptions(workers=workers, **options)))
+      options=grain_pipeline.GrainOptions(workers=workers, **options),
+      process_index=process_index, process_count=process_count))
 
 
 def _same_batches(a, b):
@@ -106,6 +108,11 @@ def test_batches_equal_the_image_folders_bitwise(folder, tfds_dir):
   _same_batches(from_tfds, _grain(files))
   # Two worker processes (each opens the TFDS source itself): the same.
   _same_batches(_grain(train, workers=2), from_tfds)
+  # Two hosts: each reads its rows of every global batch.
+  halves = [_grain(train, process_index=p, process_count=2) for p in (0, 1)]
+  for (_, whole), (_, first), (_, second) in zip(from_tfds, *halves):
+    np.testing.assert_array_equal(
+        whole["image"], np.concatenate([first["image"], second["image"]]))
 
 
 def test_evaluation_reads_the_folders_center_crops(folder, tfds_dir):
