@@ -27,8 +27,9 @@ float32 parameters (use --config.model.dtype=float32 on a CPU). Expected
 (the literature, this recipe): ~76.5-77% top-1 after 90 epochs.
 
 Not trained here (no ImageNet on these machines); the config runs end to
-end on a generated ImageNet-layout folder of JPEGs
-(tests/training/test_imagenet_configs.py). Input rate on this machine's
+end on a generated ImageNet-layout folder of JPEGs and on a TFDS
+imagenet2012 array-record copy of it (cnn_jax/data/tfds_write.py;
+tests/training/test_imagenet_configs.py). Input rate on this machine's
 cores: experiments/bench_input.py.
 """
 
