@@ -13,8 +13,7 @@ TensorFlow needed to read it):
       --workdir runs/imagenet_resnet50 --config.data.name=tfds \
       --config.data.data_dir=~/tensorflow_datasets
 (data.tfds_name='imagenet2012', train on 'train', evaluate on 'validation';
-the labels are read in one pass over the records at start, kept in
---config.data.cache_dir=... for later runs when set.)
+each record is read when its example is: nothing is scanned at start.)
 
 Recipe: SGD with momentum 0.9 (Nesterov off), learning rate 0.1 x B / 256
 with 5 warm-up epochs and a cosine decay, weight decay 1e-4 on kernels only
@@ -56,7 +55,6 @@ def get_config():
   data.tfds_val_split = ""
   data.tfds_image_key = "image"
   data.tfds_label_key = "label"
-  data.cache_dir = ""  # 'tfds': where the label pass's result is kept
   data.image_size = (224, 224)
   data.channels = 3
   data.batch_size = 256

@@ -131,7 +131,7 @@ class _ReadExample:
   # A FileImages or tfds_images.EncodedImages (answering encoded(int):
   # the undecoded example and its name), or anything answering images[int].
   images: object
-  labels: np.ndarray
+  labels: object  # an array, or tfds_images.RecordLabels
   augment: decode.HostAugment
   seed: int
   skip_bad: bool
@@ -179,8 +179,12 @@ def make_dataset(dataset, batch_size, seed, augment, *, num_batches,
   rows = batch_size // process_count
   order = _TrainOrder(len(dataset), batch_size, seed, process_index * rows,
                       rows)
-  read = _ReadExample(dataset.images, np.asarray(dataset.labels), augment,
-                      seed, options.skip_bad)
+  # Labels read per example (tfds_images.RecordLabels: from the record the
+  # worker reads for the image) stay so; others are arrays.
+  labels = dataset.labels
+  if not hasattr(labels, "records"):
+    labels = np.asarray(labels)
+  read = _ReadExample(dataset.images, labels, augment, seed, options.skip_bad)
   slots = grain.MapDataset.range(start_batch * rows, num_batches * rows)
   batches = slots.map(order).map(read).batch(rows, drop_remainder=True)
   workers = options.num_workers

@@ -7,13 +7,13 @@ crop for evaluation). Images of any size: e.g. TFDS `imagenet2012`.
   records  TfdsRecords: tfds.data_source(name, split, data_dir) with the
            image feature left encoded (tfds.decode.SkipDecoding), opened on
            first use in each process (Grain workers open their own)
-  labels   one pass over the split's records at load, in threads
-           (array-record reads release the GIL); kept in
-           config.data.cache_dir when set, so later runs skip the pass
   train    EncodedImages.encoded(i) -> (io.BytesIO of the bytes, the record's
-           name): grain_pipeline decodes and crops it in a worker
+           name): grain_pipeline decodes and crops it in a worker, and
+           takes the label from the same record (RecordLabels[i]): no pass
+           over the split at load, each record read once per use
   eval     EncodedImages[indices]: decoded in threads, the center crop
-           (config.data.eval_crop_fraction) or the whole image resized
+           (config.data.eval_crop_fraction) or the whole image resized;
+           the split's labels read once, in threads, at the first batch
 
 The 'tfds' source takes this path when config.data.pipeline='grain'
 (from_config; 'arrays' keeps tfds_source.py: fixed-size images decoded into
@@ -24,10 +24,8 @@ never imported: TFDS parses the tf.Example records with its own protobufs.
 
 import concurrent.futures
 import dataclasses
-import hashlib
 import io
 import os
-import warnings
 
 import numpy as np
 
@@ -35,7 +33,6 @@ from cnn_jax.data import decode
 from cnn_jax.data import tfds_source
 from cnn_jax.data.dataset import ArrayDataset
 from cnn_jax.data.image_files import ImageOptions
-from cnn_jax.data.image_files import SkippedImagesWarning
 from cnn_jax.data.lazy import LazyImages
 from cnn_jax.data.lazy import default_workers
 
@@ -59,9 +56,10 @@ class TfdsRecords:
     self.tfds_name, self.split = tfds_name, split
     self.data_dir, self.image_key = data_dir, image_key
     self._source = None
+    self._last = None  # (index, example): the image's read serves the label
 
   def __getstate__(self):
-    return {**self.__dict__, "_source": None}
+    return {**self.__dict__, "_source": None, "_last": None}
 
   @property
   def source(self):
@@ -84,12 +82,17 @@ class TfdsRecords:
   def read(self, index):
     """Record `index` -> {feature: value}; BadImageError naming the dataset,
     split and index when it cannot be read."""
+    last = self._last  # one read of the tuple: threads may replace it
+    if last is not None and last[0] == index:
+      return last[1]
     try:
-      return self.source[index]
+      example = self.source[index]
     except _record_errors() as e:
       raise decode.BadImageError(
           f"{self.name(index)}: cannot be read ({type(e).__name__}: "
           f"{str(e).splitlines()[0] if str(e) else ''})") from e
+    self._last = (index, example)
+    return example
 
   def image(self, index):
     """(the encoded image as a binary file object, or a decoded uint8
@@ -146,68 +149,77 @@ class EncodedImages(LazyImages):
                          self.num_workers, self._indices[np.asarray(indices)])
 
 
-def _labels_cache_path(records, label_key, cache_dir):
-  """A file name that changes when the split's files change."""
-  info = records.source.dataset_info
-  digest = hashlib.sha1(repr((records.tfds_name, records.split, label_key,
-                              os.path.abspath(info.data_dir))).encode())
-  for entry in sorted(os.listdir(info.data_dir)):
-    stat = os.stat(os.path.join(info.data_dir, entry))
-    digest.update(f"{entry}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-  safe = "".join(c if c.isalnum() else "_"
-                 for c in f"{records.tfds_name}_{records.split}")
-  return os.path.join(os.path.expanduser(cache_dir),
-                      f"{safe}-{digest.hexdigest()[:16]}.labels.npy")
-
-
-def _read_labels(records, label_key, workers):
-  """(int64 [N] labels of every record, bool [N] whether it could be read,
-  the first unreadable record's error or None)."""
-  count = len(records)
-  labels = np.zeros(count, np.int64)
-  readable = np.ones(count, bool)
-  first_error = None
-
+def _read_labels(records, label_key, indices, workers):
+  """int32 labels of the records at `indices`, read in threads (array-record
+  reads release the GIL); BadImageError naming the first unreadable one."""
   def label(index):
-    try:
-      example = records.read(index)
-    except decode.BadImageError as e:
-      return 0, e
-    if label_key not in example:
-      raise ValueError(
-          f"TFDS {records.tfds_name}/{records.split} has no feature "
-          f"{label_key!r} (config.data.tfds_label_key); features: "
-          f"{', '.join(example)}")
-    return int(example[label_key]), None
+    return _label_of(records.read(index), records, label_key)
 
+  out = np.empty(len(indices), np.int32)
   chunk = 256 * workers  # bounded work in flight, however many records
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    for start in range(0, count, chunk):
-      indices = range(start, min(start + chunk, count))
-      for i, (value, error) in zip(indices, pool.map(label, indices)):
-        labels[i] = value
-        if error is not None:
-          readable[i] = False
-          first_error = first_error or error
-  return labels, readable, first_error
+    for start in range(0, len(indices), chunk):
+      part = [int(i) for i in indices[start:start + chunk]]
+      out[start:start + len(part)] = list(pool.map(label, part))
+  return out
 
 
-def _labels(records, label_key, workers, cache_dir):
-  """_read_labels's result, from or into cache_dir when given (and the
-  split is on a local disk: the key reads its files' sizes and times)."""
-  if not cache_dir or not os.path.isdir(records.source.dataset_info.data_dir):
-    return _read_labels(records, label_key, workers)
-  path = _labels_cache_path(records, label_key, cache_dir)
-  if os.path.exists(path):
-    labels = np.load(path)
-    return labels, np.ones(len(labels), bool), None
-  labels, readable, error = _read_labels(records, label_key, workers)
-  if error is None:  # a damaged split is read again (and reported) each run
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    partial = path + ".partial.npy"
-    np.save(partial, labels)
-    os.replace(partial, path)
-  return labels, readable, error
+def _label_of(example, records, label_key):
+  if label_key not in example:
+    raise ValueError(
+        f"TFDS {records.tfds_name}/{records.split} has no feature "
+        f"{label_key!r} (config.data.tfds_label_key); features: "
+        f"{', '.join(example)}")
+  return int(example[label_key])
+
+
+class RecordLabels:
+  """int32 [N] labels read from the records when asked for: nothing is read
+  at load (ImageNet's training split is ~150 GB of records).
+
+  labels[i] reads record i (a Grain worker has just read it for the image:
+  TfdsRecords keeps the last record it read, so it is not read again);
+  labels[indices] and np.asarray(labels) read every label of the split
+  once, in threads, and keep them (evaluation batches, reports).
+  """
+
+  dtype = np.dtype(np.int32)
+  ndim = 1
+
+  def __init__(self, records, label_key, num_workers=0, indices=None):
+    self.records, self.label_key = records, label_key
+    self.num_workers = num_workers or default_workers()
+    self._indices = (np.arange(len(records)) if indices is None
+                     else np.asarray(indices, np.int64))
+    self._all = None  # every record's label, once read
+
+  def __len__(self):
+    return len(self._indices)
+
+  @property
+  def shape(self):
+    return (len(self._indices),)
+
+  def _every_label(self):
+    if self._all is None:
+      self._all = _read_labels(self.records, self.label_key,
+                               np.arange(len(self.records)),
+                               self.num_workers)
+    return self._all
+
+  def __getitem__(self, key):
+    if isinstance(key, (int, np.integer)):
+      index = int(self._indices[key])
+      if self._all is not None:
+        return self._all[index]
+      return np.int32(_label_of(self.records.read(index), self.records,
+                                self.label_key))
+    return self._every_label()[self._indices[key]]
+
+  def __array__(self, dtype=None, copy=None):
+    del copy
+    labels = self._every_label()[self._indices]
+    return labels if dtype is None else labels.astype(dtype)
 
 
 def _class_names(records, label_key):
@@ -222,47 +234,36 @@ def _feature_channels(records):
   return shape[-1] if len(shape) == 3 and shape[-1] in (1, 3) else 0
 
 
-def load_split(options, image_options, split, data_dir="", cache_dir=""):
-  """One TFDS split -> ArrayDataset whose images are EncodedImages.
+def load_split(options, image_options, split, data_dir=""):
+  """One TFDS split -> ArrayDataset of EncodedImages and RecordLabels
+  (nothing decoded or read but the first record).
 
   options: tfds_source.TfdsOptions (name, keys); image_options: the
   image_files.ImageOptions of config.data (image_size: the model's (H, W),
-  empty: the first image's size; channels; skip_bad; eval_crop_fraction;
-  num_workers: threads for the label pass and evaluation reads). An
-  unreadable record raises decode.BadImageError naming the dataset, split
-  and index, or with skip_bad is left out with one counted warning.
+  empty: the first image's size; channels; eval_crop_fraction; num_workers:
+  threads for evaluation reads). An unreadable record raises
+  decode.BadImageError naming the dataset, split and index when read (in
+  training with skip_bad: replaced by the next readable one, counted).
   """
   records = TfdsRecords(options.tfds_name, split, data_dir,
                         options.tfds_image_key)
   if len(records) == 0:
     raise ValueError(f"TFDS {options.tfds_name}/{split} is empty")
-  workers = image_options.num_workers or default_workers()
-  labels, readable, error = _labels(records, options.tfds_label_key, workers,
-                                    cache_dir)
-  good = np.flatnonzero(readable)
-  if error is not None:
-    if not image_options.skip_bad:
-      raise error
-    warnings.warn(
-        f"TFDS {options.tfds_name}/{split}: left out {len(labels) - len(good)}"
-        f" of {len(labels)} records that cannot be read (config.data."
-        f"skip_bad=True); first: {error}", SkippedImagesWarning, stacklevel=2)
-    if not len(good):
-      raise error
+  # The first record: the label feature exists (and its first image).
+  _label_of(records.read(0), records, options.tfds_label_key)
   channels = image_options.channels
   size = tuple(image_options.image_size)
   if not size:  # the first image's: every other is resized to it
     whole = decode.HostAugment(channels=channels)
-    size = _DecodeRecord(records, whole, 0.0)(int(good[0])).shape[:2]
+    size = _DecodeRecord(records, whole, 0.0)(0).shape[:2]
   augment = decode.HostAugment(image_size=size, channels=channels)
   images = EncodedImages(
       records, _DecodeRecord(records, augment,
                              image_options.eval_crop_fraction),
       (*size, channels), image_options.num_workers)
-  if len(good) < len(labels):
-    images = images.view(good)
-  return ArrayDataset(images, labels[good].astype(np.int32),
-                      f"{options.tfds_name}/{split}",
+  labels = RecordLabels(records, options.tfds_label_key,
+                        image_options.num_workers)
+  return ArrayDataset(images, labels, f"{options.tfds_name}/{split}",
                       _class_names(records, options.tfds_label_key))
 
 
@@ -278,7 +279,5 @@ def from_config(data_dir, data_config):
                         data_dir, options.tfds_image_key)
     image_options = dataclasses.replace(
         image_options, channels=_feature_channels(train) or 3)
-  cache_dir = data_config.get("cache_dir", "")
-  return {ours: load_split(options, image_options, theirs, data_dir,
-                           cache_dir)
+  return {ours: load_split(options, image_options, theirs, data_dir)
           for ours, theirs in options.splits("imagenet2012").items()}

@@ -160,27 +160,65 @@ def _damage(data_dir):
     f.write(data)
 
 
-def test_a_damaged_record_is_named_or_left_out(tfds_dir, tmp_path):
+def test_a_damaged_record_is_named_or_skipped_and_counted(tfds_dir,
+                                                         tmp_path):
   data_dir = str(tmp_path / "tfds")
   shutil.copytree(tfds_dir, data_dir)
   _damage(data_dir)
-  with pytest.raises(decode.BadImageError,
-                     match=r"TFDS imagenet2012/train record \d+: cannot be "
-                     r"read \(RuntimeError: Corrupted Riegeli"):
-    load_splits(_data_config(data_dir))
-  with pytest.warns(SkippedImagesWarning, match=r"left out 1 of 12 records"):
-    train = load_splits(_data_config(data_dir, skip_bad=True))["train"]
-  assert len(train) == 11 and len(_grain(train, count=2)) == 2
+  train = load_splits(_data_config(data_dir))["train"]  # reads record 0
+  name = (r"TFDS imagenet2012/train record \d+: cannot be read "
+          r"\(RuntimeError: Corrupted Riegeli")
+  with pytest.raises(decode.BadImageError, match=name):
+    _grain(train)
+  with pytest.raises(decode.BadImageError, match=name):  # all labels
+    np.asarray(train.labels)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    batches = _grain(train, skip_bad=True)
+  skips = [w for w in caught if issubclass(w.category, SkippedImagesWarning)]
+  assert len(batches) == 6 and len(skips) == 2  # once per epoch
 
 
-def test_the_label_pass_is_kept_in_cache_dir(tfds_dir, tmp_path, monkeypatch):
-  config = _data_config(tfds_dir, cache_dir=str(tmp_path / "cache"))
-  first = load_splits(config)["train"]
-  assert len(os.listdir(tmp_path / "cache")) == 2  # train, validation
+class _CountingSource:
+  """A tfds data source that records which indices were read."""
 
-  def no_pass(*args):
-    raise AssertionError(f"read the labels again {args}")
-  monkeypatch.setattr(tfds_images, "_read_labels", no_pass)
-  again = load_splits(config)["train"]
-  np.testing.assert_array_equal(again.labels, first.labels)
-  _same_batches(_grain(again, count=2), _grain(first, count=2))
+  def __init__(self, source):
+    self.source, self.reads = source, []
+    self.dataset_info = source.dataset_info
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, index):
+    self.reads.append(index)
+    return self.source[index]
+
+
+def test_records_are_read_when_used_and_once(tfds_dir, monkeypatch):
+  opened = {}
+  open_split = tfds_images.tfds_source.open_split
+
+  def counting(tfds, name, split, data_dir, **kwargs):
+    opened[split] = _CountingSource(open_split(tfds, name, split, data_dir,
+                                               **kwargs))
+    return opened[split]
+  monkeypatch.setattr(tfds_images.tfds_source, "open_split", counting)
+  splits = load_splits(_data_config(tfds_dir))
+  # Loading reads one record per split (its label feature is checked).
+  assert opened["train"].reads == [0] and opened["validation"].reads == [0]
+  train = splits["train"]
+  read = []
+  for i in (3, 5):  # a worker's reads: the image, then the label
+    train.images.encoded(i)
+    read.append(train.labels[i])
+  assert opened["train"].reads == [0, 3, 5]
+  np.testing.assert_array_equal(read, np.asarray(train.labels)[[3, 5]])
+  # Evaluation: the split's labels in one pass, then kept.
+  test = splits["test"]
+  labels = np.asarray(test.labels)
+  assert labels.shape == (6,) and labels.dtype == np.int32
+  reads = len(opened["validation"].reads)
+  assert sorted(set(opened["validation"].reads)) == list(range(6))
+  assert reads <= 7  # record 0 may still be the kept last record
+  np.testing.assert_array_equal(test.labels[np.arange(6)], labels)
+  assert len(opened["validation"].reads) == reads
