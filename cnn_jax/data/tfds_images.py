@@ -186,19 +186,17 @@ class RecordLabels:
   dtype = np.dtype(np.int32)
   ndim = 1
 
-  def __init__(self, records, label_key, num_workers=0, indices=None):
+  def __init__(self, records, label_key, num_workers=0):
     self.records, self.label_key = records, label_key
     self.num_workers = num_workers or default_workers()
-    self._indices = (np.arange(len(records)) if indices is None
-                     else np.asarray(indices, np.int64))
     self._all = None  # every record's label, once read
 
   def __len__(self):
-    return len(self._indices)
+    return len(self.records)
 
   @property
   def shape(self):
-    return (len(self._indices),)
+    return (len(self.records),)
 
   def _every_label(self):
     if self._all is None:
@@ -208,17 +206,15 @@ class RecordLabels:
     return self._all
 
   def __getitem__(self, key):
-    if isinstance(key, (int, np.integer)):
-      index = int(self._indices[key])
-      if self._all is not None:
-        return self._all[index]
+    if isinstance(key, (int, np.integer)) and self._all is None:
+      index = range(len(self.records))[key]  # IndexError, negatives
       return np.int32(_label_of(self.records.read(index), self.records,
                                 self.label_key))
-    return self._every_label()[self._indices[key]]
+    return self._every_label()[key]
 
   def __array__(self, dtype=None, copy=None):
     del copy
-    labels = self._every_label()[self._indices]
+    labels = self._every_label()
     return labels if dtype is None else labels.astype(dtype)
 
 
