@@ -19,6 +19,9 @@ torch.utils.data.DataLoader with as many workers, shuffled. Measured after
 the first batch (worker start-up excluded, reported apart), in one process,
 alternating ours and PyTorch's per worker count.
 
+CPU ms per image: the same work in this process, files against TFDS
+records, timed as CPU time (robust to other jobs' load).
+
 Cores per GPU: images/s per worker of ours at the largest worker count,
 against 6,830 img/s (JAX ResNet-50 training on one NVIDIA H200, bf16,
 README Speed). The files are generated once into --dir (default: a cache
@@ -89,6 +92,24 @@ def _grain_rate(dataset, workers, batch, batches, reduced):
       augment=augment,
       options=grain_pipeline.GrainOptions(workers=workers, prefetch=2))
   return _time(iterator, batch, lambda item: item[1]["image"], batches)
+
+
+def _cpu_ms_per_image(dataset, passes=3):
+  """Median over `passes` of the CPU time (this process, all its threads)
+  per image of what a worker does: read the example (file or TFDS record),
+  decode + crop + flip, take its label. CPU time, unlike images/s, barely
+  moves with the load other jobs put on the machine."""
+  augment = decode.HostAugment(_SIZE, _SCALE, _RATIO, flip=True)
+  times = []
+  for _ in range(passes):
+    rng = np.random.default_rng(0)
+    start = time.process_time()
+    for i in range(len(dataset)):
+      source, name = dataset.images.encoded(i)
+      decode.decode_file(source, augment, rng, name=name)
+      dataset.labels[i]  # pylint: disable=pointless-statement
+    times.append((time.process_time() - start) / len(dataset) * 1e3)
+  return float(np.median(times))
 
 
 class TorchImages:  # a torch Dataset (map-style): len and getitem
@@ -214,6 +235,11 @@ def main():
     print(f"{count:>7} {ours:>10.1f} {full:>17.1f} {tfds_rate:>10.1f} "
           f"{torch_rate:>13.1f} "
           f"{ours / torch_rate:>6.2f} {ours_start:>10.2f} / {torch_start:.2f}")
+  cpu_ms = {"files": round(_cpu_ms_per_image(dataset), 3),
+            "tfds": round(_cpu_ms_per_image(from_tfds), 3)}
+  print(f"CPU ms per image in one process (read + decode + crop, median of "
+        f"3 passes): files {cpu_ms['files']:.3f}, TFDS records "
+        f"{cpu_ms['tfds']:.3f} ({cpu_ms['tfds'] / cpu_ms['files']:.2f}x)")
   last = rows[-1]
   per_core = last["ours_img_s"] / last["workers"]
   needed = H200_RESNET50_IMG_S / per_core
@@ -223,6 +249,7 @@ def main():
   print(json.dumps({
       "benchmark": "bench_input", "cpu": machine.cpu_description(), "cores": cores,
       "images": len(dataset), "batch": args.batch, "rows": rows,
+      "cpu_ms_per_image": cpu_ms,
       "min_ratio": min(r["ratio"] for r in rows),
       "img_s_per_core": round(per_core, 1),
       "cores_per_h200_resnet50": round(needed, 1),
