@@ -19,8 +19,8 @@ from cnn_jax.data import grain_pipeline
 from cnn_jax.data import load_splits
 from cnn_jax.data import photo_like
 from cnn_jax.data import tfds_images
-from cnn_jax.data.image_files import SkippedImagesWarning
 from cnn_jax.data import tfds_write
+from cnn_jax.data.image_files import SkippedImagesWarning
 
 _SIZE = (24, 24)
 _CROP = decode.HostAugment(image_size=_SIZE, crop_scale=(0.08, 1.0),
