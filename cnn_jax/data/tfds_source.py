@@ -5,6 +5,11 @@ The dataset must be prepared once in array-record format, e.g.
   tfds build mnist --data_dir=~/tensorflow_datasets --file_format=array_record
 (building needs network and, for most datasets, `pip install tensorflow`;
 reading afterwards needs neither).
+
+This module decodes every image into arrays up front (or lazily per batch),
+so the images must share one size; with config.data.pipeline='grain' the
+'tfds' source keeps them encoded instead and the Grain workers decode and
+crop each one (tfds_images.py: any size, e.g. imagenet2012).
 """
 
 import concurrent.futures
@@ -102,7 +107,9 @@ def _read_split(tfds, options, split, data_dir):
     if image.shape != shape:
       raise ValueError(
           f"TFDS {name} example {i}: image shape {image.shape} differs from "
-          f"{shape}; this source needs fixed-size images")
+          f"{shape}; decoded into arrays the images must share one size: "
+          "set config.data.pipeline='grain' (and config.data.image_size) "
+          "to decode and crop each in the Grain workers")
     return image, int(example[options.tfds_label_key])
 
   # One pass reads every record (array-record reads release the GIL): all
