@@ -40,6 +40,7 @@ from cnn_jax.distributed import liveness
 from cnn_jax.distributed import multihost
 from cnn_jax.distributed import process_flags
 from cnn_jax.reports import entry as report_entry
+from cnn_jax.reports import heatmap_mode
 from cnn_jax.reports import heatmaps
 from cnn_jax.sweeps import search
 from cnn_jax.sweeps import search_settings
@@ -188,7 +189,7 @@ def _run_mode():
     # Compiled programs from earlier runs (training/compilation_cache.py).
     compilation_cache.enable(config.train.get("compilation_cache", "auto"))
     if FLAGS.mode == "heatmap":
-      folder, paths = heatmaps.write_heatmaps(
+      folder, paths = heatmap_mode.write_heatmaps(
           config, FLAGS.workdir, FLAGS.step, FLAGS.heatmap_method,
           FLAGS.heatmap_layer, FLAGS.heatmap_count)
       print(f"{len(paths)} PNGs written to {folder}")
