@@ -305,21 +305,35 @@ def restore(manager, abstract_state, step, check_meta=None, sharding=None):
   return state, meta
 
 
-def restore_latest(manager, abstract_state, check_meta=None, sharding=None):
+def restore_latest(manager, abstract_state, check_meta=None, sharding=None,
+                   all_read=None):
   """(state, meta) of the newest checkpoint that reads back intact.
 
   A damaged checkpoint is skipped with a warning naming its step, and the one
-  before it is tried. Arguments as for `restore`.
+  before it is tried. Arguments as for `restore`; `all_read` (several
+  processes): called in every process after each step tried, with whether
+  this one read it intact; returns whether all did (the same answer in
+  every process): a step one process cannot read is skipped by all, so
+  they try the same steps in the same order and restore the same one.
   Raises:
     CheckpointError: there is no checkpoint, or none is intact.
   """
   damaged = []
   for step in reversed(manager.all_steps()):
     try:
-      return restore(manager, abstract_state, step, check_meta, sharding)
+      restored = restore(manager, abstract_state, step, check_meta, sharding)
     except CheckpointError as e:
       logging.warning("%s; skipping it, trying the one before", e)
       damaged.append(str(e))
+      restored = None
+    if all_read is not None and not all_read(restored is not None):
+      if restored is not None:
+        damaged.append(f"checkpoint step {step}: another process could not "
+                       "read it")
+        logging.warning("%s; skipping it, trying the one before", damaged[-1])
+      continue
+    if restored is not None:
+      return restored
   if not damaged:
     raise CheckpointError(f"no checkpoint in {manager.directory}")
   raise CheckpointError(f"no intact checkpoint in {manager.directory}: "

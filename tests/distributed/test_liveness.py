@@ -8,8 +8,7 @@ import subprocess
 import sys
 
 from tests.conftest import REPO
-from tests.distributed.test_multihost import _free_port
-from tests.distributed.test_multihost import _wait
+from tests.distributed import launched
 
 _LOOP = """
 import os, signal, sys
@@ -32,14 +31,14 @@ except Exception as e:
 
 
 def test_survivors_name_the_killed_process():
-  port = _free_port()
+  port = launched.free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1",
              PYTHONPATH=REPO)
   children = [subprocess.Popen(
       [sys.executable, "-c", _LOOP, str(port), str(index)], cwd=REPO,
       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
               for index in range(3)]
-  results = _wait(children, timeout=120)
+  results = launched.wait(children, timeout=120)
   assert results[2][0] == -9, results[2][2][-2000:]
   for index, (code, stdout, stderr) in enumerate(results[:2]):
     assert code == 1, stderr[-2000:]
