@@ -3,8 +3,9 @@ tiny MNIST run (tests/tiny_run.py) with 1 process x 4 CPU devices and 2
 processes x 2 devices on localhost (jax.distributed, a free port each)
 trains the same parameters as one device on the same global batches;
 2-process evaluation counts every test example once; SIGTERM to one process
-stops both at the same step, SIGKILL makes the other exit; relaunching
-resumes. Every child is waited for with a timeout and killed by its pid.
+stops both at the same step, SIGKILL of one makes the other exit (naming
+process 1 when it was killed); relaunching resumes. Every child is waited
+for with a timeout and killed by its pid (tests/distributed/launched.py).
 """
 
 import json
