@@ -231,10 +231,10 @@ def _run_mode():
         print(f"error: {e}", file=sys.stderr)
         return 1
       raise
-    # A collective failed: another process died. Name it (from the
-    # processes' heartbeats, a few seconds) and exit now: at a normal exit
-    # jax.distributed's shutdown barrier would wait for the dead process
-    # until its heartbeat times out, then abort.
+    # A collective failed (another process died?): name the lost process
+    # (from the processes' heartbeats, a few seconds) and exit now: at a
+    # normal exit jax.distributed's shutdown barrier would wait for the dead
+    # process until its heartbeat times out, then abort.
     print(liveness.failure_message(e), file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -114,18 +114,18 @@ def failure_message(error):
   naming the lost processes (lost_processes: takes about WATCH_S)."""
   me, count = jax.process_index(), jax.process_count()
   lost = lost_processes()
+  first = str(error).strip().splitlines()[0][:300] if str(error) else ""
   if lost is None:
-    who = ("the coordination service (process 0) cannot be reached: "
-           "process 0 was lost")
+    what = ("a collective with the other processes failed: the coordination "
+            "service (process 0) cannot be reached: process 0 was lost")
   elif lost:
     names = ", ".join(str(p) for p in lost)
-    who = (f"lost process{'es' if len(lost) > 1 else ''} {names} of {count} "
-           "(no heartbeat)")
-  else:
-    who = "every process still sends heartbeats (a network error?)"
-  first = str(error).strip().splitlines()[0][:300] if str(error) else ""
-  return (f"error: process {me} of {count}: a collective with the other "
-          f"processes failed: {who}: {first}")
+    what = ("a collective with the other processes failed: lost process"
+            f"{'es' if len(lost) > 1 else ''} {names} of {count} (no "
+            "heartbeat)")
+  else:  # e.g. out of memory, or a network error between live processes
+    what = "a computation failed while every process still sends heartbeats"
+  return f"error: process {me} of {count}: {what}: {first}"
 
 
 def is_collective_failure(error):

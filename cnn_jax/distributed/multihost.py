@@ -96,16 +96,6 @@ def any_process(*flags):
   return answers[0] if len(answers) == 1 else answers
 
 
-def smallest(value):
-  """The smallest of every process's integer `value`: the same answer in
-  all of them (one collective; every process must call it at the same
-  point)."""
-  if jax.process_count() == 1:
-    return int(value)
-  gathered = multihost_utils.process_allgather(np.asarray([int(value)]))
-  return int(np.min(gathered))
-
-
 def barrier(name):
   """Waits until every process reaches the barrier called `name`."""
   if jax.process_count() > 1:
