@@ -10,6 +10,7 @@ for with a timeout and killed by its pid (tests/distributed/launched.py).
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -207,10 +208,11 @@ def test_sigkill_of_one_process_ends_the_other_and_relaunch_resumes(
     code, _, stderr = launched.wait([survivor], timeout=90)[0]
     assert time.time() - killed_at < 60, stderr[-2000:]
     assert code != 0, stderr[-2000:]
-    if victim == 1:  # its next collective fails; the heartbeats name 1
-      assert ("error: process 0 of 2: a collective with the other processes "
-              "failed: lost process 1 of 2 (no heartbeat)") in stderr, (
-                  stderr[-2000:])
+    if victim == 1:  # its next collective fails, or (in a barrier of a
+      # save) the heartbeat thread sees process 1's heartbeat stop: named
+      assert re.search(r"error: process 0 of 2: (a collective with the other "
+                       r"processes failed: )?lost process 1 of 2 \(no "
+                       "heartbeat", stderr), stderr[-2000:]
     else:  # process 0 hosted the coordination service: JAX ends process 1
       assert "the leader task was preempted/died" in stderr, stderr[-2000:]
   finally:
