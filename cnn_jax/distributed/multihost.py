@@ -13,9 +13,12 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from cnn_jax.distributed import liveness
+
 # A process that stops sending heartbeats (killed, its host lost) makes the
 # coordination service stop the others after this long; JAX's default is
-# 100 s. Collectives with a dead peer usually fail sooner (connection reset).
+# 100 s. Collectives with a dead peer usually fail sooner (connection reset;
+# liveness.py then names the lost process well within this time).
 HEARTBEAT_TIMEOUT_S = 30
 
 
@@ -43,6 +46,8 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None,
              "auto-detected cluster")
     raise RuntimeError(f"jax.distributed.initialize failed ({where}): "
                        f"{str(e).splitlines()[0][:300]}") from e
+  # Names a lost process when a collective fails (liveness.py).
+  liveness.start()
 
 
 def is_main():
