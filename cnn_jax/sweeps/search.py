@@ -43,6 +43,7 @@ from cnn_jax.data import batching
 from cnn_jax.data import load_splits
 from cnn_jax.runs import writers
 from cnn_jax.distributed import mesh as parallel
+from cnn_jax.distributed import multihost
 from cnn_jax.sweeps import search_outputs
 from cnn_jax.sweeps import search_resume
 from cnn_jax.sweeps import search_settings
@@ -51,40 +52,16 @@ from cnn_jax.sweeps import search_steps
 from cnn_jax.sweeps import search_trials
 from cnn_jax.sweeps import sweep_config
 from cnn_jax.sweeps import sweep_steps
-from cnn_jax.tasks import CLASSIFICATION
 from cnn_jax.training import optim
 from cnn_jax.training import steps
 
-def evaluate_split(split, p_eval_step, states, dataset, batch_size, sharding):
+def evaluate_split(split, p_eval_step, states, dataset, batch_size, mesh):
   """Per-member metrics [{'accuracy', 'loss', 'count'}] of stacked `states`
   on `dataset` (every search evaluation goes through here: tests watch the
   `split` names)."""
   del split
-  totals = None
-  for batch in batching.eval_batches(dataset, batch_size):
-    sums = p_eval_step(states, jax.device_put(batch, sharding))
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = jax.device_get(totals)
-  return [CLASSIFICATION.finalize({k: v[i] for k, v in totals.items()})
-          for i in range(len(totals["count"]))]
-
-
-def _compile(program, augment_configs, vary_dropout, mean, std, slots, width,
-             mesh, conv_impl):
-  on_members = parallel.member_sharding(mesh)
-  train_step = jax.jit(
-      sweep_steps.make_train_step(
-          program.model, augment_configs, mean=mean, std=std,
-          member_count=slots, vary_dropout=vary_dropout, vmap_width=width,
-          conv_impl=conv_impl),
-      in_shardings=(on_members, on_members,
-                    parallel.batch_sharding(mesh, stacked=True), on_members),
-      out_shardings=(on_members, on_members, on_members))
-  eval_step = jax.jit(sweep_steps.make_eval_step(
-      mean=mean, std=std, member_count=slots, vmap_width=width),
-                      in_shardings=(on_members, parallel.batch_sharding(mesh)),
-                      out_shardings=on_members)
-  return train_step, eval_step
+  return sweep_steps.evaluate_members(p_eval_step, states, dataset,
+                                      batch_size, mesh)
 
 
 def _check_base(base):
@@ -119,27 +96,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   per_epoch = batching.steps_per_epoch(len(train_set), batch_size)
   total_steps = probe.train.num_epochs * per_epoch
   mesh = parallel.make_mesh(config.sweep.get("member_devices", 1))
-  parallel.check_divisible(mesh, batch_size, slots_count)
+  parallel.check_divisible(mesh, batch_size, slots_count,
+                           members_key="config.sweep.slots")
+  parallel.check_divisible(mesh, probe.data.eval_batch_size,
+                           batch_key="config.data.eval_batch_size")
+  block = sweep_steps.local_batch_block(mesh, slots_count, batch_size)
   program = sweep_steps.shared_program(probe, per_epoch)
   vary_dropout = "model.dropout_rate" in found["space"]
   if vary_dropout:
     sweep_steps.check_traced_dropout(program.model, train_set.example_shape)
   augment_configs = [probe.data.augment.to_dict()]
   width = sweep_steps.resolve_vmap_width(config.sweep, slots_count)
-  p_train, p_eval = _compile(
-      program, augment_configs, vary_dropout, mean, std, slots_count, width,
-      mesh, sweep_steps.resolve_conv_impl(config.sweep, width, slots_count))
+  p_train, p_eval = sweep_steps.jit_steps(
+      program, augment_configs, mean=mean, std=std, member_count=slots_count,
+      vary_dropout=vary_dropout, vmap_width=width,
+      conv_impl=sweep_steps.resolve_conv_impl(config.sweep, width,
+                                              slots_count),
+      mesh=mesh, donate=False)
   on_members = parallel.member_sharding(mesh)
+  everywhere = parallel.replicated(mesh)
+  on_batch = parallel.batch_sharding(mesh, stacked=True)
   evaluate = functools.partial(
       evaluate_split, p_eval_step=p_eval, batch_size=probe.data.eval_batch_size,
-      sharding=parallel.batch_sharding(mesh))
+      mesh=mesh)
   writers.report(
       f"{kind} search over {', '.join(found['space'])}: {found['trials']} "
       f"trials, {slots_count} at a time; {probe.data.name}: {len(train_set)} "
       f"train, {len(val_set)} val (selection), {len(test_set)} test (once, "
       "at the end)")
 
-  host = search_trials.Slots(config, found, train_set, batch_size)
+  # Each process draws only its block of the slots' stacked batches; the
+  # host state (trials, decisions) is the same in every process.
+  host = search_trials.Slots(config, found, train_set, batch_size, block)
   for slot in range(min(slots_count, found["trials"])):
     host.start(slot)
 
@@ -148,7 +136,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     states, _ = sweep_steps.init_members(cfgs, train_set.example_shape,
                                          per_epoch, program)
     hparams = sweep_steps.hyperparameter_arrays(cfgs, augment_configs)
-    return jax.device_put((states, hparams), on_members)
+    return multihost.put((states, hparams), on_members)
 
   states, hparams = fresh_states()
   halving = (search_trials.Halving(found["halving"]["rungs"],
@@ -158,15 +146,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   kept = {}  # trial id -> host copy of its final state (best `keep`)
   member_steps, step = 0, 0
   if search_resume.can_resume(workdir):
-    states, meta = search_resume.restore(workdir, states, config.to_dict())
+    states, meta = search_resume.restore(workdir, states, config.to_dict(),
+                                         everywhere)
     states = jax.device_put(states, on_members)
     host.restore(meta["slots"])
     if halving is not None:
       halving.restore(meta["halving"])
     rng.bit_generator.state = meta["rng"]
     step, member_steps = meta["step"], meta["member_steps_total"]
-    kept = search_resume.restore_kept(workdir, meta["kept"], states)
-    hparams = jax.device_put(sweep_steps.hyperparameter_arrays(
+    kept = search_resume.restore_kept(workdir, meta["kept"], states,
+                                      everywhere)
+    hparams = multihost.put(sweep_steps.hyperparameter_arrays(
         [c or probe for c in host.configs], augment_configs), on_members)
     writers.report(f"resuming the search at step {step} ({host.next_id} "
                    "trials started)")
@@ -178,9 +168,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   try:
     while any(t is not None for t in host.current):
       if alive is None:
-        alive = jax.device_put(jnp.asarray(host.active()), on_members)
+        alive = multihost.put(host.active(), on_members)
       active = host.active()
-      states, alive, metrics = p_train(states, alive, host.batch(), hparams)
+      states, alive, metrics = p_train(
+          states, alive, multihost.global_array(host.batch(), on_batch),
+          hparams)
       window.append(metrics["updated"])
       step += 1
       host.steps += active
@@ -214,8 +206,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       if mask.any():  # the new trials' states, in place
         fresh, hparams = fresh_states()
         states = jax.device_put(search_steps.replace_slots(
-            jax.device_put(jnp.asarray(mask), on_members), fresh, states),
-                                on_members)
+            multihost.put(mask, on_members), fresh, states), on_members)
       search_resume.save(workdir, states, step, {
           "step": step, "member_steps_total": member_steps,
           "slots": host.state(), "rng": rng.bit_generator.state,
@@ -231,7 +222,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     rows = [kept[t.id] for t in group]
     rows += [rows[0]] * (slots_count - len(rows))  # padding, ignored
     stacked = jax.tree.map(lambda *xs: np.stack(xs), *rows)
-    results = evaluate("test", states=jax.device_put(stacked, on_members),
+    results = evaluate("test", states=multihost.put(stacked, on_members),
                        dataset=test_set)
     for trial, metrics in zip(group, results):
       trial.test = metrics
