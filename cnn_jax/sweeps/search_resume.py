@@ -21,6 +21,7 @@ import shutil
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from cnn_jax.distributed import multihost
 from cnn_jax.runs import checkpoint
@@ -45,8 +46,10 @@ def save(workdir, states, step, meta, kept_ids):
   removes the kept/ folders of trials no longer kept. Every process calls
   it (each writes its slots' shards); process 0 removes the folders."""
   manager = checkpoint.make_manager(workdir, _OPTIONS)
-  member_steps = jax.device_get(states.step).tolist()
-  checkpoint.save(manager, states.replace(step=jnp.asarray(step, jnp.int32)),
+  member_steps = multihost.to_host(states.step).tolist()
+  # A host scalar: Orbax writes it from process 0 (a one-device jax.Array
+  # would be a different array in each process).
+  checkpoint.save(manager, states.replace(step=np.asarray(step, np.int32)),
                   {**meta, "member_steps": member_steps})
   manager.wait_until_finished()
   manager.close()
