@@ -84,8 +84,8 @@ def member_sharding(mesh):
 
 def _over_processes():
   """' (P processes x D devices)' in messages of a multi-process run."""
-  count = jax.process_count()
-  return (f" ({count} processes x {jax.local_device_count()} devices)"
+  count, local = jax.process_count(), jax.local_device_count()
+  return (f" ({count} processes x {local} device{'s' * (local != 1)})"
           if count > 1 else "")
 
 
