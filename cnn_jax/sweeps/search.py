@@ -31,7 +31,7 @@ Rerunning the same command after a kill resumes from the last epoch end
 """
 
 import functools
-import math
+import signal
 import time
 
 import jax
@@ -53,6 +53,7 @@ from cnn_jax.sweeps import search_trials
 from cnn_jax.sweeps import sweep_config
 from cnn_jax.sweeps import sweep_steps
 from cnn_jax.training import optim
+from cnn_jax.training import preemption
 from cnn_jax.training import steps
 
 def evaluate_split(split, p_eval_step, states, dataset, batch_size, mesh):
@@ -165,55 +166,66 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   # `alive` stays on the device, as in sweep.py, and the steps' `updated`
   # flags are read at the next evaluation to find diverged trials.
   alive, window = None, []
-  try:
-    while any(t is not None for t in host.current):
-      if alive is None:
-        alive = multihost.put(host.active(), on_members)
-      active = host.active()
-      states, alive, metrics = p_train(
-          states, alive, multihost.global_array(host.batch(), on_batch),
-          hparams)
-      window.append(metrics["updated"])
-      step += 1
-      host.steps += active
-      member_steps += int(active.sum())
-      bar.update(1)
-      epoch_end = step % per_epoch == 0
-      pbt_due = kind == "pbt" and step % found["pbt"]["every_steps"] == 0
-      if not (epoch_end or pbt_due):
-        continue
-      _diverged(host, np.asarray(jax.device_get(window)))
-      window, alive = [], None  # slots change below: alive from the host
-      results = evaluate("val", states=states, dataset=val_set)
-      for slot, trial in enumerate(host.current):
-        if trial is not None:
-          trial.val.append((int(host.steps[slot]), results[slot]))
-      if pbt_due and step < total_steps:
-        states, hparams = _exploit(host, states, hparams, found, rng, metric)
-        # Back on the step's shardings: an equal layout under another
-        # sharding object would make jit compile the step again.
-        states, hparams = jax.device_put((states, hparams), on_members)
-      if not epoch_end:
-        continue
-      _epoch_end(host, halving, metric, per_epoch, total_steps, states,
-                 kept, workdir, (mean, std))
-      mask = np.zeros(slots_count, bool)
-      if kind != "pbt":  # freed slots take the next trials, from step 0
-        for slot in np.nonzero(~host.active())[0]:
-          if host.next_id < found["trials"]:
-            host.start(int(slot))
-            mask[slot] = True
-      if mask.any():  # the new trials' states, in place
-        fresh, hparams = fresh_states()
-        states = jax.device_put(search_steps.replace_slots(
-            multihost.put(mask, on_members), fresh, states), on_members)
-      search_resume.save(workdir, states, step, {
-          "step": step, "member_steps_total": member_steps,
-          "slots": host.state(), "rng": rng.bit_generator.state,
-          "halving": halving.state() if halving else None,
-          "kept": sorted(kept), "config": config.to_dict()}, set(kept))
-  finally:
-    bar.close()
+  # A stop signal is acted on at the next epoch end, after its checkpoint
+  # (the search resumes from epoch ends); a second one acts as usual.
+  stop = preemption.StopRequest()
+  with stop:
+    try:
+      while any(t is not None for t in host.current):
+        if alive is None:
+          alive = multihost.put(host.active(), on_members)
+        active = host.active()
+        states, alive, metrics = p_train(
+            states, alive, multihost.global_array(host.batch(), on_batch),
+            hparams)
+        window.append(metrics["updated"])
+        step += 1
+        host.steps += active
+        member_steps += int(active.sum())
+        bar.update(1)
+        epoch_end = step % per_epoch == 0
+        pbt_due = kind == "pbt" and step % found["pbt"]["every_steps"] == 0
+        if not (epoch_end or pbt_due):
+          continue
+        _diverged(host, np.asarray(jax.device_get(window)))
+        window, alive = [], None  # slots change below: alive from the host
+        results = evaluate("val", states=states, dataset=val_set)
+        for slot, trial in enumerate(host.current):
+          if trial is not None:
+            trial.val.append((int(host.steps[slot]), results[slot]))
+        if pbt_due and step < total_steps:
+          states, hparams = _exploit(host, states, hparams, found, rng, metric)
+          # Back on the step's shardings: an equal layout under another
+          # sharding object would make jit compile the step again.
+          states, hparams = jax.device_put((states, hparams), on_members)
+        if not epoch_end:
+          continue
+        _epoch_end(host, halving, metric, per_epoch, total_steps, states,
+                   kept, workdir, (mean, std))
+        mask = np.zeros(slots_count, bool)
+        if kind != "pbt":  # freed slots take the next trials, from step 0
+          for slot in np.nonzero(~host.active())[0]:
+            if host.next_id < found["trials"]:
+              host.start(int(slot))
+              mask[slot] = True
+        if mask.any():  # the new trials' states, in place
+          fresh, hparams = fresh_states()
+          states = jax.device_put(search_steps.replace_slots(
+              multihost.put(mask, on_members), fresh, states), on_members)
+        search_resume.save(workdir, states, step, {
+            "step": step, "member_steps_total": member_steps,
+            "slots": host.state(), "rng": rng.bit_generator.state,
+            "halving": halving.state() if halving else None,
+            "kept": sorted(kept), "config": config.to_dict()}, set(kept))
+        # Every process stops after this checkpoint when any one got
+        # SIGTERM/SIGINT (one collective per epoch, as train.py's per call);
+        # a search that has finished its trials finishes instead.
+        if multihost.any_process(stop.signum is not None) and any(
+            t is not None for t in host.current):
+          raise preemption.Preempted(stop.signum or signal.SIGTERM, step,
+                                     workdir)
+    finally:
+      bar.close()
 
   # The one look at the test split: the kept trials' final states.
   finished = [t for t in host.trials if t.id in kept]

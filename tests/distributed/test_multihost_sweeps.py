@@ -23,8 +23,11 @@ from cnn_jax.sweeps import sweep
 from configs import mnist_search
 from configs import mnist_sweep
 from tests.conftest import REPO
-from tests.distributed.test_multihost import _free_port  # pylint: disable=protected-access
-from tests.distributed.test_multihost import _wait  # pylint: disable=protected-access
+from tests import tiny_run
+from tests.distributed import test_multihost
+
+_free_port = test_multihost._free_port  # pylint: disable=protected-access
+_wait = test_multihost._wait  # pylint: disable=protected-access
 
 pytestmark = pytest.mark.usefixtures("launch_env")
 
@@ -66,9 +69,10 @@ def _config(module, data_dir, overrides):
 
 
 def _start(config_file, workdir, data_dir, overrides, processes, devices,
-           env):
+           env, hooks=None):
   """launch.py with `config_file` and `overrides` in `processes` processes
-  of `devices` CPU devices each (jax.distributed on a free port)."""
+  of `devices` CPU devices each (jax.distributed on a free port); hooks:
+  {process: Python code run before launch.py's main}, as tiny_run.launch."""
   env = dict(env, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices),
              PYTHONPATH=REPO)
   flags = [f"--config={os.path.join(REPO, 'configs', config_file)}",
@@ -76,9 +80,12 @@ def _start(config_file, workdir, data_dir, overrides, processes, devices,
   flags += [f"--config.{key}={value!r}" if isinstance(value, tuple)
             else f"--config.{key}={value}" for key, value in overrides.items()]
   port = _free_port()
+  command = lambda index: (
+      [sys.executable, "-c", hooks[index] + tiny_run._RUN_LAUNCH]  # pylint: disable=protected-access
+      if index in (hooks or {}) else
+      [sys.executable, os.path.join(REPO, "launch.py")])
   return [subprocess.Popen(
-      [sys.executable, os.path.join(REPO, "launch.py"), *flags,
-       f"--coordinator_address=localhost:{port}",
+      [*command(index), *flags, f"--coordinator_address=localhost:{port}",
        f"--num_processes={processes}", f"--process_id={index}",
        "--distributed_timeout=60"],
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -149,7 +156,8 @@ def test_two_process_sweep_equals_one_process(tiny_run_data, launch_env,
     assert {json.loads(line)["member"] for line in f} == {0, 1}
 
 
-@pytest.mark.parametrize("devices", [1, pytest.param(2, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("devices",
+                         [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_two_process_pbt_search_equals_one_process(tiny_run_data, launch_env,
                                                    tmp_path, devices):
   one, many = tmp_path / "one", tmp_path / "many"
@@ -195,3 +203,32 @@ def test_members_that_do_not_split_over_the_processes_are_one_line(
     assert "config.sweep.member_devices" in lines[0]
     assert "(2 processes x 1 device)" in lines[0]
   assert not os.path.exists(tmp_path / "sweep")
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_the_search_and_relaunch_resumes(
+    tiny_run_data, launch_env, tmp_path):
+  overrides = {**SEARCH, "train.num_epochs": 3, "sweep.member_devices": 2}
+  config = _config(mnist_search, tiny_run_data, overrides)
+  config.sweep.member_devices = 1
+  expected = search.train_and_evaluate(config, str(tmp_path / "one"))
+  workdir = tmp_path / "stopped"
+  # Process 1 gets SIGTERM during the agreement at the end of epoch 1 (its
+  # flag there is already False): both stop after epoch 2's checkpoint.
+  results = _wait(_start("mnist_search.py", workdir, tiny_run_data,
+                         overrides, 2, 1, launch_env,
+                         hooks={1: test_multihost._sigterm_after_calls(1)}))  # pylint: disable=protected-access
+  assert [code for code, _, _ in results] == [143, 143], results[0][2][-2000:]
+  for _, _, stderr in results:
+    assert "stopped by SIGTERM after step 14" in stderr, stderr[-2000:]
+  assert not os.path.exists(workdir / "summary.json")
+  results = _run("mnist_search.py", workdir, tiny_run_data, overrides, 2, 1,
+                 launch_env)
+  assert "resuming the search at step 14" in results[0][1]
+  got = workdirs.read_summary(workdir)
+  strip = lambda rows: [{k: r[k] for k in ("trial", "parent", "values",
+                                           "status", "stop_step")}
+                        for r in rows]
+  assert strip(got["ranking"]) == strip(expected["ranking"])
+  for row, want in zip(got["ranking"], expected["ranking"]):
+    assert row["val_loss"] == pytest.approx(want["val_loss"], rel=1e-4)
