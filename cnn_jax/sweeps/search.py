@@ -27,7 +27,14 @@ one out of train when the data has none); the test split is evaluated once,
 after the search, for the trials whose final states are kept (the best
 3 finished ones; every member for PBT). Outputs: search_outputs.py.
 Rerunning the same command after a kill resumes from the last epoch end
-(search_resume.py): the same trials, decisions and final ranking.
+(search_resume.py): the same trials, decisions and final ranking. SIGTERM
+or SIGINT stops the search at the next epoch end, after its checkpoint.
+
+Several processes (launch.py --distributed): the slots and batches are
+split over every device of every process (as a sweep's); the host state is
+the same in every process (decisions read replicated validation metrics),
+each process draws only its block of the stacked batches, and process 0
+writes the files (search_outputs.py).
 """
 
 import functools

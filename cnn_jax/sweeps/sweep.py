@@ -15,9 +15,13 @@ axes name the config keys the members differ in. Three modules:
 Memory: `sweep.chunk` members run at once; more run chunk after chunk with
 the same compiled program (the last chunk is padded with masked-out copies).
 
-Devices: a ('members', 'data') mesh (cnn_jax/distributed/mesh.py). Each batch is
-split over 'data' (data parallelism, parameters replicated); with
-`sweep.member_devices` > 1 the members are split over 'members' as well.
+Devices: a ('members', 'data') mesh (cnn_jax/distributed/mesh.py) over
+every device of every process. Each batch is split over 'data' (data
+parallelism, parameters replicated); with `sweep.member_devices` > 1 the
+members are split over 'members' as well. With several processes each one
+draws only its block of the stacked batches (sweep_steps.local_batch_block)
+and every one runs this same function; process 0 writes the files, all of
+them save the members' checkpoints (Orbax).
 
 Outputs in the sweep's workdir:
   members/<k>/   an ordinary run folder per member (summary.json with its
