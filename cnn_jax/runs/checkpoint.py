@@ -144,7 +144,8 @@ def _state_arrays(state):
 def _host_leaves(arrays):
   """Host (numpy) copies of the leaves of `arrays`, in tree order. An array
   split over the devices of several processes (a sweep's stacked state) is
-  gathered whole in each of them (every process calls save alike)."""
+  gathered whole in each of them (every process calls save alike; the rule
+  of distributed/multihost.to_host, which runs/ may not import)."""
 
   def fetch(x):
     if isinstance(x, jax.Array) and not x.is_fully_addressable and (

@@ -95,20 +95,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   probe = sweep_config.resolved_config(
       config, search_space.sample(found["space"], found["seed"], 0))
   _check_base(probe)  # before any I/O
-  splits = load_splits(probe.data)
-  _check_val(probe, splits)
-  search_outputs.prepare(workdir)
-  train_set, val_set, test_set = splits["train"], splits["val"], splits["test"]
-  mean, std = steps.normalization_stats(probe.data, train_set)
   batch_size = probe.data.batch_size
-  per_epoch = batching.steps_per_epoch(len(train_set), batch_size)
-  total_steps = probe.train.num_epochs * per_epoch
   mesh = parallel.make_mesh(config.sweep.get("member_devices", 1))
   parallel.check_divisible(mesh, batch_size, slots_count,
                            members_key="config.sweep.slots")
   parallel.check_divisible(mesh, probe.data.eval_batch_size,
                            batch_key="config.data.eval_batch_size")
   block = sweep_steps.local_batch_block(mesh, slots_count, batch_size)
+  splits = load_splits(probe.data)
+  _check_val(probe, splits)
+  search_outputs.prepare(workdir)
+  train_set, val_set, test_set = splits["train"], splits["val"], splits["test"]
+  mean, std = steps.normalization_stats(probe.data, train_set)
+  per_epoch = batching.steps_per_epoch(len(train_set), batch_size)
+  total_steps = probe.train.num_epochs * per_epoch
   program = sweep_steps.shared_program(probe, per_epoch)
   vary_dropout = "model.dropout_rate" in found["space"]
   if vary_dropout:
