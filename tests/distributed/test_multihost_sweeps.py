@@ -1,6 +1,6 @@
 """Sweeps and searches over several processes (jax.distributed on localhost,
 a free port each): launch.py with a 2-member sweep and a 2-slot PBT search
-in 2 processes x 1 device, one member per process
+(slow: successive halving) in 2 processes x 1 device, one member per process
 (config.sweep.member_devices=2), trains the same per-member parameters and
 makes the same decisions (ranking, PBT's copies, best trial) as the same
 config run in this process on one device; process 1 writes nothing. A
@@ -123,9 +123,10 @@ def _variables(workdir):
 
 
 @pytest.mark.parametrize("devices,member_devices", [
-    (1, 2),  # one member per process
-    pytest.param(2, 2, marks=pytest.mark.slow),  # and its batch over 2
-    pytest.param(1, 1, marks=pytest.mark.slow),  # batches split over them
+    pytest.param(1, 2, id="2x1-member-per-process"),
+    pytest.param(2, 2, id="2x2-member-per-process", marks=pytest.mark.slow),
+    pytest.param(1, 1, id="2x1-batch-over-processes",
+                 marks=pytest.mark.slow),
 ])
 def test_two_process_sweep_equals_one_process(tiny_run_data, launch_env,
                                               tmp_path, devices,
@@ -156,15 +157,24 @@ def test_two_process_sweep_equals_one_process(tiny_run_data, launch_env,
     assert {json.loads(line)["member"] for line in f} == {0, 1}
 
 
-@pytest.mark.parametrize("devices",
-                         [1, pytest.param(2, marks=pytest.mark.slow)])
-def test_two_process_pbt_search_equals_one_process(tiny_run_data, launch_env,
-                                                   tmp_path, devices):
+# Successive halving over 4 trials in 2 slots, 2 epochs: the stopped trials'
+# slots are refilled (fresh states selected in place across the processes).
+HALVING = {**SEARCH, "sweep.search": "halving", "sweep.trials": 4,
+           "sweep.halving.rungs": (1,), "train.num_epochs": 2}
+
+
+@pytest.mark.parametrize("overrides,devices", [
+    pytest.param(SEARCH, 1, id="pbt-2x1"),
+    pytest.param(SEARCH, 2, id="pbt-2x2", marks=pytest.mark.slow),
+    pytest.param(HALVING, 1, id="halving-2x1", marks=pytest.mark.slow),
+])
+def test_two_process_search_equals_one_process(tiny_run_data, launch_env,
+                                               tmp_path, overrides, devices):
   one, many = tmp_path / "one", tmp_path / "many"
-  config = _config(mnist_search, tiny_run_data, SEARCH)
+  config = _config(mnist_search, tiny_run_data, overrides)
   expected = search.train_and_evaluate(config, str(one))
   results = _run("mnist_search.py", many, tiny_run_data,
-                 {**SEARCH, "sweep.member_devices": 2}, 2, devices,
+                 {**overrides, "sweep.member_devices": 2}, 2, devices,
                  launch_env)
   _quiet_other_process(results)
   got = workdirs.read_summary(many)
@@ -173,13 +183,16 @@ def test_two_process_pbt_search_equals_one_process(tiny_run_data, launch_env,
                                            "status", "start_step",
                                            "stop_step")} for r in rows]
   assert strip(got["ranking"]) == strip(expected["ranking"])
-  assert any(r["parent"] is not None for r in got["ranking"])  # PBT copied
+  if overrides["sweep.search"] == "pbt":  # PBT copied a state across
+    assert any(r["parent"] is not None for r in got["ranking"])
+  else:  # halving stopped trials at the rung and refilled their slots
+    assert [r["status"] for r in got["ranking"]].count("stopped") == 2
   assert got["best_trial"] == expected["best_trial"]
   for row, want in zip(got["ranking"], expected["ranking"]):
     assert row["val_loss"] == pytest.approx(want["val_loss"], rel=1e-4)
   finished = [r["trial"] for r in got["ranking"] if r["status"] == "finished"]
   assert len(finished) == 2
-  for trial in finished:  # PBT keeps every final member
+  for trial in finished:  # kept: every final PBT member, the best 3 else
     chex.assert_trees_all_close(_variables(many / "kept" / str(trial)),
                                 _variables(one / "kept" / str(trial)),
                                 **TOLERANCE)
