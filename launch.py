@@ -202,6 +202,8 @@ def _run_mode():
               f"{results['test_accuracy']:.4f}, test loss "
               f"{results['test_loss']:.4f}; written to {path}")
       return 0
+    # Sweeps and searches: one program over every device of every process
+    # (members along 'members', batches along 'members' and 'data').
     if search_settings.is_search(config):  # random / halving / pbt in one program
       summary = search.train_and_evaluate(config, FLAGS.workdir)
       print(f"best: trial {summary['best_trial']}, validation accuracy "
@@ -212,9 +214,6 @@ def _run_mode():
             f"{FLAGS.workdir}/best_config.py")
       return 0
     if sweep_config.is_sweep(config):  # every member at once, in one program
-      if jax.process_count() > 1:
-        raise ValueError("a sweep config (config.sweep) runs in one process "
-                         "(on all its devices); drop --distributed")
       summary = sweep.train_and_evaluate(config, FLAGS.workdir)
       print(f"best: member {summary['best_member']}, test accuracy "
             f"{summary['test_accuracy']:.4f}; {summary['members']} members, "

@@ -24,6 +24,7 @@ import zlib
 from absl import logging
 from etils import epath
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
@@ -127,8 +128,18 @@ def _state_arrays(state):
 
 
 def _host_leaves(arrays):
-  """Host (numpy) copies of the leaves of `arrays`, in tree order."""
-  return jax.tree.leaves(jax.device_get(arrays))
+  """Host (numpy) copies of the leaves of `arrays`, in tree order. An array
+  split over the devices of several processes (a sweep's stacked state) is
+  gathered whole in each of them (every process calls save alike; the rule
+  of distributed/multihost.to_host, which runs/ may not import)."""
+
+  def fetch(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable and (
+        not x.is_fully_replicated):
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+  return [fetch(x) for x in jax.tree.leaves(arrays)]
 
 
 def _all_finite(leaves):
