@@ -24,10 +24,11 @@ from configs import mnist_search
 from configs import mnist_sweep
 from tests.conftest import REPO
 from tests import tiny_run
+from tests.distributed import launched
 from tests.distributed import test_multihost
 
-_free_port = test_multihost._free_port  # pylint: disable=protected-access
-_wait = test_multihost._wait  # pylint: disable=protected-access
+_free_port = launched.free_port
+_wait = launched.wait
 
 pytestmark = pytest.mark.usefixtures("launch_env")
 
