@@ -21,6 +21,7 @@ from cnn_jax.data import photo_like
 from cnn_jax.data import tfds_images
 from cnn_jax.data import tfds_write
 from cnn_jax.data.image_files import SkippedImagesWarning
+from tests.data import test_grain_pipeline
 
 _SIZE = (24, 24)
 _CROP = decode.HostAugment(image_size=_SIZE, crop_scale=(0.08, 1.0),
@@ -68,12 +69,7 @@ def _grain(dataset, workers=0, count=6, process_index=0, process_count=1,
       process_index=process_index, process_count=process_count))
 
 
-def _same_batches(a, b):
-  assert len(a) == len(b)
-  for (pa, ba), (pb, bb) in zip(a, b):
-    assert (pa.epoch, pa.batch) == (pb.epoch, pb.batch)
-    np.testing.assert_array_equal(ba["image"], bb["image"])
-    np.testing.assert_array_equal(ba["label"], bb["label"])
+_same_batches = test_grain_pipeline._same_batches  # pylint: disable=protected-access
 
 
 def test_records_hold_the_folders_jpeg_bytes_and_labels(folder, tfds_dir):

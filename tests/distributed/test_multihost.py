@@ -88,7 +88,7 @@ def test_data_parallel_equals_one_device(processes, devices, overrides,
   results = launched.run(tmp_path / "many", tiny_run_data, overrides,
                          processes, devices, env)
   expected, got = _variables(tmp_path / "one"), _variables(tmp_path / "many")
-  chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(got, expected, **launched.ACROSS_COUNTS)
   summary = workdirs.read_summary(tmp_path / "many")
   assert (summary["processes"], summary["devices"]) == (
       processes, processes * devices)
@@ -243,7 +243,7 @@ def test_resume_on_another_process_and_device_count(tiny_run_data,
   assert (summary["status"], summary["devices"]) == ("finished", 4)
   # The replicated state carries over; the sums then run in another order.
   chex.assert_trees_all_close(_variables(workdir), _variables(uninterrupted),
-                              rtol=1e-5, atol=1e-6)
+                              **launched.ACROSS_COUNTS)
 
 
 def test_check_command_all_reduces_over_every_process(tmp_path):
