@@ -18,6 +18,15 @@ TIMEOUT = 240  # seconds for each group of processes
 ACROSS_COUNTS = {"rtol": 1e-5, "atol": 1e-5}
 
 
+def own_lines(output):
+  """The non-empty lines of a child's stdout or stderr that are not Gloo's
+  (the CPU collectives library prints "[Gloo] Rank 2 is connected to 3 peer
+  ranks. ..." from C++: its "[Gloo] Rank " part may land on another line
+  than the rest, and its newline on a line of its own)."""
+  return [line for line in output.strip().splitlines() if line.strip()
+          and "[Gloo]" not in line and "peer ranks" not in line]
+
+
 def free_port():
   with socket.socket() as s:
     s.bind(("localhost", 0))

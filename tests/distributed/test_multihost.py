@@ -96,11 +96,7 @@ def test_data_parallel_equals_one_device(processes, devices, overrides,
   assert summary["test_examples"] == 100
   if processes > 1:  # process 1: one start and one end line, no files
     _, stdout, _ = results[1]
-    # (Gloo, the CPU collectives library, prints its own connection lines,
-    # "[Gloo] Rank 2 is connected to 3 peer ranks. ...", from C++: its
-    # "[Gloo] Rank " part may land on another line than the rest.)
-    lines = [line for line in stdout.strip().splitlines()
-             if "[Gloo]" not in line and "peer ranks" not in line]
+    lines = launched.own_lines(stdout)
     assert len(lines) == 2 and lines[0].startswith("process 1 of 2"), lines
     assert lines[1] == "process 1: done (exit status 0)", lines
 

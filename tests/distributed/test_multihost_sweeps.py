@@ -104,8 +104,7 @@ def _quiet_other_process(results):
   """Process 1 printed its start and end line only (and wrote no file:
   every file is checked against the one-process run's)."""
   _, stdout, _ = results[1]
-  lines = [line for line in stdout.strip().splitlines()
-           if "[Gloo]" not in line and "peer ranks" not in line]
+  lines = launched.own_lines(stdout)
   assert len(lines) == 2 and lines[0].startswith("process 1 of 2"), lines
   assert lines[1] == "process 1: done (exit status 0)", lines
 
@@ -209,8 +208,7 @@ def test_members_that_do_not_split_over_the_processes_are_one_line(
   results = _wait(_start("mnist_sweep.py", tmp_path / "sweep", tiny_run_data,
                          overrides, 2, 1, launch_env))
   for code, _, stderr in results:
-    lines = [line for line in stderr.strip().splitlines()
-             if "[Gloo]" not in line and "peer ranks" not in line]
+    lines = launched.own_lines(stderr)
     assert code == 1 and len(lines) == 1, stderr[-2000:]
     assert lines[0].startswith("error: 3 members per program "
                                "(config.sweep.chunk)"), lines
