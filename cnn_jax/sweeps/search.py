@@ -27,7 +27,10 @@ one out of train when the data has none); the test split is evaluated once,
 after the search, for the trials whose final states are kept (the best
 3 finished ones; every member for PBT). Outputs: search_outputs.py.
 Rerunning the same command after a kill resumes from the last epoch end
-(search_resume.py): the same trials, decisions and final ranking.
+(search_resume.py): the same trials, decisions and final ranking. On
+SIGTERM/SIGINT (or at config.train.stop_after_steps) the search saves its
+state at the current step and raises preemption.Preempted (exit status 143
+from launch.py), as single runs do; nothing of the epoch is lost.
 """
 
 import functools
@@ -53,6 +56,7 @@ from cnn_jax.sweeps import sweep_config
 from cnn_jax.sweeps import sweep_steps
 from cnn_jax.tasks import CLASSIFICATION
 from cnn_jax.training import optim
+from cnn_jax.training import preemption
 from cnn_jax.training import steps
 
 def evaluate_split(split, p_eval_step, states, dataset, batch_size, sharding):
@@ -156,7 +160,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
              if kind == "halving" else None)
   rng = np.random.default_rng([found["seed"], 1])  # PBT's choices
   kept = {}  # trial id -> host copy of its final state (best `keep`)
-  member_steps, step = 0, 0
+  member_steps, step, meta = 0, 0, None
   if search_resume.can_resume(workdir):
     states, meta = search_resume.restore(workdir, states, config.to_dict())
     states = jax.device_put(states, on_members)
@@ -175,8 +179,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   # `alive` stays on the device, as in sweep.py, and the steps' `updated`
   # flags are read at the next evaluation to find diverged trials.
   alive, window = None, []
+  if meta is not None and meta.get("window"):  # saved mid-epoch (a signal)
+    window = [np.asarray(row) for row in meta["window"]]
+    alive = jax.device_put(jnp.asarray(host.active() & np.all(window, 0)),
+                           on_members)
+  stop, saved_at = preemption.StopRequest(), step
+  stop_after = config.train.get("stop_after_steps", 0)
   try:
+    stop.__enter__()  # (not `with`: the loop keeps its indentation)
     while any(t is not None for t in host.current):
+      if stop.signum is not None:  # SIGTERM/SIGINT: save this step, exit
+        if saved_at != step:
+          search_resume.save(workdir, states, step, _checkpoint_meta(
+              config, host, halving, rng, step, member_steps, kept, window),
+                             set(kept))
+        raise preemption.Preempted(stop.signum, step, workdir)
       if alive is None:
         alive = jax.device_put(jnp.asarray(host.active()), on_members)
       active = host.active()
@@ -186,6 +203,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       host.steps += active
       member_steps += int(active.sum())
       bar.update(1)
+      if step == stop_after:  # config.train.stop_after_steps: as SIGTERM
+        stop.request()
       epoch_end = step % per_epoch == 0
       pbt_due = kind == "pbt" and step % found["pbt"]["every_steps"] == 0
       if not (epoch_end or pbt_due):
@@ -216,12 +235,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         states = jax.device_put(search_steps.replace_slots(
             jax.device_put(jnp.asarray(mask), on_members), fresh, states),
                                 on_members)
-      search_resume.save(workdir, states, step, {
-          "step": step, "member_steps_total": member_steps,
-          "slots": host.state(), "rng": rng.bit_generator.state,
-          "halving": halving.state() if halving else None,
-          "kept": sorted(kept), "config": config.to_dict()}, set(kept))
+      search_resume.save(workdir, states, step, _checkpoint_meta(
+          config, host, halving, rng, step, member_steps, kept, []),
+                         set(kept))
+      saved_at = step
   finally:
+    stop.__exit__(None, None, None)
     bar.close()
 
   # The one look at the test split: the kept trials' final states.
@@ -239,6 +258,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       workdir, config, found, host.trials, kept, probe, mean, std, per_epoch,
       {"wall_seconds": time.time() - start_time, "steps": step,
        "member_steps": member_steps, "steps_per_epoch": per_epoch})
+
+
+def _checkpoint_meta(config, host, halving, rng, step, member_steps, kept,
+                     window):
+  """The search checkpoint's host state at `step` (search_resume.py);
+  `window`: the steps' `updated` flags [T][K] not yet read (a save between
+  epoch ends, on a signal), so a resumed search finds the same divergences."""
+  return {"step": step, "member_steps_total": member_steps,
+          "slots": host.state(), "rng": rng.bit_generator.state,
+          "halving": halving.state() if halving else None,
+          "kept": sorted(kept), "config": config.to_dict(),
+          "window": np.asarray(jax.device_get(window), bool).tolist()}
 
 
 def _diverged(host, updated):
