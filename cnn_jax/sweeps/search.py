@@ -76,16 +76,21 @@ def evaluate_split(split, p_eval_step, states, dataset, batch_size, sharding):
 def _compile(program, augment_configs, vary_dropout, mean, std, slots, width,
              mesh, conv_impl):
   on_members = parallel.member_sharding(mesh)
+  # Width 1 (CPU): the slots in a loop (lax.map) rather than unrolled: one
+  # slot's program compiles 2-3x faster and each slot's step runs as fast
+  # or faster (experiments/bench_search.py, README).
+  sequential = width == 1
   train_step = jax.jit(
       sweep_steps.make_train_step(
           program.model, augment_configs, mean=mean, std=std,
           member_count=slots, vary_dropout=vary_dropout, vmap_width=width,
-          conv_impl=conv_impl),
+          conv_impl=conv_impl, sequential=sequential),
       in_shardings=(on_members, on_members,
                     parallel.batch_sharding(mesh, stacked=True), on_members),
       out_shardings=(on_members, on_members, on_members))
   eval_step = jax.jit(sweep_steps.make_eval_step(
-      mean=mean, std=std, member_count=slots, vmap_width=width),
+      mean=mean, std=std, member_count=slots, vmap_width=width,
+      sequential=sequential),
                       in_shardings=(on_members, parallel.batch_sharding(mesh)),
                       out_shardings=on_members)
   return train_step, eval_step
