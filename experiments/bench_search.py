@@ -22,9 +22,9 @@ Methods:
     (steps.create_train_state, steps.train_step, steps.evaluate), each
     trial jitting its own step as a fresh run would; stopped once it has
     spent the largest budget of member-epochs any of ours used.
-Every method starts with the same fresh persistent compilation cache (as
-launch.py runs have, config.train.compilation_cache='auto'): what a user's
-first search costs. Each row reports the best validation accuracy over
+Every method starts with nothing compiled and its own empty persistent
+compilation cache, on as in launch.py's runs: what a user's first search
+costs. Each row reports the best validation accuracy over
 finished trials, that trial's test accuracy (the test split is evaluated
 once, for the chosen trial(s)), wall time (data, compiling, training,
 evaluation, checkpoints) and trials evaluated. --quick: a seeded 3,000-image
@@ -204,6 +204,14 @@ def run_optuna(config, budget, rungs, seed=0):
           "member_epochs": float(spent["epochs"])}
 
 
+def _fresh_caches(folder):
+  """Every method starts as a user's first search would: nothing compiled
+  in memory, an empty persistent compilation cache (on, as launch.py's runs
+  have it: config.train.compilation_cache='auto')."""
+  jax.clear_caches()
+  compilation_cache.enable(folder)
+
+
 def bench(name, args, tmp):
   """The rows of one dataset's comparison, and its description line."""
   setup = dict(SETUPS[name])
@@ -216,10 +224,12 @@ def bench(name, args, tmp):
   splits = load_splits(config.data)
   rows = []
   for kind in ("halving", "pbt", "grid"):
+    _fresh_caches(os.path.join(tmp, f"jax_cache_{name}_{kind}"))
     rows.append(run_ours(kind, config, setup,
                          os.path.join(tmp, f"{name}_{kind}")))
     print(f"  {name}: {rows[-1]}", flush=True)
   budget = max(r["member_epochs"] for r in rows)
+  _fresh_caches(os.path.join(tmp, f"jax_cache_{name}_optuna"))
   rows.append(run_optuna(config, budget, setup["rungs"]))
   print(f"  {name}: {rows[-1]}", flush=True)
   line = (f"{name}: {len(splits['train'])} train, {len(splits['val'])} val "
@@ -240,8 +250,6 @@ def main():
   print(f"uptime: {os.getloadavg()}", flush=True)
   results = {}
   with tempfile.TemporaryDirectory() as tmp:
-    # A fresh persistent compilation cache, on as in launch.py's runs.
-    compilation_cache.enable(os.path.join(tmp, "jax_cache"))
     for name in names:
       results[name] = bench(name, args, tmp)
   print(f"\n{machine.cpu_description()}, {jax.devices()[0].device_kind}, "

@@ -75,22 +75,26 @@ def evaluate_split(split, p_eval_step, states, dataset, batch_size, sharding):
 
 def _compile(program, augment_configs, vary_dropout, mean, std, slots, width,
              mesh, conv_impl):
+  """(train step, eval step) over the K slots. Width 1 (the CPU default):
+  one program per slot, called for the active slots only
+  (search_steps.SlotSteps); else one vmapped program for all K."""
   on_members = parallel.member_sharding(mesh)
-  # Width 1 (CPU): the slots in a loop (lax.map) rather than unrolled: one
-  # slot's program compiles 2-3x faster and each slot's step runs as fast
-  # or faster (experiments/bench_search.py, README).
-  sequential = width == 1
-  train_step = jax.jit(
-      sweep_steps.make_train_step(
-          program.model, augment_configs, mean=mean, std=std,
-          member_count=slots, vary_dropout=vary_dropout, vmap_width=width,
-          conv_impl=conv_impl, sequential=sequential),
-      in_shardings=(on_members, on_members,
-                    parallel.batch_sharding(mesh, stacked=True), on_members),
-      out_shardings=(on_members, on_members, on_members))
+  shardings = (on_members, on_members,
+               parallel.batch_sharding(mesh, stacked=True), on_members)
+  step = functools.partial(
+      sweep_steps.make_train_step, program.model, augment_configs, mean=mean,
+      std=std, vary_dropout=vary_dropout, vmap_width=width,
+      conv_impl=conv_impl)
+  if width == 1 and slots > 1:
+    train_step = search_steps.SlotSteps(step(member_count=1), slots,
+                                        shardings, on_members)
+  else:
+    whole = jax.jit(step(member_count=slots), in_shardings=shardings,
+                    out_shardings=(on_members, on_members, on_members))
+    train_step = lambda states, alive, batch, hparams, active: whole(
+        states, alive, batch, hparams)
   eval_step = jax.jit(sweep_steps.make_eval_step(
-      mean=mean, std=std, member_count=slots, vmap_width=width,
-      sequential=sequential),
+      mean=mean, std=std, member_count=slots, vmap_width=width),
                       in_shardings=(on_members, parallel.batch_sharding(mesh)),
                       out_shardings=on_members)
   return train_step, eval_step
@@ -202,7 +206,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       if alive is None:
         alive = jax.device_put(jnp.asarray(host.active()), on_members)
       active = host.active()
-      states, alive, metrics = p_train(states, alive, host.batch(), hparams)
+      states, alive, metrics = p_train(states, alive, host.batch(), hparams,
+                                       active)
       window.append(metrics["updated"])
       step += 1
       host.steps += active

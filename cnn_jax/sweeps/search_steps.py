@@ -7,7 +7,8 @@ of cnn_jax/sweeps/sweep_steps.py (one compiled program for K slots):
     batch_stats, optimizer state, step and rng (a gather along the axis);
   * with_hyperparameters: per-member hyperparameter arrays written where the
     step reads them (opt_state.hyperparams for optimizer keys, the `hparams`
-    dict of sweep_steps.hyperparameter_arrays for dropout and smoothing).
+    dict of sweep_steps.hyperparameter_arrays for dropout and smoothing);
+  * SlotSteps: the train step as one program per slot (the CPU default).
 """
 
 import jax
@@ -60,3 +61,42 @@ def with_hyperparameters(states, hparams, values):
 def is_per_step(name):
   """Whether PBT can change `name` mid-training (not seed)."""
   return name.startswith(OPTIM_PREFIX) or name in HPARAM_KEYS
+
+
+class SlotSteps:
+  """The search's train step on the CPU: slot k's step is its own compiled
+  program (`one_step`, sweep_steps.make_train_step for one member, on rows
+  k:k+1 of the stacked arrays; k static), called for the active slots only.
+
+  Same signature and results as the K-slot program, (states [K], alive [K],
+  batch [K, B, ...], hparams [K], active bool [K] on the host) -> (states,
+  alive, {'updated': [K]}), and each slot's step is the same computation.
+  Why not one program: on XLA:CPU the K members unrolled in one program, or
+  looped over with a traced index (lax.map), ran a member's step 1.5-2x
+  slower than its own program does (experiments/bench_search.py, README),
+  and idle slots (halving's last trials) cost nothing here. Compiling takes
+  about as long as the unrolled program (K programs of one member).
+  """
+
+  def __init__(self, one_step, slots, shardings, out_sharding):
+
+    def slot_step(states, alive, batch, hparams, k):
+      rows = lambda x: x[k:k + 1]
+      new, updated, _ = one_step(jax.tree.map(rows, states), rows(alive),
+                                 batch, jax.tree.map(rows, hparams))
+      states = jax.tree.map(lambda x, n: x.at[k:k + 1].set(n), states, new)
+      return states, alive.at[k].set(updated[0])
+
+    self.slots = slots
+    self._step = jax.jit(slot_step, static_argnums=4,
+                         in_shardings=shardings,
+                         out_shardings=(out_sharding, out_sharding))
+
+  def __call__(self, states, alive, batch, hparams, active):
+    for k in range(self.slots):
+      if active[k]:
+        states, alive = self._step(
+            states, alive, jax.tree.map(lambda x, k=k: x[k:k + 1], batch),
+            hparams, k)
+    # A slot's `updated` is its new `alive` (an idle slot's is False).
+    return states, alive, {"updated": alive}

@@ -124,17 +124,13 @@ def _all_finite(tree):
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
-def _map_members(fn, width, count, sequential=False):
+def _map_members(fn, width, count):
   """fn mapped over the leading (member) axis of its arguments, in one
   program: `width` members at a time go through one jax.vmap, and the groups
   follow one another unrolled (width 1: each member's step as in its single
-  run, no vmap). width <= 0 or >= count: a single vmap over all members.
-  sequential (width 1 only): a loop over the members (lax.map) instead of
-  the unrolled copies: one member's program, compiled once, so compiling
-  does not grow with the count (searches on CPU, search.py)."""
-  if sequential and width == 1 and count > 1:
-    return lambda *args: jax.lax.map(lambda a: fn(*a), args)
-  if width <= 0 or width >= count:
+  run, no vmap; also for count 1). width <= 0 or >= count > 1: a single
+  vmap over all members."""
+  if width <= 0 or (width >= count and width > 1):
     return jax.vmap(fn)
 
   def unrolled(*args):
@@ -179,8 +175,7 @@ def distinct_augmentations(configs):
 
 
 def make_train_step(model, augment_configs, *, mean, std, member_count,
-                    vary_dropout=False, vmap_width=0, conv_impl=None,
-                    sequential=False):
+                    vary_dropout=False, vmap_width=0, conv_impl=None):
   """The sweep's training step (to jit):
 
     (states [K], alive bool [K], batch {'image': [K, B, ...], 'label':
@@ -235,7 +230,7 @@ def make_train_step(model, augment_configs, *, mean, std, member_count,
     new = jax.tree.map(lambda n, o: jnp.where(updated, n, o), new, state)
     return new, updated, {**metrics, "updated": updated}
 
-  mapped = _map_members(member_step, vmap_width, member_count, sequential)
+  mapped = _map_members(member_step, vmap_width, member_count)
 
   def step(*args):
     with conv_impls.default_conv_impl_scope(conv_impl):
@@ -244,8 +239,7 @@ def make_train_step(model, augment_configs, *, mean, std, member_count,
   return step
 
 
-def make_eval_step(*, mean, std, member_count, vmap_width=0,
-                   sequential=False):
+def make_eval_step(*, mean, std, member_count, vmap_width=0):
   """(states [K], batch {'image': [B, ...], 'label', 'mask'}) -> summed
   test metrics {'loss_sum', 'correct', 'count'}: [K] each."""
 
@@ -255,7 +249,7 @@ def make_eval_step(*, mean, std, member_count, vmap_width=0,
 
   def step(states, batch):
     return _map_members(lambda s: member_eval(s, batch), vmap_width,
-                        member_count, sequential)(states)
+                        member_count)(states)
 
   return step
 
