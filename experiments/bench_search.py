@@ -139,7 +139,8 @@ def run_ours(kind, config, setup, workdir):
   return {"method": f"ours: {kind}", "val_accuracy": summary["val_accuracy"],
           "test_accuracy": summary["test_accuracy"],
           "wall_s": time.time() - start, "trials": summary["trials"],
-          "member_epochs": summary["member_epochs"]}
+          "member_epochs": summary["member_epochs"],
+          "load": os.getloadavg()[0]}
 
 
 def run_optuna(config, budget, rungs, seed=0):
@@ -201,7 +202,7 @@ def run_optuna(config, budget, rungs, seed=0):
   return {"method": "optuna: TPE + halving pruner",
           "val_accuracy": best["val"], "test_accuracy": test,
           "wall_s": time.time() - start, "trials": spent["trials"],
-          "member_epochs": float(spent["epochs"])}
+          "member_epochs": float(spent["epochs"]), "load": os.getloadavg()[0]}
 
 
 def _fresh_caches(folder):
@@ -259,12 +260,12 @@ def main():
   for name, (rows, line) in results.items():
     print(f"\n{line}")
     print("| method | best val acc | its test acc | wall s | trials | "
-          "member-epochs |")
-    print("|---|---:|---:|---:|---:|---:|")
+          "member-epochs | load after |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
       print(f"| {r['method']} | {r['val_accuracy']:.4f} | "
             f"{r['test_accuracy']:.4f} | {r['wall_s']:.0f} | {r['trials']} "
-            f"| {r['member_epochs']:.0f} |")
+            f"| {r['member_epochs']:.0f} | {r['load']:.1f} |")
     optuna_row = rows[-1]
     ours = max(rows[:2], key=lambda r: r["val_accuracy"])
     headline[name] = {

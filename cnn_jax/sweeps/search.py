@@ -16,10 +16,11 @@ config.sweep.search picks the kind (configs/mnist_search.py):
     pbt.factors, clipped to the space's bounds.
 
 The K slots are rows of sweep_steps' stacked state and run the sweep's
-vmapped step, compiled once for K. Each slot has its own step counter
-(TrainState.step, and the optimizer's count that drives its schedule), its
-own data iterator (its trial's seed, from epoch 0) and its own
-hyperparameters (arrays fed to the step). Refills happen at epoch ends, so
+vmapped step, compiled once for K (on the CPU: one program per slot,
+search_steps.SlotSteps, compiled once each, run for the active slots).
+Each slot has its own step counter (TrainState.step, and the optimizer's
+count that drives its schedule), its own data iterator (its trial's seed,
+from epoch 0) and its own hyperparameters (arrays fed to the step). Refills happen at epoch ends, so
 every slot's epochs end on the same steps.
 
 Selection reads only the validation split (config.data.val_fraction holds
