@@ -218,7 +218,9 @@ def bench(name, args, tmp):
   setup = dict(SETUPS[name])
   data_dir = ""
   if name == "mnist" and args.quick:
-    data_dir = _subset(os.path.join(tmp, "mnist_subset"), 3000, 1000)
+    data_dir = os.path.join(tmp, "mnist_subset")
+    os.makedirs(data_dir)
+    _subset(data_dir, 3000, 1000)
   if name == "cifar10" and args.quick:
     setup.update(epochs=3, rungs=(1, 2))
   config = base_config(name, setup, data_dir)
