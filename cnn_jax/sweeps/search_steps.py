@@ -64,39 +64,40 @@ def is_per_step(name):
 
 
 class SlotSteps:
-  """The search's train step on the CPU: slot k's step is its own compiled
-  program (`one_step`, sweep_steps.make_train_step for one member, on rows
-  k:k+1 of the stacked arrays; k static), called for the active slots only.
+  """The search's train step on the CPU: one member's step (`one_step`,
+  sweep_steps.make_train_step for one member), compiled once, called for
+  each active slot on that slot's row, which small jitted programs take out
+  of the stacked arrays and put back (traced slot index).
 
   Same signature and results as the K-slot program, (states [K], alive [K],
   batch [K, B, ...], hparams [K], active bool [K] on the host) -> (states,
   alive, {'updated': [K]}), and each slot's step is the same computation.
   Why not one program: on XLA:CPU the K members unrolled in one program, or
-  looped over with a traced index (lax.map), ran a member's step 1.5-2x
-  slower than its own program does (experiments/bench_search.py, README),
-  and idle slots (halving's last trials) cost nothing here. Compiling takes
-  about as long as the unrolled program (K programs of one member).
+  looped over inside it (lax.map, or a traced row index around the step),
+  ran a member's step 1.5-2x slower than a program of one member's own
+  arrays does (README, search section); and idle slots (halving's last
+  trials) cost nothing here.
   """
 
   def __init__(self, one_step, slots, shardings, out_sharding):
-
-    def slot_step(states, alive, batch, hparams, k):
-      rows = lambda x: x[k:k + 1]
-      new, updated, _ = one_step(jax.tree.map(rows, states), rows(alive),
-                                 batch, jax.tree.map(rows, hparams))
-      states = jax.tree.map(lambda x, n: x.at[k:k + 1].set(n), states, new)
-      return states, alive.at[k].set(updated[0])
-
+    rows = lambda tree, k: jax.tree.map(
+        lambda x: jax.lax.dynamic_slice_in_dim(x, k, 1), tree)
+    put = lambda tree, new, k: jax.tree.map(
+        lambda x, n: jax.lax.dynamic_update_slice_in_dim(x, n, k, 0), tree,
+        new)
     self.slots = slots
-    self._step = jax.jit(slot_step, static_argnums=4,
-                         in_shardings=shardings,
-                         out_shardings=(out_sharding, out_sharding))
+    self._rows = jax.jit(rows)
+    self._put = jax.jit(put)
+    self._step = jax.jit(one_step, in_shardings=shardings,
+                         out_shardings=(out_sharding,) * 3)
 
   def __call__(self, states, alive, batch, hparams, active):
     for k in range(self.slots):
       if active[k]:
-        states, alive = self._step(
-            states, alive, jax.tree.map(lambda x, k=k: x[k:k + 1], batch),
-            hparams, k)
+        state, alive_k, hparams_k = self._rows((states, alive, hparams), k)
+        new, updated, _ = self._step(
+            state, alive_k, jax.tree.map(lambda x, k=k: x[k:k + 1], batch),
+            hparams_k)
+        states, alive = self._put((states, alive), (new, updated), k)
     # A slot's `updated` is its new `alive` (an idle slot's is False).
     return states, alive, {"updated": alive}
