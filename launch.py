@@ -36,9 +36,11 @@ from absl import logging
 import jax
 
 from cnn_jax import config_file
+from cnn_jax.distributed import liveness
 from cnn_jax.distributed import multihost
 from cnn_jax.distributed import process_flags
 from cnn_jax.reports import entry as report_entry
+from cnn_jax.reports import heatmap_mode
 from cnn_jax.reports import heatmaps
 from cnn_jax.sweeps import search
 from cnn_jax.sweeps import search_settings
@@ -187,7 +189,7 @@ def _run_mode():
     # Compiled programs from earlier runs (training/compilation_cache.py).
     compilation_cache.enable(config.train.get("compilation_cache", "auto"))
     if FLAGS.mode == "heatmap":
-      folder, paths = heatmaps.write_heatmaps(
+      folder, paths = heatmap_mode.write_heatmaps(
           config, FLAGS.workdir, FLAGS.step, FLAGS.heatmap_method,
           FLAGS.heatmap_layer, FLAGS.heatmap_count)
       print(f"{len(paths)} PNGs written to {folder}")
@@ -200,6 +202,8 @@ def _run_mode():
               f"{results['test_accuracy']:.4f}, test loss "
               f"{results['test_loss']:.4f}; written to {path}")
       return 0
+    # Sweeps and searches: one program over every device of every process
+    # (members along 'members', batches along 'members' and 'data').
     if search_settings.is_search(config):  # random / halving / pbt in one program
       summary = search.train_and_evaluate(config, FLAGS.workdir)
       print(f"best: trial {summary['best_trial']}, validation accuracy "
@@ -210,9 +214,6 @@ def _run_mode():
             f"{FLAGS.workdir}/best_config.py")
       return 0
     if sweep_config.is_sweep(config):  # every member at once, in one program
-      if jax.process_count() > 1:
-        raise ValueError("a sweep config (config.sweep) runs in one process "
-                         "(on all its devices); drop --distributed")
       summary = sweep.train_and_evaluate(config, FLAGS.workdir)
       print(f"best: member {summary['best_member']}, test accuracy "
             f"{summary['test_accuracy']:.4f}; {summary['members']} members, "
@@ -223,20 +224,17 @@ def _run_mode():
   except preemption.Preempted as e:
     print(str(e), file=sys.stderr)
     return e.exit_code
-  except _USER_ERRORS as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  except jax.errors.JaxRuntimeError as e:
-    if jax.process_count() == 1:
+  except Exception as e:  # pylint: disable=broad-except
+    if not liveness.is_collective_failure(e):
+      if isinstance(e, _USER_ERRORS):
+        print(f"error: {e}", file=sys.stderr)
+        return 1
       raise
-    # A collective failed: another process died (the coordination service
-    # names it in its own log lines, when it notices the lost heartbeat).
-    print(f"error: process {jax.process_index()} of {jax.process_count()}: "
-          "a collective with the other processes failed (one of them died "
-          f"or was killed?): {str(e).splitlines()[0][:300]}",
-          file=sys.stderr)
-    # Exit now: at a normal exit jax.distributed's shutdown barrier would
-    # wait for the dead process until its heartbeat times out, then abort.
+    # A collective failed (another process died?): name the lost process
+    # (from the processes' heartbeats, a few seconds) and exit now: at a
+    # normal exit jax.distributed's shutdown barrier would wait for the dead
+    # process until its heartbeat times out, then abort.
+    print(liveness.failure_message(e), file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(1)  # pylint: disable=protected-access

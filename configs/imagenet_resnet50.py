@@ -6,6 +6,15 @@ val/<wnid>/*.JPEG (val sorted into class folders):
   python launch.py --config configs/imagenet_resnet50.py \
       --workdir runs/imagenet_resnet50 --config.data.data_dir=/path/to/imagenet
 
+Or from TFDS `imagenet2012` prepared in array-record format (images kept
+as the JPEG bytes TFDS stored, decoded by the same Grain workers; no
+TensorFlow needed to read it):
+  python launch.py --config configs/imagenet_resnet50.py \
+      --workdir runs/imagenet_resnet50 --config.data.name=tfds \
+      --config.data.data_dir=~/tensorflow_datasets
+(data.tfds_name='imagenet2012', train on 'train', evaluate on 'validation';
+each record is read when its example is: nothing is scanned at start.)
+
 Recipe: SGD with momentum 0.9 (Nesterov off), learning rate 0.1 x B / 256
 with 5 warm-up epochs and a cosine decay, weight decay 1e-4 on kernels only
 (not on BatchNorm or biases), label smoothing 0.1, 90 epochs; random-resized
@@ -17,8 +26,9 @@ float32 parameters (use --config.model.dtype=float32 on a CPU). Expected
 (the literature, this recipe): ~76.5-77% top-1 after 90 epochs.
 
 Not trained here (no ImageNet on these machines); the config runs end to
-end on a generated ImageNet-layout folder of JPEGs
-(tests/training/test_imagenet_configs.py). Input rate on this machine's
+end on a generated ImageNet-layout folder of JPEGs and on a TFDS
+imagenet2012 array-record copy of it (cnn_jax/data/tfds_write.py;
+tests/training/test_imagenet_configs.py). Input rate on this machine's
 cores: experiments/bench_input.py.
 """
 
@@ -35,8 +45,16 @@ def get_config():
   config.model.dtype = "bfloat16"  # float32 parameters
 
   data = config.data
+  # 'image_folder': data_dir holds train/<wnid>/*.JPEG, val/<wnid>/*.JPEG;
+  # 'tfds': data_dir is the TFDS data dir (empty: ~/tensorflow_datasets).
   data.name = "image_folder"
-  data.data_dir = "~/data/imagenet"  # train/<wnid>/*.JPEG, val/<wnid>/*.JPEG
+  data.data_dir = "~/data/imagenet"
+  data.tfds_name = "imagenet2012"
+  data.tfds_train_split = "train"
+  data.tfds_test_split = "validation"  # TFDS's 'test' has no labels
+  data.tfds_val_split = ""
+  data.tfds_image_key = "image"
+  data.tfds_label_key = "label"
   data.image_size = (224, 224)
   data.channels = 3
   data.batch_size = 256

@@ -261,7 +261,7 @@ def main():
                       help="keep: cpu_malloc.keep_freed_memory() for the "
                       "whole process (both frameworks); default: glibc's")
   parser.add_argument("--bf16", action="store_true",
-                      help="also time bfloat16 compute: JAX 'auto' with the "
+                      help="also time bfloat16 compute: JAX (each of --impls) with the "
                       "model in bfloat16 (float32 parameters) vs PyTorch "
                       "autocast(bfloat16)")
   parser.add_argument("--torch_modes", default="eager,compile",
@@ -276,9 +276,13 @@ def main():
   if args.quick:
     args.batches, args.rounds, args.resnet_batch = "128", 3, 0
   start = time.time()
-  if args.single_core:
-    # Before XLA sizes its thread pools (at the first jax.devices()).
+  if args.single_core and len(os.sched_getaffinity(0)) > 1:
+    # Pinned, then started again: oneDNN's OpenMP runtime sizes its thread
+    # team when it loads (at this module's imports), so pinning this process
+    # left it 2 threads on 1 core (JAX's MNIST step at 1,564 instead of
+    # 6,001 img/s on the EPYC). A new process sizes every pool for one core.
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    os.execv(sys.executable, [sys.executable] + sys.argv)
   malloc_kept = args.malloc == "keep" and cpu_malloc.keep_freed_memory()
   threads = len(os.sched_getaffinity(0))
   if torch is not None:
@@ -297,9 +301,9 @@ def main():
     for impl in impls:
       runs[f"jax {impl}"] = jax_train_step("simple_cnn", impl, batch,
                                            (28, 28, 1))
-    if args.bf16:
-      runs["jax auto bf16"] = jax_train_step("simple_cnn", "auto", batch,
-                                             (28, 28, 1), dtype=jnp.bfloat16)
+    for impl in impls if args.bf16 else ():
+      runs[f"jax {impl} bf16"] = jax_train_step(
+          "simple_cnn", impl, batch, (28, 28, 1), dtype=jnp.bfloat16)
     if torch is not None:
       runs.update(torch_runs(torch_simple_cnn, batch, (28, 28, 1), modes))
       if args.bf16:

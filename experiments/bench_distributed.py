@@ -2,6 +2,13 @@
 accuracy and the time per step, at the same global batch.
 
   python experiments/bench_distributed.py [--processes=1,2] [--epochs=1]
+  python experiments/bench_distributed.py --sweep [--processes=1,2]
+
+--sweep: configs/mnist_sweep.py with N members (seeds 0..N-1, learning
+rate 3e-3), one member per process (config.sweep.member_devices=N) against
+the same N members in one process (member_devices=1); img/s are all
+members' images, ms/step one step of all of them; test accuracy the best
+member's.
 
 Each row runs `launch.py --config configs/mnist.py` in that many processes
 on localhost (jax.distributed, JAX_NUM_CPU_DEVICES=1 each) in a fresh
@@ -31,6 +38,8 @@ from experiments import machine  # pylint: disable=g-import-not-at-top
 flags.DEFINE_list("processes", ["1", "2"], "Process counts, 1 first.")
 flags.DEFINE_integer("epochs", 1, "config.train.num_epochs.")
 flags.DEFINE_integer("timeout", 1800, "Seconds allowed for each row.")
+flags.DEFINE_bool("sweep", False, "A sweep of as many members as the "
+                  "largest process count, one member per process.")
 FLAGS = flags.FLAGS
 
 
@@ -45,9 +54,14 @@ def run(processes, workdir):
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1")
   port = _free_port()
   command = [sys.executable, os.path.join(REPO, "launch.py"),
-             "--config", os.path.join(REPO, "configs", "mnist.py"),
+             "--config", os.path.join(REPO, "configs", _config_file()),
              f"--workdir={workdir}",
              f"--config.train.num_epochs={FLAGS.epochs}"]
+  if FLAGS.sweep:
+    members = _members()
+    command += [f"--config.sweep.axes.seed={tuple(range(members))!r}",
+                "--config.sweep.axes.optim.learning_rate=(0.003,)",
+                f"--config.sweep.member_devices={processes}"]
   children = []
   try:
     for index in range(processes):
@@ -72,6 +86,15 @@ def run(processes, workdir):
     return json.load(f)
 
 
+def _config_file():
+  return "mnist_sweep.py" if FLAGS.sweep else "mnist.py"
+
+
+def _members():
+  """Members of the --sweep: the largest process count (1 per process)."""
+  return max(int(n) for n in FLAGS.processes) if FLAGS.sweep else 1
+
+
 def main(argv):
   del argv
   counts = [int(n) for n in FLAGS.processes]
@@ -86,10 +109,13 @@ def main(argv):
                    "wall_s": round(summary["wall_seconds"], 1),
                    "img_per_s": round(summary["train_img_per_s"], 1),
                    "ms_per_step": round(
-                       1000 * batch / summary["train_img_per_s"], 2)})
+                       1000 * batch * _members()
+                       / summary["train_img_per_s"], 2)})
   base = rows[0]["ms_per_step"]
   cpu = machine.cpu_description()
-  print(f"configs/mnist.py, {FLAGS.epochs} epoch(s), global batch "
+  what = (f"configs/mnist_sweep.py, {_members()} members"
+          if FLAGS.sweep else "configs/mnist.py")
+  print(f"{what}, {FLAGS.epochs} epoch(s), global batch "
         f"{batch}, 1 CPU device per process; {cpu}, {os.cpu_count()} cores, "
         f"load {os.getloadavg()[0]:.1f}")
   print("processes  test acc  steps  wall s   img/s  ms/step  overhead ms")
@@ -98,7 +124,9 @@ def main(argv):
     print(f"{row['processes']:9d}  {row['test_accuracy']:8.4f}  "
           f"{row['steps']:5d}  {row['wall_s']:6.1f}  {row['img_per_s']:6.0f}"
           f"  {row['ms_per_step']:7.2f}  {row['overhead_ms_per_step']:11.2f}")
-  print(json.dumps({"cpu": cpu, "cores": os.cpu_count(), "rows": rows}))
+  print(json.dumps({"cpu": cpu, "cores": os.cpu_count(),
+                    "config": _config_file(), "members": _members(),
+                    "rows": rows}))
 
 
 if __name__ == "__main__":

@@ -10,12 +10,17 @@ cnn_jax/data/photo_like.py: seeded, photo-like so decoding costs what it
 costs on photos), decode, random-resized crop (scale 0.08-1, ratio 3/4-4/3)
 to 224x224 with bilinear resampling, random horizontal flip, uint8 HWC;
 batches of --batch. Ours: cnn_jax/data/grain_pipeline.py with --workers
-worker processes (and once more without reduced-size JPEG decoding). PyTorch:
+worker processes (and once more without reduced-size JPEG decoding, and
+once from a TFDS imagenet2012 array-record copy of the same JPEGs:
+data/tfds_images.py, each record read and parsed in the worker). PyTorch:
 a torch Dataset with the same PIL calls (torchvision's ImageFolder +
 RandomResizedCrop do the same; torchvision is not installed here) in a
 torch.utils.data.DataLoader with as many workers, shuffled. Measured after
 the first batch (worker start-up excluded, reported apart), in one process,
 alternating ours and PyTorch's per worker count.
+
+CPU ms per image: the same work in this process, files against TFDS
+records, timed as CPU time (robust to other jobs' load).
 
 Cores per GPU: images/s per worker of ours at the largest worker count,
 against 6,830 img/s (JAX ResNet-50 training on one NVIDIA H200, bf16,
@@ -38,8 +43,11 @@ from experiments import machine  # pylint: disable=g-import-not-at-top
 from cnn_jax.data import decode  # pylint: disable=g-import-not-at-top
 from cnn_jax.data import grain_pipeline
 from cnn_jax.data import photo_like
+from cnn_jax.data import tfds_images
+from cnn_jax.data import tfds_write
 from cnn_jax.data.folder import load_image_folder
 from cnn_jax.data.image_files import ImageOptions
+from cnn_jax.data.tfds_source import TfdsOptions
 
 try:
   import torch  # pylint: disable=g-import-not-at-top
@@ -66,6 +74,16 @@ def _folder(root, images, seed):
   return root
 
 
+def _tfds_copy(root):
+  """The folder as TFDS imagenet2012 (array-record), written once."""
+  data_dir = root + "_tfds"
+  if not os.path.isdir(data_dir):
+    partial = data_dir + ".partial"
+    tfds_write.write_tfds_imagenet(partial, root)
+    os.replace(partial, data_dir)
+  return data_dir
+
+
 def _grain_rate(dataset, workers, batch, batches, reduced):
   augment = decode.HostAugment(_SIZE, _SCALE, _RATIO, flip=True,
                                reduced_decode=reduced)
@@ -74,6 +92,24 @@ def _grain_rate(dataset, workers, batch, batches, reduced):
       augment=augment,
       options=grain_pipeline.GrainOptions(workers=workers, prefetch=2))
   return _time(iterator, batch, lambda item: item[1]["image"], batches)
+
+
+def _cpu_ms_per_image(dataset, passes=3):
+  """Median over `passes` of the CPU time (this process, all its threads)
+  per image of what a worker does: read the example (file or TFDS record),
+  decode + crop + flip, take its label. CPU time, unlike images/s, barely
+  moves with the load other jobs put on the machine."""
+  augment = decode.HostAugment(_SIZE, _SCALE, _RATIO, flip=True)
+  times = []
+  for _ in range(passes):
+    rng = np.random.default_rng(0)
+    start = time.process_time()
+    for i in range(len(dataset)):
+      source, name = dataset.images.encoded(i)
+      decode.decode_file(source, augment, rng, name=name)
+      dataset.labels[i]  # pylint: disable=pointless-statement
+    times.append((time.process_time() - start) / len(dataset) * 1e3)
+  return float(np.median(times))
 
 
 class TorchImages:  # a torch Dataset (map-style): len and getitem
@@ -157,6 +193,10 @@ def main():
   root = _folder(args.dir, args.images, args.seed)
   dataset = load_image_folder(root, ImageOptions(
       image_size=_SIZE, pipeline="grain"))["train"]
+  from_tfds = tfds_images.load_split(
+      TfdsOptions(tfds_name="imagenet2012"),
+      ImageOptions(image_size=_SIZE, pipeline="grain"), "train",
+      _tfds_copy(root))
   # Timed: --epochs epochs' worth of batches, after _WARM + 1.
   batches = args.epochs * (len(dataset) // args.batch)
   load_before = os.getloadavg()
@@ -164,33 +204,42 @@ def main():
   print(f"{len(dataset)} JPEGs (~500x375) -> 224x224 random-resized crop + "
         f"flip, batch {args.batch}; {machine.cpu_description()}, {cores} cores")
   print(f"{'workers':>7} {'ours img/s':>10} {'ours, full decode':>17} "
-        f"{'PyTorch img/s':>13} {'ratio':>6} {'start-up ours/torch s':>22}")
+        f"{'ours, TFDS':>10} {'PyTorch img/s':>13} {'ratio':>6} "
+        f"{'start-up ours/torch s':>22}")
   for count in workers:
     # Alternated --repeats times; the medians are reported.
-    samples = {"ours": [], "full": [], "torch": [], "start": []}
+    samples = {"ours": [], "full": [], "tfds": [], "torch": [], "start": []}
     for _ in range(args.repeats):
       ours, ours_start = _grain_rate(dataset, count, args.batch, batches,
                                      True)
       torch_rate, torch_start = _torch_rate(dataset, count, args.batch,
                                             batches)
       full, _ = _grain_rate(dataset, count, args.batch, batches, False)
-      for key, value in (("ours", ours), ("full", full),
+      tfds_rate, _ = _grain_rate(from_tfds, count, args.batch, batches, True)
+      for key, value in (("ours", ours), ("full", full), ("tfds", tfds_rate),
                          ("torch", torch_rate),
                          ("start", (ours_start, torch_start))):
         samples[key].append(value)
-    ours, full, torch_rate = (float(np.median(samples[k]))
-                              for k in ("ours", "full", "torch"))
+    ours, full, tfds_rate, torch_rate = (
+        float(np.median(samples[k])) for k in ("ours", "full", "tfds", "torch"))
     ours_start, torch_start = np.median(samples["start"], axis=0)
     rows.append({"workers": count, "ours_img_s": round(ours, 1),
                  "ours_full_decode_img_s": round(full, 1),
+                 "ours_tfds_img_s": round(tfds_rate, 1),
                  "torch_img_s": round(torch_rate, 1),
                  "ratio": round(ours / torch_rate, 3),
                  "ratio_per_repeat": [round(a / b, 3) for a, b in zip(
                      samples["ours"], samples["torch"])],
                  "startup_s": [round(float(ours_start), 2),
                                round(float(torch_start), 2)]})
-    print(f"{count:>7} {ours:>10.1f} {full:>17.1f} {torch_rate:>13.1f} "
+    print(f"{count:>7} {ours:>10.1f} {full:>17.1f} {tfds_rate:>10.1f} "
+          f"{torch_rate:>13.1f} "
           f"{ours / torch_rate:>6.2f} {ours_start:>10.2f} / {torch_start:.2f}")
+  cpu_ms = {"files": round(_cpu_ms_per_image(dataset), 3),
+            "tfds": round(_cpu_ms_per_image(from_tfds), 3)}
+  print(f"CPU ms per image in one process (read + decode + crop, median of "
+        f"3 passes): files {cpu_ms['files']:.3f}, TFDS records "
+        f"{cpu_ms['tfds']:.3f} ({cpu_ms['tfds'] / cpu_ms['files']:.2f}x)")
   last = rows[-1]
   per_core = last["ours_img_s"] / last["workers"]
   needed = H200_RESNET50_IMG_S / per_core
@@ -200,6 +249,7 @@ def main():
   print(json.dumps({
       "benchmark": "bench_input", "cpu": machine.cpu_description(), "cores": cores,
       "images": len(dataset), "batch": args.batch, "rows": rows,
+      "cpu_ms_per_image": cpu_ms,
       "min_ratio": min(r["ratio"] for r in rows),
       "img_s_per_core": round(per_core, 1),
       "cores_per_h200_resnet50": round(needed, 1),

@@ -250,15 +250,27 @@ class PoolTest(chex.TestCase):
     chex.assert_trees_all_close(
         self.variant(fn)(x), _ref_pool(x, kind, (3, 3), (2, 2)), atol=1e-6)
 
-  def test_max_pool_ties_keep_gradient_mass(self):
-    # Tied maxima: the reshape path splits the gradient, reduce_window gives
-    # it to one element; each window still passes on exactly its output grad.
-    x = jnp.zeros((1, 4, 4, 1))
-    g_fast = jax.grad(lambda x: ops.max_pool(x, 2).sum())(x)
-    g_ref = jax.grad(lambda x: _ref_pool(x, "max", (2, 2), (2, 2)).sum())(x)
-    np.testing.assert_allclose(g_fast, np.full((1, 4, 4, 1), 0.25))
-    np.testing.assert_allclose(ops.avg_pool(g_ref, 2) * 4,
-                               np.ones((1, 2, 2, 1)))
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(((1, 4, 4, 1), (2, 2)),
+                            ((2, 6, 6, 4, 3), (2, 3, 2)))
+  def test_max_pool_ties_route_gradient_to_first_max(self, shape, window):
+    # Tied maxima (few distinct values): each window's gradient goes to its
+    # first maximal element in row-major order, as reduce_window's
+    # select-and-scatter (and PyTorch) route it; a NaN window passes none.
+    x = np.random.default_rng(3).integers(0, 3, shape).astype(np.float32)
+    x[0, :window[0], :window[1]] = 0.0  # a window of all-equal elements
+    fast = functools.partial(ops.max_pool, window=window)
+    ref = functools.partial(_ref_pool, kind="max", window=window,
+                            stride=window)
+    weights = _rand(15, ref(x).shape)
+    grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * weights))
+    g = self.variant(grad(fast))(x)
+    np.testing.assert_array_equal(g, grad(ref)(jnp.asarray(x)))
+    assert g[(0,) * (len(shape) - 1)][0] == weights[(0,) * len(shape)]
+    x[(0,) * len(shape)] = np.nan
+    g_nan = self.variant(grad(fast))(x)
+    np.testing.assert_array_equal(
+        g_nan[(0,) + tuple(slice(0, w) for w in window) + (0,)], 0.0)
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_max_pool_hand_example(self):

@@ -44,11 +44,14 @@ def config(data_dir, overrides=None):
   return run_config
 
 
-def launch_args(workdir, data_dir, overrides=None, *flags):
-  """launch.py's flags for the same config as config(data_dir, overrides)."""
-  args = ["--config", os.path.join(REPO, "configs", "mnist.py"),
-          f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
-          *flags]
+def launch_args(workdir, data_dir, overrides=None, *flags,
+                config_file="mnist.py"):
+  """launch.py's flags for the same config as config(data_dir, overrides)
+  (with another configs/`config_file`: that config with BASE and
+  `overrides`; data_dir None: the config's own)."""
+  data = [] if data_dir is None else [f"--config.data.data_dir={data_dir}"]
+  args = ["--config", os.path.join(REPO, "configs", config_file),
+          f"--workdir={workdir}", *data, *flags]
   return args + [f"--config.{k}={v}"
                  for k, v in {**BASE, **(overrides or {})}.items()]
 
@@ -62,15 +65,17 @@ app.run(launch.main, flags_parser=launch.parse_flags)
 
 
 def launch(workdir, data_dir, overrides=None, *flags, env=None, popen=False,
-           hook=None):
+           hook=None, config_file="mnist.py"):
   """launch.py on the tiny run: a finished CompletedProcess (text stdout and
   stderr), or with popen=True the running Popen. `hook`: Python code run in
-  the subprocess before launch.py's main."""
+  the subprocess before launch.py's main; config_file: as for
+  launch_args."""
   if hook is None:
     command = [sys.executable, os.path.join(REPO, "launch.py")]
   else:
     command = [sys.executable, "-c", hook + _RUN_LAUNCH]
-  command += launch_args(workdir, data_dir, overrides, *flags)
+  command += launch_args(workdir, data_dir, overrides, *flags,
+                         config_file=config_file)
   if popen:
     return subprocess.Popen(command, cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,

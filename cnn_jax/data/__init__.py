@@ -19,6 +19,7 @@ from cnn_jax.data import moving_digits
 from cnn_jax.data import npz
 from cnn_jax.data import pneumonia
 from cnn_jax.data import splits as splits_lib
+from cnn_jax.data import tfds_images
 from cnn_jax.data import tfds_segmentation
 from cnn_jax.data import tfds_source
 from cnn_jax.data import ucr
@@ -32,7 +33,10 @@ SOURCES = {
     "npz": npz.from_config,
     "image_folder": folder.from_config,
     "csv": csv_labels.from_config,
-    "tfds": tfds_source.from_config,
+    # TFDS in array-record format: decoded arrays (fixed-size images), or
+    # with data.pipeline='grain' encoded images decoded by the Grain workers
+    # (any size: imagenet2012).
+    "tfds": tfds_images.from_config,
     # TFDS image + mask pairs (e.g. oxford_iiit_pet), resized; labels
     # [N, H, W] class ids.
     "tfds_segmentation": tfds_segmentation.from_config,

@@ -3,7 +3,8 @@ decode (JPEG at reduced size when the crop allows it), random-resized crop
 to the model size, horizontal flip; resize + center crop for evaluation.
 
 Used by the Grain pipeline (grain_pipeline.py) in its worker processes, and
-by image_files.py for evaluation reads. Pure functions of (file or array,
+by image_files.py and tfds_images.py for evaluation reads (a TFDS record's
+encoded image is decoded from its bytes exactly as the file would be). Pure functions of (file or array,
 numpy Generator): the same example and generator state give the same pixels
 in any process.
 
@@ -112,13 +113,16 @@ def _finish(array, rng, augment, channels):
   return np.ascontiguousarray(array)
 
 
-def decode_file(path, augment, rng=None, eval_fraction=0.0):
+def decode_file(path, augment, rng=None, eval_fraction=0.0, name=None):
   """One image file -> uint8 [H, W, C] (augment.image_size, channels).
 
+  path: a file path, or a binary file object (e.g. io.BytesIO over a TFDS
+    record's encoded image: the same decode as the file would get).
   Train (eval_fraction=0): random-resized crop (augment.crop_scale) or the
   whole image, resized, maybe flipped; `rng` a numpy Generator. Eval
   (eval_fraction > 0): the center crop of center_box, no randomness.
-  Raises BadImageError naming `path` when it cannot be read.
+  Raises BadImageError naming `name` (default: `path`) when it cannot be
+  read.
   """
   mode = _MODES[augment.channels]
   try:
@@ -142,7 +146,8 @@ def decode_file(path, augment, rng=None, eval_fraction=0.0):
         image = _crop_resize(image, box, out_size, reduction)
       array = np.asarray(image, np.uint8)
   except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-    raise BadImageError(f"{path}: cannot be read as an image ({e})") from e
+    raise BadImageError(f"{name or path}: cannot be read as an image ({e})"
+                        ) from e
   return _finish(array, rng, augment, augment.channels)
 
 

@@ -41,7 +41,6 @@ import numpy as np
 
 from cnn_jax.data import batching
 from cnn_jax.data import decode
-from cnn_jax.data.image_files import FileImages
 from cnn_jax.data.image_files import SkippedImagesWarning
 
 PIPELINE = "grain"
@@ -129,16 +128,22 @@ class _ReadExample:
   """(global batch, epoch, index) -> one example, decoded and augmented
   with a generator seeded by (seed, epoch, index)."""
 
-  images: object  # a FileImages, or anything answering images[int]
-  labels: np.ndarray
+  # A FileImages or tfds_images.EncodedImages (answering encoded(int):
+  # the undecoded example and its name), or anything answering images[int].
+  images: object
+  labels: object  # an array, or tfds_images.RecordLabels
   augment: decode.HostAugment
   seed: int
   skip_bad: bool
 
   def _read(self, index, rng):
-    if isinstance(self.images, FileImages):
-      return decode.decode_file(self.images.path(index), self.augment, rng)
-    return decode.transform_array(self.images[index], self.augment, rng)
+    encoded = getattr(self.images, "encoded", None)
+    if encoded is None:
+      return decode.transform_array(self.images[index], self.augment, rng)
+    source, name = encoded(index)  # a path, a file object or an array
+    if isinstance(source, np.ndarray):
+      return decode.transform_array(source, self.augment, rng)
+    return decode.decode_file(source, self.augment, rng, name=name)
 
   def __call__(self, slot):
     global_batch, epoch, index = slot
@@ -174,8 +179,12 @@ def make_dataset(dataset, batch_size, seed, augment, *, num_batches,
   rows = batch_size // process_count
   order = _TrainOrder(len(dataset), batch_size, seed, process_index * rows,
                       rows)
-  read = _ReadExample(dataset.images, np.asarray(dataset.labels), augment,
-                      seed, options.skip_bad)
+  # Labels read per example (tfds_images.RecordLabels: from the record the
+  # worker reads for the image) stay so; others are arrays.
+  labels = dataset.labels
+  if not hasattr(labels, "records"):
+    labels = np.asarray(labels)
+  read = _ReadExample(dataset.images, labels, augment, seed, options.skip_bad)
   slots = grain.MapDataset.range(start_batch * rows, num_batches * rows)
   batches = slots.map(order).map(read).batch(rows, drop_remainder=True)
   workers = options.num_workers
@@ -209,8 +218,8 @@ class _SkipCounter:
     if not len(bad):
       return
     self.count += len(bad)
-    if isinstance(self.dataset.images, FileImages):
-      first = self.dataset.images.path(int(bad[0]))
+    if hasattr(self.dataset.images, "example_name"):
+      first = self.dataset.images.example_name(int(bad[0]))
     else:
       first = f"{self.dataset.name} example {int(bad[0])}"
     warnings.warn(

@@ -138,6 +138,15 @@ class FileImages(LazyImages):
     """The file of example `i` of this view."""
     return self.paths[self._indices[i]]
 
+  def encoded(self, i):
+    """(the file of example `i`, its name in errors): what the Grain
+    workers decode (tfds_images.EncodedImages answers the same)."""
+    path = self.path(i)
+    return path, path
+
+  def example_name(self, i):
+    return self.path(i)
+
   def view(self, indices):
     return FileImages(self.paths, self._read_one, self.example_shape,
                       self.num_workers, self._indices[np.asarray(indices)])

@@ -6,7 +6,8 @@ pairs from the pipeline config.data.pipeline names.
             then runs on device inside the train step (augment.py). The
             fast path for data that fits in memory.
   'grain'   grain_pipeline.train_batches: Grain worker processes decode and
-            crop files (or index arrays) on the host, per example.
+            crop image files, TFDS records' encoded images (tfds_images.py)
+            or indexed arrays on the host, per example.
 
 Both give the same batches for the same seed when the host augmentation is
 off (tests/data/test_grain_pipeline.py), and positions the loop saves in

@@ -60,7 +60,7 @@ def _read_split(tfds, options, split, data_dir, data_config):
   mask_values = tuple(data_config.get("tfds_mask_values", (2, 1, 3)))
   other = data_config.get("tfds_mask_other", -1)
   # pylint: disable-next=protected-access
-  source = tfds_source._open(tfds, options.tfds_name, split, data_dir)
+  source = tfds_source.open_split(tfds, options.tfds_name, split, data_dir)
   name = f"{options.tfds_name}/{split}"
   first = source[0]
   for key, config_key in ((options.tfds_image_key, "tfds_image_key"),

@@ -5,6 +5,11 @@ The dataset must be prepared once in array-record format, e.g.
   tfds build mnist --data_dir=~/tensorflow_datasets --file_format=array_record
 (building needs network and, for most datasets, `pip install tensorflow`;
 reading afterwards needs neither).
+
+This module decodes every image into arrays up front (or lazily per batch),
+so the images must share one size; with config.data.pipeline='grain' the
+'tfds' source keeps them encoded instead and the Grain workers decode and
+crop each one (tfds_images.py: any size, e.g. imagenet2012).
 """
 
 import concurrent.futures
@@ -47,12 +52,15 @@ class TfdsOptions:
     return splits
 
 
-def _open(tfds, name, split, data_dir):
+def open_split(tfds, name, split, data_dir, **kwargs):
+  """tfds.data_source(name, split, data_dir, **kwargs) (e.g. decoders), or
+  one clear error: not a TFDS name, or not prepared in array-record format.
+  """
   where = data_dir or ("the TFDS default (~/tensorflow_datasets or "
                        "$TFDS_DATA_DIR)")
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir or None,
-                            download=False)
+                            download=False, **kwargs)
   except tfds.core.registered.DatasetNotFoundError as e:
     raise ValueError(f"config.data.tfds_name={name!r} is not a TFDS dataset "
                      "(see tfds.list_builders())") from e
@@ -77,7 +85,7 @@ def _reader(source, name, split, key):
 
 
 def _read_split(tfds, options, split, data_dir):
-  source = _open(tfds, options.tfds_name, split, data_dir)
+  source = open_split(tfds, options.tfds_name, split, data_dir)
   count = len(source)
   if count == 0:
     raise ValueError(f"TFDS {options.tfds_name}/{split} is empty")
@@ -99,7 +107,9 @@ def _read_split(tfds, options, split, data_dir):
     if image.shape != shape:
       raise ValueError(
           f"TFDS {name} example {i}: image shape {image.shape} differs from "
-          f"{shape}; this source needs fixed-size images")
+          f"{shape}; decoded into arrays the images must share one size: "
+          "set config.data.pipeline='grain' (and config.data.image_size) "
+          "to decode and crop each in the Grain workers")
     return image, int(example[options.tfds_label_key])
 
   # One pass reads every record (array-record reads release the GIL): all

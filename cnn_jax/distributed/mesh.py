@@ -33,7 +33,7 @@ def make_mesh(member_devices=1, devices=None):
   count = devices.size
   if member_devices < 1 or count % member_devices:
     raise ValueError(f"config.sweep.member_devices={member_devices} does not "
-                     f"divide the {count} devices")
+                     f"divide the {count} devices{_over_processes()}")
   return jax.sharding.Mesh(
       devices.reshape(member_devices, count // member_devices), (MEMBERS, DATA))
 
@@ -82,19 +82,28 @@ def member_sharding(mesh):
   return jax.sharding.NamedSharding(mesh, P(MEMBERS))
 
 
+def _over_processes():
+  """' (P processes x D devices)' in messages of a multi-process run."""
+  count, local = jax.process_count(), jax.local_device_count()
+  return (f" ({count} processes x {local} device{'s' * (local != 1)})"
+          if count > 1 else "")
+
+
 def check_divisible(mesh, batch_size, members=None,
-                    batch_key="config.data.batch_size"):
+                    batch_key="config.data.batch_size",
+                    members_key="config.sweep.chunk"):
   """Errors naming the config key when a batch (or the sweep's members per
-  chunk) does not split evenly over the mesh."""
+  chunk, a search's slots) does not split evenly over the mesh."""
   if batch_size % mesh.shape[DATA]:
     raise ValueError(f"{batch_key}={batch_size} does not split evenly over "
                      f"the {mesh.shape[DATA]} devices of the 'data' axis "
-                     "(config.mesh.data_devices)")
+                     f"of the {mesh.devices.size} devices{_over_processes()}")
   if members is not None and members % mesh.shape[MEMBERS]:
     raise ValueError(
-        f"{members} members per chunk (config.sweep.chunk) do not split "
+        f"{members} members per program ({members_key}) do not split "
         f"evenly over the {mesh.shape[MEMBERS]} devices of the 'members' "
-        "axis (config.sweep.member_devices)")
+        f"axis (config.sweep.member_devices) of the {mesh.devices.size} "
+        f"devices{_over_processes()}")
 
 
 def data_parallel(step, mesh, donate_state=True):

@@ -13,9 +13,12 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from cnn_jax.distributed import liveness
+
 # A process that stops sending heartbeats (killed, its host lost) makes the
 # coordination service stop the others after this long; JAX's default is
-# 100 s. Collectives with a dead peer usually fail sooner (connection reset).
+# 100 s. Collectives with a dead peer usually fail sooner (connection reset;
+# liveness.py then names the lost process well within this time).
 HEARTBEAT_TIMEOUT_S = 30
 
 
@@ -43,6 +46,8 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None,
              "auto-detected cluster")
     raise RuntimeError(f"jax.distributed.initialize failed ({where}): "
                        f"{str(e).splitlines()[0][:300]}") from e
+  # Names a lost process when a collective fails (liveness.py).
+  liveness.start()
 
 
 def is_main():
@@ -60,6 +65,48 @@ def process_rows(batch_size, process_index=None, process_count=None):
   count = jax.process_count() if process_count is None else process_count
   per_process = batch_size // count
   return slice(index * per_process, (index + 1) * per_process)
+
+
+def local_block(sharding, shape, what="array"):
+  """This process's part of a global array of `shape` split by `sharding`:
+  one slice per dimension (the block of its addressable devices' shards,
+  what jax.make_array_from_process_local_data takes as the process's data).
+
+  The whole array with one process; process_rows' slice for a batch split
+  along a run mesh's 'data' axis; for a sweep's batches [K, B, ...] the
+  process's members and rows. Raises ValueError naming `what` when the
+  process's shards do not form one block (a mesh that interleaves the
+  processes' devices).
+  """
+  indices = list(sharding.addressable_devices_indices_map(tuple(shape))
+                 .values())
+  block = []
+  for dim, size in enumerate(shape):
+    spans = sorted({(index[dim].start or 0,
+                     size if index[dim].stop is None else index[dim].stop)
+                    for index in indices})
+    start, stop = spans[0][0], max(end for _, end in spans)
+    if sum(end - begin for begin, end in spans) != stop - start:
+      raise ValueError(
+          f"{what}: process {jax.process_index()} of {jax.process_count()} "
+          f"holds a non-contiguous part of dimension {dim} ({spans}) on its "
+          f"{jax.local_device_count()} devices")
+    block.append(slice(start, stop))
+  return tuple(block)
+
+
+def put(tree, sharding):
+  """Host values that are the same in every process (numpy arrays or
+  fetchable arrays) as global arrays split by `sharding`: each process
+  places only its devices' shards (no transfer between processes, no check
+  that the values agree)."""
+
+  def place(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding,
+                                        lambda index: x[index])
+
+  return jax.tree.map(place, jax.device_get(tree))
 
 
 def global_array(local, sharding):

@@ -61,37 +61,64 @@ def _tile_windows(x: jax.Array, window: Sequence[int]):
 
 def _window_elements(tiles: jax.Array, axes: Sequence[int]):
   """The elements of each window of `_tile_windows`' output, in row-major
-  window order: a list of prod(window) arrays [B, n1 // w1, ..., C]."""
+  window order (the tie order of the max's gradient): a list of
+  prod(window) arrays [B, n1 // w1, ..., C]."""
   elements = [tiles]
   for axis in sorted(axes, reverse=True):
+    # Axes split last to first, each index outermost: row-major order.
     elements = [lax.index_in_dim(e, i, axis, keepdims=False)
-                for e in elements for i in range(tiles.shape[axis])]
+                for i in range(tiles.shape[axis]) for e in elements]
   return elements
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _tiled_max(tiles: jax.Array, axes: Tuple[int, ...]) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _tiled_max(tiles: jax.Array, axes: Tuple[int, ...],
+               window: Tuple[int, ...]) -> jax.Array:
+  del window  # tiles.shape on `axes`, for the gradient (it sees no tiles)
   # An elementwise max of the window's elements, not a reduce: XLA fuses it
   # with the producer (bias, ReLU) into one pass over the activations.
   return functools.reduce(jnp.maximum, _window_elements(tiles, axes))
 
 
-def _tiled_max_fwd(tiles, axes):
-  pooled = _tiled_max(tiles, axes)
-  return pooled, (tiles, pooled)
+def _first_max_index(elements, pooled):
+  """Per window, the row-major index of its first element equal to the max,
+  or len(elements) where none is (a NaN window): int8 [B, *pooled, C]
+  (int32 for windows of 127 elements or more)."""
+  n = len(elements)
+  dtype = jnp.int8 if n < 127 else jnp.int32
+  index = jnp.full(pooled.shape, n, dtype)
+  for k in reversed(range(n)):
+    index = jnp.where(elements[k] == pooled, jnp.asarray(k, dtype), index)
+  return index
 
 
-def _tiled_max_bwd(axes, residuals, g):
-  # Tied maxima share the window's gradient evenly. The tie count is a
-  # reduce over the window axes: counted elementwise over the window's
-  # slices (one fused pass on one device), XLA's data-parallel (SPMD)
-  # program lost gradients once the batch was sharded over devices
-  # (BatchNorm before the pooling; tests/distributed/test_multihost.py).
-  tiles, pooled = residuals
-  is_max = tiles == jnp.expand_dims(pooled, axes)
-  count = jnp.sum(is_max.astype(g.dtype), axis=axes)
-  share = jnp.expand_dims(g / count, axes)
-  return (jnp.where(is_max, share, jnp.zeros((), g.dtype)),)
+def _tiled_max_fwd(tiles, axes, window):
+  # The max and, as PyTorch's max-pooling keeps, the index of the element
+  # that passes the gradient on, both from one pass over the tiles (XLA may
+  # instead recompute the index inside the gradient's fusion).
+  elements = _window_elements(tiles, axes)
+  pooled = functools.reduce(jnp.maximum, elements)
+  return pooled, _first_max_index(elements, pooled)
+
+
+def _tiled_max_bwd(axes, window, index, g):
+  # Each window's gradient goes to its first maximal element in row-major
+  # order, as lax.reduce_window's select-and-scatter and PyTorch route it:
+  # one elementwise pass that reads g and the index at the pooled resolution
+  # and writes the input-sized gradient once. (The even split between tied
+  # maxima used before counted the ties from the saved tiles; its one-pass
+  # form came out wrong in XLA's program for a batch sharded over devices
+  # at --xla_backend_optimization_level=0, which the tests run.)
+  # The row-major position of each element in its window, [1, .., w1, ..]
+  # on the tiles' axes.
+  position = np.zeros([1] * (g.ndim + len(axes)), np.int32)
+  for axis, size in zip(axes, window):
+    shape = [1] * position.ndim
+    shape[axis] = size
+    position = position * size + np.arange(size).reshape(shape)
+  index = jnp.expand_dims(index, axes)
+  return (jnp.where(position.astype(index.dtype) == index,
+                    jnp.expand_dims(g, axes), jnp.zeros((), g.dtype)),)
 
 
 _tiled_max.defvjp(_tiled_max_fwd, _tiled_max_bwd)
@@ -113,10 +140,9 @@ def max_pool(x: jax.Array, window: IntOrSeq, stride: Optional[IntOrSeq] = None,
   as a reshape and an elementwise max over each window's elements, with a
   custom gradient that is one fused elementwise pass; XLA:CPU runs both
   several times faster than `lax.reduce_window` and its select-and-scatter
-  gradient, and fuses the max with a preceding bias/ReLU. The two differ
-  only for tied maxima: the reshape path splits the gradient evenly between
-  the tied elements, reduce_window gives it all to the first; both sum to the
-  same.
+  gradient, and fuses the max with a preceding bias/ReLU. Both give a
+  window's gradient to its first maximal element (row-major), as PyTorch
+  does, so tied maxima get the same gradient on either path.
 
   Args:
     x: `[B, *spatial, C]`, 1 to 3 spatial dims.
@@ -133,7 +159,8 @@ def max_pool(x: jax.Array, window: IntOrSeq, stride: Optional[IntOrSeq] = None,
   if _is_tiling(window, strides, pads):
     tiles, axes = _tile_windows(x, window)
     if jnp.issubdtype(x.dtype, jnp.inexact):
-      return _tiled_max(tiles, axes)
+      window = tuple(tiles.shape[a] for a in axes)
+      return _tiled_max(tiles, axes, window)
     return jnp.max(tiles, axis=axes)
   if jnp.issubdtype(x.dtype, jnp.inexact):
     init = -jnp.inf

@@ -20,14 +20,11 @@ the chosen module, and jax.vjp differentiates the logits with respect to
 `delta`. Layers are named by their module path, '/'-joined, e.g. 'norm5',
 'denseblock2/denselayer3/conv2', 'down1/conv_bn_relu2'.
 
-`write_heatmaps(config, workdir)` is `launch.py --mode=heatmap`: it restores
-the workdir's checkpoint and writes PNGs of the first test images: heat maps
-over the image for classification / multi-label runs, true and predicted
-masks over the image for segmentation runs.
+`launch.py --mode=heatmap` (reports/heatmap_mode.py) restores a checkpoint
+and draws these maps, on every device of the process.
 """
 
 import functools
-import os
 
 import flax.linen as nn
 import jax
@@ -35,10 +32,7 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
-from cnn_jax.data import augment
 from cnn_jax.reports import plotting
-from cnn_jax.reports import visualize_model
-from cnn_jax.runs import workdirs
 
 matplotlib.use("Agg")
 import matplotlib.patches  # pylint: disable=g-import-not-at-top
@@ -236,112 +230,3 @@ def plot_panels(panels, titles, path, suptitle=None, legend=()):
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return path
-
-
-# --- launch.py --mode=heatmap ------------------------------------------------
-
-
-def _classes_to_show(task_name, probs, labels, top):
-  """Per example the output units to draw: multi-label: the true labels, else
-  the `top` most probable; classification: the true and predicted class."""
-  chosen = []
-  for p, y in zip(probs, labels):
-    if task_name == "multilabel":
-      units = list(np.flatnonzero(y)) or [int(np.argmax(p))]
-    else:
-      units = list(dict.fromkeys([int(y), int(np.argmax(p))]))
-    chosen.append(units[:top])
-  return chosen
-
-
-def write_heatmaps(config, workdir, step=None, method="auto", layer="",
-                   count=8, top=4):
-  """PNGs of the first `count` test images into a new folder of `workdir`.
-
-  Classification / multi-label: per image one PNG with the input and, for
-  each true label (multi-label) or the true and predicted class, the heat map
-  over the input. method 'cam' (DenseNet-style GAP + dense models), 'gradcam'
-  (any model; `layer` = a module path, empty: the last feature-map layer), or
-  'auto' (CAM where the model allows it, else Grad-CAM).
-  Segmentation: per image the input, the true mask and the predicted mask.
-
-  Returns:
-    (folder, [PNG paths]).
-  """
-  from cnn_jax.tasks import task_for_run  # pylint: disable=g-import-not-at-top
-  if method not in METHODS:
-    raise ValueError(f"heat-map method {method!r} is not one of: "
-                     f"{', '.join(METHODS)}")
-  from cnn_jax.training import resume  # pylint: disable=g-import-not-at-top
-  state, train_set, test_set, mean, std = resume.restore_for_evaluation(
-      config, workdir, step)
-  task = task_for_run(config, train_set)
-  count = min(count, len(test_set))
-  take = np.arange(count)
-  raw = np.asarray(test_set.images[take])
-  labels = np.asarray(test_set.labels[take])
-  images = augment.normalize(jnp.asarray(raw), mean, std)
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
-  from cnn_jax.training import steps  # pylint: disable=g-import-not-at-top
-  model = steps.create_model(config.model)
-  logits = np.asarray(jax.jit(functools.partial(model.apply, train=False))(
-      variables, images))
-  folder = workdirs.new_result_path(
-      workdir, "heatmaps", f"heatmaps_step{int(state.step)}")
-  os.makedirs(folder)
-  names = test_set.class_names or tuple(str(k)
-                                        for k in range(logits.shape[-1]))
-  paths = []
-
-  if task.name == "segmentation":
-    predicted = logits.argmax(-1)
-    colours = mask_colours(logits.shape[-1])
-    for i in range(count):
-      right = float(np.mean(predicted[i] == labels[i]))
-      shown = sorted(set(np.unique(labels[i])) | set(np.unique(predicted[i])))
-      paths.append(plot_panels(
-          [raw[i], mask_overlay(raw[i], labels[i], logits.shape[-1]),
-           mask_overlay(raw[i], predicted[i], logits.shape[-1])],
-          ["input", "true mask", f"predicted ({right:.1%} pixels right)"],
-          os.path.join(folder, f"example{i:03d}.png"),
-          legend=[(names[k], colours[k]) for k in shown if k > 0]))
-    return folder, paths
-
-  model_name = config.model.name
-  cam_head = next((v for k, v in CAM_HEADS.items()
-                   if model_name.startswith(k)), None)
-  if method == "auto":
-    method = "cam" if cam_head else "gradcam"
-  if method == "cam" and not cam_head:
-    raise ValueError(f"CAM needs a global-average-pool + dense model "
-                     f"({', '.join(CAM_HEADS)}); config.model.name="
-                     f"{model_name!r}: use --heatmap_method=gradcam")
-  multilabel = task.name == "multilabel"
-  probs = (jax.nn.sigmoid(logits) if multilabel
-           else jax.nn.softmax(logits, -1))
-  units = _classes_to_show(task.name, np.asarray(probs), labels, top)
-  if method == "cam":
-    feature_layer, feature_fn, head = cam_head
-    maps = cam(model, variables, images, layer or feature_layer, feature_fn,
-               head)
-    per_unit = lambda i, u: maps[i, :, :, u]
-    where = f"CAM at {layer or feature_layer}"
-  else:
-    layer = layer or spatial_layers(model, variables, images[:1])[-1]
-    flat = [(i, u) for i in range(count) for u in units[i]]
-    grads = grad_cam(model, variables, images[np.array([i for i, _ in flat])],
-                     layer, np.array([u for _, u in flat]))
-    lookup = {key: grads[n] for n, key in enumerate(flat)}
-    per_unit = lambda i, u: lookup[(i, u)]
-    where = f"Grad-CAM at {layer}"
-  for i in range(count):
-    panels, titles = [raw[i]], ["input"]
-    for u in units[i]:
-      heat = np.maximum(np.asarray(per_unit(i, u)), 0.0)
-      panels.append(visualize_model.overlay_heatmap(raw[i], heat,
-                                                    alpha=0.5, vmin=0.0))
-      titles.append(f"{names[u]}: p={float(probs[i, u]):.2f}")
-    paths.append(plot_panels(panels, titles,
-                             os.path.join(folder, f"example{i:03d}.png"),
-                             f"{where} (map {heat.shape[0]}x{heat.shape[1]})"))
-  return folder, paths

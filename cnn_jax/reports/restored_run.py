@@ -107,10 +107,14 @@ def predict(run, split="test", dataset=None):
   `split` (or of `dataset`, an ArrayDataset such as shifted test images),
   through steps.eval_step/evaluate (last batch padded and masked).
   """
-  base = _task(run.config)
+  # The run's own task (its class weights, options) and per-example
+  # outputs (a multi-label run's scores for AUROC), plus the logits.
+  base = _task(run)
+  own = base.eval_examples or (lambda logits, batch: {})
   task = dataclasses.replace(
       base,
-      eval_examples=lambda logits, batch: {"logits": logits},
+      eval_examples=lambda logits, batch: {**own(logits, batch),
+                                           "logits": logits},
       finalize=lambda sums, examples: {
           **base.finalize(sums, {k: v for k, v in examples.items()
                                  if k != "logits"}),
@@ -130,6 +134,6 @@ def predict(run, split="test", dataset=None):
   return logits, metrics
 
 
-def _task(config):
+def _task(run):
   from cnn_jax import tasks  # pylint: disable=g-import-not-at-top
-  return tasks.get_task(config.get("task", "classification"))
+  return tasks.task_for_run(run.config, run.splits["train"])

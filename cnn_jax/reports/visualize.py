@@ -131,6 +131,34 @@ def _matrix_side(num_classes):
   return max(6, round(0.5 * num_classes + 3))
 
 
+def draw_confusion(fig, ax, matrix, names, fontsize=8, annotate_up_to=30):
+  """Draws the row-normalised confusion matrix into `ax` (counts in the
+  cells when K <= annotate_up_to) with its colour bar; shared by the report
+  (plot_confusion_matrix) and the paper (reports/paper/figures.py), which
+  differ only in size and type."""
+  matrix = np.asarray(matrix)
+  k = matrix.shape[0]
+  fractions = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+  image = ax.imshow(fractions, cmap="Blues", vmin=0.0, vmax=1.0)
+  colorbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+  colorbar.set_label("fraction of the true class")
+  if k <= annotate_up_to:
+    for i in range(k):
+      for j in range(k):
+        if matrix[i, j]:
+          ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
+                  fontsize=fontsize,
+                  color="white" if fractions[i, j] > 0.5 else "black")
+  ax.set_xticks(range(k))
+  ax.set_yticks(range(k))
+  long_names = max(map(len, names)) > 2
+  ax.set_xticklabels(names, rotation=45 if long_names else 0,
+                     ha="right" if long_names else "center")
+  ax.set_yticklabels(names)
+  ax.set_xlabel("predicted class")
+  ax.set_ylabel("true class")
+
+
 def plot_confusion_matrix(matrix, path, class_names=None, title=None):
   """Row-normalised confusion matrix with the counts written in the cells.
 
@@ -141,28 +169,10 @@ def plot_confusion_matrix(matrix, path, class_names=None, title=None):
   """
   matrix = np.asarray(matrix)
   k = matrix.shape[0]
-  names = _class_names(class_names, k)
-  rows = matrix.sum(axis=1, keepdims=True)
-  fractions = matrix / np.maximum(rows, 1)
   side = _matrix_side(k)
   fig, ax = plt.subplots(figsize=(side + 1, side))
-  image = ax.imshow(fractions, cmap="Blues", vmin=0.0, vmax=1.0)
-  colorbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-  colorbar.set_label("fraction of the true class")
-  if k <= 30:
-    for i in range(k):
-      for j in range(k):
-        if matrix[i, j]:
-          ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
-                  fontsize=8 if k <= 15 else 6,
-                  color="white" if fractions[i, j] > 0.5 else "black")
-  ax.set_xticks(range(k))
-  ax.set_yticks(range(k))
-  ax.set_xticklabels(names, rotation=45 if max(map(len, names)) > 2 else 0,
-                     ha="right" if max(map(len, names)) > 2 else "center")
-  ax.set_yticklabels(names)
-  ax.set_xlabel("predicted class")
-  ax.set_ylabel("true class")
+  draw_confusion(fig, ax, matrix, _class_names(class_names, k),
+                 fontsize=8 if k <= 15 else 6)
   total = matrix.sum()
   accuracy = np.trace(matrix) / max(total, 1)
   ax.set_title(title or f"Confusion matrix ({total} examples, accuracy "

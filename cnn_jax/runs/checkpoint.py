@@ -13,7 +13,6 @@ previous checkpoint. Nothing is unpickled: arrays are stored by TensorStore
 """
 
 import contextlib
-import datetime
 import gc
 import glob
 import json
@@ -25,10 +24,13 @@ import zlib
 from absl import logging
 from etils import epath
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
+
+from cnn_jax.runs import save_policy
 
 _ITEMS = ("state", "meta")
 # Test metrics that are better when smaller (for keep_best_metric).
@@ -66,22 +68,6 @@ def remove_unfinished(workdir):
   return [os.path.basename(path) for path in found]
 
 
-class _EverySeconds:
-  """Orbax save policy: once `seconds` have passed since this process's last
-  save (or its start), and never while an async save is still being written
-  (waiting for it would block training)."""
-
-  def __init__(self, seconds):
-    self.seconds = seconds
-    self._since = datetime.datetime.now(datetime.timezone.utc)
-
-  def should_save(self, step, previous_steps, *, context):
-    if context.is_saving_in_progress:
-      return False
-    last = max([self._since] + [info.time for info in previous_steps[-1:]])
-    return step.time - last >= datetime.timedelta(seconds=self.seconds)
-
-
 def _check_options(checkpoint_config):
   if checkpoint_config.keep < 1:
     raise ValueError(f"config.checkpoint.keep={checkpoint_config.keep} must be "
@@ -112,7 +98,8 @@ def make_manager(workdir, checkpoint_config=None):
     save_policies.append(
         checkpoint_managers.FixedIntervalPolicy(checkpoint_config.every_steps))
   if checkpoint_config.every_seconds:
-    save_policies.append(_EverySeconds(checkpoint_config.every_seconds))
+    save_policies.append(save_policy.EverySeconds(
+        checkpoint_config.every_seconds))
   # The newest `keep` always survive (resuming needs the latest); with
   # keep_best_metric also the best of those saved with test metrics.
   keep_policies = [checkpoint_managers.LatestN(checkpoint_config.keep)]
@@ -141,8 +128,18 @@ def _state_arrays(state):
 
 
 def _host_leaves(arrays):
-  """Host (numpy) copies of the leaves of `arrays`, in tree order."""
-  return jax.tree.leaves(jax.device_get(arrays))
+  """Host (numpy) copies of the leaves of `arrays`, in tree order. An array
+  split over the devices of several processes (a sweep's stacked state) is
+  gathered whole in each of them (every process calls save alike; the rule
+  of distributed/multihost.to_host, which runs/ may not import)."""
+
+  def fetch(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable and (
+        not x.is_fully_replicated):
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+  return [fetch(x) for x in jax.tree.leaves(arrays)]
 
 
 def _all_finite(leaves):
@@ -305,21 +302,30 @@ def restore(manager, abstract_state, step, check_meta=None, sharding=None):
   return state, meta
 
 
-def restore_latest(manager, abstract_state, check_meta=None, sharding=None):
+def restore_latest(manager, abstract_state, check_meta=None, sharding=None,
+                   all_read=None):
   """(state, meta) of the newest checkpoint that reads back intact.
 
   A damaged checkpoint is skipped with a warning naming its step, and the one
-  before it is tried. Arguments as for `restore`.
+  before it is tried. Arguments as for `restore`; all_read(read) (several
+  processes, called in each after each step tried): whether all read it
+  intact, the same answer in all (so all skip a step one cannot read).
   Raises:
     CheckpointError: there is no checkpoint, or none is intact.
   """
   damaged = []
   for step in reversed(manager.all_steps()):
     try:
-      return restore(manager, abstract_state, step, check_meta, sharding)
+      restored = restore(manager, abstract_state, step, check_meta, sharding)
+      if all_read is None or all_read(True):
+        return restored
+      error = f"checkpoint step {step}: another process could not read it"
     except CheckpointError as e:
-      logging.warning("%s; skipping it, trying the one before", e)
-      damaged.append(str(e))
+      if all_read is not None:
+        all_read(False)
+      error = str(e)
+    logging.warning("%s; skipping it, trying the one before", error)
+    damaged.append(error)
   if not damaged:
     raise CheckpointError(f"no checkpoint in {manager.directory}")
   raise CheckpointError(f"no intact checkpoint in {manager.directory}: "

@@ -16,11 +16,11 @@ config.sweep.search picks the kind (configs/mnist_search.py):
     pbt.factors, clipped to the space's bounds.
 
 The K slots are rows of sweep_steps' stacked state and run the sweep's
-vmapped step, compiled once for K (on the CPU: one program per slot,
-search_steps.SlotSteps, compiled once each, run for the active slots).
-Each slot has its own step counter (TrainState.step, and the optimizer's
-count that drives its schedule), its own data iterator (its trial's seed,
-from epoch 0) and its own hyperparameters (arrays fed to the step). Refills happen at epoch ends, so
+vmapped step, compiled once for K (on the CPU: one member's step, compiled
+once and called for each active slot, search_steps.SlotSteps). Each slot
+has its own step counter (TrainState.step, and the optimizer's count that
+drives its schedule), its own data iterator (its trial's seed, from epoch
+0) and its own hyperparameters (arrays fed to the step). Refills happen at epoch ends, so
 every slot's epochs end on the same steps.
 
 Selection reads only the validation split (config.data.val_fraction holds
@@ -29,13 +29,21 @@ after the search, for the trials whose final states are kept (the best
 3 finished ones; every member for PBT). Outputs: search_outputs.py.
 Rerunning the same command after a kill resumes from the last epoch end
 (search_resume.py): the same trials, decisions and final ranking. On
-SIGTERM/SIGINT (or at config.train.stop_after_steps) the search saves its
-state at the current step and raises preemption.Preempted (exit status 143
-from launch.py), as single runs do; nothing of the epoch is lost.
+SIGTERM/SIGINT (or at config.train.stop_after_steps) a one-process search
+saves its state at the current step, with the steps' unread divergence
+flags, and raises preemption.Preempted (exit status 143 from launch.py), as
+single runs do; several processes agree on a signal at the next epoch end
+(one collective an epoch), after its checkpoint.
+
+Several processes (launch.py --distributed): the slots and batches are
+split over every device of every process (as a sweep's); the host state is
+the same in every process (decisions read replicated validation metrics),
+each process draws only its block of the stacked batches, and process 0
+writes the files (search_outputs.py).
 """
 
 import functools
-import math
+import signal
 import time
 
 import jax
@@ -47,6 +55,7 @@ from cnn_jax.data import batching
 from cnn_jax.data import load_splits
 from cnn_jax.runs import writers
 from cnn_jax.distributed import mesh as parallel
+from cnn_jax.distributed import multihost
 from cnn_jax.sweeps import search_outputs
 from cnn_jax.sweeps import search_resume
 from cnn_jax.sweeps import search_settings
@@ -55,49 +64,38 @@ from cnn_jax.sweeps import search_steps
 from cnn_jax.sweeps import search_trials
 from cnn_jax.sweeps import sweep_config
 from cnn_jax.sweeps import sweep_steps
-from cnn_jax.tasks import CLASSIFICATION
 from cnn_jax.training import optim
 from cnn_jax.training import preemption
 from cnn_jax.training import steps
 
-def evaluate_split(split, p_eval_step, states, dataset, batch_size, sharding):
+def evaluate_split(split, p_eval_step, states, dataset, batch_size, mesh):
   """Per-member metrics [{'accuracy', 'loss', 'count'}] of stacked `states`
   on `dataset` (every search evaluation goes through here: tests watch the
   `split` names)."""
   del split
-  totals = None
-  for batch in batching.eval_batches(dataset, batch_size):
-    sums = p_eval_step(states, jax.device_put(batch, sharding))
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = jax.device_get(totals)
-  return [CLASSIFICATION.finalize({k: v[i] for k, v in totals.items()})
-          for i in range(len(totals["count"]))]
+  return sweep_steps.evaluate_members(p_eval_step, states, dataset,
+                                      batch_size, mesh)
 
 
-def _compile(program, augment_configs, vary_dropout, mean, std, slots, width,
+def _compile(program, augment_configs, mean, std, slots, vary_dropout, width,
              mesh, conv_impl):
-  """(train step, eval step) over the K slots. Width 1 (the CPU default):
-  one program per slot, called for the active slots only
-  (search_steps.SlotSteps); else one vmapped program for all K."""
-  on_members = parallel.member_sharding(mesh)
-  shardings = (on_members, on_members,
-               parallel.batch_sharding(mesh, stacked=True), on_members)
-  step = functools.partial(
-      sweep_steps.make_train_step, program.model, augment_configs, mean=mean,
-      std=std, vary_dropout=vary_dropout, vmap_width=width,
-      conv_impl=conv_impl)
-  if width == 1 and slots > 1:
-    train_step = search_steps.SlotSteps(step(member_count=1), slots,
-                                        shardings, on_members)
+  """(train step, eval step) over the K slots; the train step takes the
+  host's `active` slots too. Width 1 (the CPU default): one member's
+  program, called for the active slots only (search_steps.SlotSteps); else
+  one program for all K (sweep_steps.jit_steps)."""
+  jit = functools.partial(
+      sweep_steps.jit_steps, program, augment_configs, mean=mean, std=std,
+      vary_dropout=vary_dropout, vmap_width=width, conv_impl=conv_impl,
+      mesh=mesh, donate=False)  # the search reads the states it passed
+  whole, eval_step = jit(member_count=slots)
+  if search_steps.SlotSteps.usable(width, slots, mesh):
+    one, _ = jit(member_count=1)
+    train_step = search_steps.SlotSteps(
+        one, slots, parallel.member_sharding(mesh),
+        parallel.batch_sharding(mesh, stacked=True), parallel.replicated(mesh))
   else:
-    whole = jax.jit(step(member_count=slots), in_shardings=shardings,
-                    out_shardings=(on_members, on_members, on_members))
     train_step = lambda states, alive, batch, hparams, active: whole(
         states, alive, batch, hparams)
-  eval_step = jax.jit(sweep_steps.make_eval_step(
-      mean=mean, std=std, member_count=slots, vmap_width=width),
-                      in_shardings=(on_members, parallel.batch_sharding(mesh)),
-                      out_shardings=on_members)
   return train_step, eval_step
 
 
@@ -124,36 +122,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   probe = sweep_config.resolved_config(
       config, search_space.sample(found["space"], found["seed"], 0))
   _check_base(probe)  # before any I/O
+  batch_size = probe.data.batch_size
+  mesh = parallel.make_mesh(config.sweep.get("member_devices", 1))
+  parallel.check_divisible(mesh, batch_size, slots_count,
+                           members_key="config.sweep.slots")
+  parallel.check_divisible(mesh, probe.data.eval_batch_size,
+                           batch_key="config.data.eval_batch_size")
+  block = sweep_steps.local_batch_block(mesh, slots_count, batch_size)
   splits = load_splits(probe.data)
   _check_val(probe, splits)
   search_outputs.prepare(workdir)
   train_set, val_set, test_set = splits["train"], splits["val"], splits["test"]
   mean, std = steps.normalization_stats(probe.data, train_set)
-  batch_size = probe.data.batch_size
   per_epoch = batching.steps_per_epoch(len(train_set), batch_size)
   total_steps = probe.train.num_epochs * per_epoch
-  mesh = parallel.make_mesh(config.sweep.get("member_devices", 1))
-  parallel.check_divisible(mesh, batch_size, slots_count)
   program = sweep_steps.shared_program(probe, per_epoch)
   vary_dropout = "model.dropout_rate" in found["space"]
   if vary_dropout:
     sweep_steps.check_traced_dropout(program.model, train_set.example_shape)
   augment_configs = [probe.data.augment.to_dict()]
   width = sweep_steps.resolve_vmap_width(config.sweep, slots_count)
-  p_train, p_eval = _compile(
-      program, augment_configs, vary_dropout, mean, std, slots_count, width,
-      mesh, sweep_steps.resolve_conv_impl(config.sweep, width, slots_count))
   on_members = parallel.member_sharding(mesh)
+  everywhere = parallel.replicated(mesh)
+  on_batch = parallel.batch_sharding(mesh, stacked=True)
+  p_train, p_eval = _compile(program, augment_configs, mean, std,
+                             slots_count, vary_dropout, width, mesh,
+                             sweep_steps.resolve_conv_impl(
+                                 config.sweep, width, slots_count))
   evaluate = functools.partial(
       evaluate_split, p_eval_step=p_eval, batch_size=probe.data.eval_batch_size,
-      sharding=parallel.batch_sharding(mesh))
+      mesh=mesh)
   writers.report(
       f"{kind} search over {', '.join(found['space'])}: {found['trials']} "
       f"trials, {slots_count} at a time; {probe.data.name}: {len(train_set)} "
       f"train, {len(val_set)} val (selection), {len(test_set)} test (once, "
       "at the end)")
 
-  host = search_trials.Slots(config, found, train_set, batch_size)
+  # Each process draws only its block of the slots' stacked batches; the
+  # host state (trials, decisions) is the same in every process.
+  host = search_trials.Slots(config, found, train_set, batch_size, block)
   for slot in range(min(slots_count, found["trials"])):
     host.start(slot)
 
@@ -162,7 +169,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     states, _ = sweep_steps.init_members(cfgs, train_set.example_shape,
                                          per_epoch, program)
     hparams = sweep_steps.hyperparameter_arrays(cfgs, augment_configs)
-    return jax.device_put((states, hparams), on_members)
+    return multihost.put((states, hparams), on_members)
 
   states, hparams = fresh_states()
   halving = (search_trials.Halving(found["halving"]["rungs"],
@@ -172,15 +179,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   kept = {}  # trial id -> host copy of its final state (best `keep`)
   member_steps, step, meta = 0, 0, None
   if search_resume.can_resume(workdir):
-    states, meta = search_resume.restore(workdir, states, config.to_dict())
+    states, meta = search_resume.restore(workdir, states, config.to_dict(),
+                                         everywhere)
     states = jax.device_put(states, on_members)
     host.restore(meta["slots"])
     if halving is not None:
       halving.restore(meta["halving"])
     rng.bit_generator.state = meta["rng"]
     step, member_steps = meta["step"], meta["member_steps_total"]
-    kept = search_resume.restore_kept(workdir, meta["kept"], states)
-    hparams = jax.device_put(sweep_steps.hyperparameter_arrays(
+    kept = search_resume.restore_kept(workdir, meta["kept"], states,
+                                      everywhere)
+    hparams = multihost.put(sweep_steps.hyperparameter_arrays(
         [c or probe for c in host.configs], augment_configs), on_members)
     writers.report(f"resuming the search at step {step} ({host.next_id} "
                    "trials started)")
@@ -191,68 +200,78 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   alive, window = None, []
   if meta is not None and meta.get("window"):  # saved mid-epoch (a signal)
     window = [np.asarray(row) for row in meta["window"]]
-    alive = jax.device_put(jnp.asarray(host.active() & np.all(window, 0)),
-                           on_members)
+    alive = multihost.put(host.active() & np.all(window, 0), on_members)
+  # One process acts on a stop signal at once (saving this step); several
+  # act at the next epoch end, after its checkpoint, agreed by a collective
+  # there (one an epoch, not one a step). train.stop_after_steps is the same
+  # in every process: all stop at that step. A second signal acts as usual.
   stop, saved_at = preemption.StopRequest(), step
   stop_after = config.train.get("stop_after_steps", 0)
-  try:
-    stop.__enter__()  # (not `with`: the loop keeps its indentation)
-    while any(t is not None for t in host.current):
-      if stop.signum is not None:  # SIGTERM/SIGINT: save this step, exit
-        if saved_at != step:
-          search_resume.save(workdir, states, step, _checkpoint_meta(
-              config, host, halving, rng, step, member_steps, kept, window),
-                             set(kept))
-        raise preemption.Preempted(stop.signum, step, workdir)
-      if alive is None:
-        alive = jax.device_put(jnp.asarray(host.active()), on_members)
-      active = host.active()
-      states, alive, metrics = p_train(states, alive, host.batch(), hparams,
-                                       active)
-      window.append(metrics["updated"])
-      step += 1
-      host.steps += active
-      member_steps += int(active.sum())
-      bar.update(1)
-      if step == stop_after:  # config.train.stop_after_steps: as SIGTERM
-        stop.request()
-      epoch_end = step % per_epoch == 0
-      pbt_due = kind == "pbt" and step % found["pbt"]["every_steps"] == 0
-      if not (epoch_end or pbt_due):
-        continue
-      _diverged(host, np.asarray(jax.device_get(window)))
-      window, alive = [], None  # slots change below: alive from the host
-      results = evaluate("val", states=states, dataset=val_set)
-      for slot, trial in enumerate(host.current):
-        if trial is not None:
-          trial.val.append((int(host.steps[slot]), results[slot]))
-      if pbt_due and step < total_steps:
-        states, hparams = _exploit(host, states, hparams, found, rng, metric)
-        # Back on the step's shardings: an equal layout under another
-        # sharding object would make jit compile the step again.
-        states, hparams = jax.device_put((states, hparams), on_members)
-      if not epoch_end:
-        continue
-      _epoch_end(host, halving, metric, per_epoch, total_steps, states,
-                 kept, workdir, (mean, std))
-      mask = np.zeros(slots_count, bool)
-      if kind != "pbt":  # freed slots take the next trials, from step 0
-        for slot in np.nonzero(~host.active())[0]:
-          if host.next_id < found["trials"]:
-            host.start(int(slot))
-            mask[slot] = True
-      if mask.any():  # the new trials' states, in place
-        fresh, hparams = fresh_states()
-        states = jax.device_put(search_steps.replace_slots(
-            jax.device_put(jnp.asarray(mask), on_members), fresh, states),
-                                on_members)
-      search_resume.save(workdir, states, step, _checkpoint_meta(
-          config, host, halving, rng, step, member_steps, kept, []),
-                         set(kept))
-      saved_at = step
-  finally:
-    stop.__exit__(None, None, None)
-    bar.close()
+  alone = jax.process_count() == 1
+  with stop:
+    try:
+      while any(t is not None for t in host.current):
+        if (stop_after and step == stop_after) or (
+            alone and stop.signum is not None):
+          if saved_at != step:
+            search_resume.save(workdir, states, step, _checkpoint_meta(
+                config, host, halving, rng, step, member_steps, kept,
+                window), set(kept))
+          raise preemption.Preempted(stop.signum or signal.SIGTERM, step,
+                                     workdir)
+        if alive is None:
+          alive = multihost.put(host.active(), on_members)
+        active = host.active()
+        states, alive, metrics = p_train(
+            states, alive, multihost.global_array(host.batch(), on_batch),
+            hparams, active)
+        window.append(metrics["updated"])
+        step += 1
+        host.steps += active
+        member_steps += int(active.sum())
+        bar.update(1)
+        epoch_end = step % per_epoch == 0
+        pbt_due = kind == "pbt" and step % found["pbt"]["every_steps"] == 0
+        if not (epoch_end or pbt_due):
+          continue
+        _diverged(host, np.asarray(jax.device_get(window)))
+        window, alive = [], None  # slots change below: alive from the host
+        results = evaluate("val", states=states, dataset=val_set)
+        for slot, trial in enumerate(host.current):
+          if trial is not None:
+            trial.val.append((int(host.steps[slot]), results[slot]))
+        if pbt_due and step < total_steps:
+          states, hparams = _exploit(host, states, hparams, found, rng, metric)
+          # Back on the step's shardings: an equal layout under another
+          # sharding object would make jit compile the step again.
+          states, hparams = jax.device_put((states, hparams), on_members)
+        if not epoch_end:
+          continue
+        _epoch_end(host, halving, metric, per_epoch, total_steps, states,
+                   kept, workdir, (mean, std))
+        mask = np.zeros(slots_count, bool)
+        if kind != "pbt":  # freed slots take the next trials, from step 0
+          for slot in np.nonzero(~host.active())[0]:
+            if host.next_id < found["trials"]:
+              host.start(int(slot))
+              mask[slot] = True
+        if mask.any():  # the new trials' states, in place
+          fresh, hparams = fresh_states()
+          states = jax.device_put(search_steps.replace_slots(
+              multihost.put(mask, on_members), fresh, states), on_members)
+        search_resume.save(workdir, states, step, _checkpoint_meta(
+            config, host, halving, rng, step, member_steps, kept, []),
+                           set(kept))
+        saved_at = step
+        # Every process stops after this checkpoint when any one got
+        # SIGTERM/SIGINT (one collective per epoch, as train.py's per call);
+        # a search that has finished its trials finishes instead.
+        if multihost.any_process(stop.signum is not None) and any(
+            t is not None for t in host.current):
+          raise preemption.Preempted(stop.signum or signal.SIGTERM, step,
+                                     workdir)
+    finally:
+      bar.close()
 
   # The one look at the test split: the kept trials' final states.
   finished = [t for t in host.trials if t.id in kept]
@@ -261,7 +280,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     rows = [kept[t.id] for t in group]
     rows += [rows[0]] * (slots_count - len(rows))  # padding, ignored
     stacked = jax.tree.map(lambda *xs: np.stack(xs), *rows)
-    results = evaluate("test", states=jax.device_put(stacked, on_members),
+    results = evaluate("test", states=multihost.put(stacked, on_members),
                        dataset=test_set)
     for trial, metrics in zip(group, results):
       trial.test = metrics

@@ -24,6 +24,7 @@ import shutil
 
 import jax
 
+from cnn_jax.distributed import multihost
 from cnn_jax.runs import workdirs
 from cnn_jax.runs import writers
 from cnn_jax.sweeps import sweep_config
@@ -35,14 +36,18 @@ _RESULTS = ("summary.json", "members", "metrics.jsonl")
 
 
 def prepare(workdir):
+  """Checks `workdir` in every process, then process 0 creates it."""
   workdirs.check_writable(workdir)
   existing = [f for f in _RESULTS if os.path.exists(os.path.join(workdir, f))]
   if existing:
     raise workdirs.WorkdirInUseError(
         f"workdir {workdir!r} already holds results ({', '.join(existing)}); "
         "choose a new --workdir (results are never overwritten)")
-  with workdirs.writing(workdir):
-    os.makedirs(workdir, exist_ok=True)
+  multihost.barrier("search workdir checked")
+  if multihost.is_main():
+    with workdirs.writing(workdir):
+      os.makedirs(workdir, exist_ok=True)
+  multihost.barrier("search workdir made")
 
 
 def ranked(trials, metric):
@@ -86,16 +91,20 @@ def _config_file(config, trial, summary_line):
 
 def write(workdir, config, found, trials, kept, probe, mean, std, per_epoch,
           counts):
-  """Writes every output (module docstring); returns the summary dict."""
+  """Writes every output (module docstring); returns the summary dict.
+  Every process calls it and gets the same summary; process 0 writes the
+  files, all of them save best/'s checkpoint (Orbax writes it once)."""
   del probe
   metric, kind = found["metric"], found["kind"]
-  with workdirs.writing(workdir), open(
-      os.path.join(workdir, "trials.jsonl"), "w", encoding="utf-8") as f:
-    for trial in trials:
-      record = trial.record()
-      record["config"] = sweep_config.resolved_config(
-          config, trial.values).to_dict()
-      f.write(json.dumps(record, default=writers._plain) + "\n")  # pylint: disable=protected-access
+  main = multihost.is_main()
+  if main:
+    with workdirs.writing(workdir), open(
+        os.path.join(workdir, "trials.jsonl"), "w", encoding="utf-8") as f:
+      for trial in trials:
+        record = trial.record()
+        record["config"] = sweep_config.resolved_config(
+            config, trial.values).to_dict()
+        f.write(json.dumps(record, default=writers._plain) + "\n")  # pylint: disable=protected-access
   rows = []
   for rank, trial in enumerate(ranked(trials, metric), 1):
     last_val = trial.val[-1][1] if trial.val else None
@@ -110,9 +119,10 @@ def write(workdir, config, found, trials, kept, probe, mean, std, per_epoch,
         "test_loss": trial.test["loss"] if trial.test else None})
   names = sorted(found["space"])
   table = _markdown(rows, names, kind)
-  with workdirs.writing(workdir), open(os.path.join(workdir, "summary.md"),
-                                       "w", encoding="utf-8") as f:
-    f.write(table)
+  if main:
+    with workdirs.writing(workdir), open(os.path.join(workdir, "summary.md"),
+                                         "w", encoding="utf-8") as f:
+      f.write(table)
   best = ranked(trials, metric)[0]
   summary = {
       "status": "finished" if best.status == "finished" else "diverged",
@@ -126,6 +136,8 @@ def write(workdir, config, found, trials, kept, probe, mean, std, per_epoch,
       "halving": found.get("halving"),
       "pbt": found.get("pbt"),
       **counts,
+      "devices": jax.device_count(),
+      "processes": jax.process_count(),
       "device": jax.devices()[0].device_kind,
       "config": config.to_dict(),
   }
@@ -136,17 +148,21 @@ def write(workdir, config, found, trials, kept, probe, mean, std, per_epoch,
     if kind == "pbt":
       line += ("; PBT changed its hyperparameters during training (see "
                "trials.jsonl's trajectory), these are its final values")
-    with workdirs.writing(workdir), open(
-        os.path.join(workdir, "best_config.py"), "w", encoding="utf-8") as f:
-      f.write(_config_file(best_config, best, line))
     best_dir = os.path.join(workdir, "best")
-    with workdirs.writing(workdir):
-      if os.path.exists(best_dir):  # begun by a search killed while writing
-        shutil.rmtree(best_dir)
-      os.makedirs(best_dir)
+    if main:
+      with workdirs.writing(workdir), open(
+          os.path.join(workdir, "best_config.py"), "w",
+          encoding="utf-8") as f:
+        f.write(_config_file(best_config, best, line))
+      with workdirs.writing(workdir):
+        if os.path.exists(best_dir):  # begun by a search killed while writing
+          shutil.rmtree(best_dir)
+        os.makedirs(best_dir)
+    multihost.barrier("best/ made")
     member = sweep_outputs.Member(best.id, best.values, best_config, best_dir)
     sweep_outputs.save_member(member, kept[best.id], mean, std, per_epoch,
                               best.test)
+  if main and best.id in kept:
     workdirs.write_summary(best_dir, {
         "status": "finished", "task": "classification",
         "test_accuracy": best.test["accuracy"], "test_loss": best.test["loss"],
@@ -155,7 +171,8 @@ def write(workdir, config, found, trials, kept, probe, mean, std, per_epoch,
         "config": best_config.to_dict(),
         "search": {"workdir": os.path.abspath(workdir), "trial": best.id,
                    "val": best.val[-1][1]}})
-  workdirs.write_summary(workdir, summary)
+  if main:
+    workdirs.write_summary(workdir, summary)
   writers.report(table)
   return summary
 

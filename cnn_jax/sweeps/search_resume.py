@@ -20,7 +20,9 @@ import shutil
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
+from cnn_jax.distributed import multihost
 from cnn_jax.runs import checkpoint
 from cnn_jax.runs import workdirs
 from cnn_jax.sweeps import sweep_steps
@@ -40,23 +42,28 @@ def can_resume(workdir):
 
 def save(workdir, states, step, meta, kept_ids):
   """Saves the stacked `states` at global `step` with the host `meta`, then
-  removes the kept/ folders of trials no longer kept."""
+  removes the kept/ folders of trials no longer kept. Every process calls
+  it (each writes its slots' shards); process 0 removes the folders."""
   manager = checkpoint.make_manager(workdir, _OPTIONS)
-  member_steps = jax.device_get(states.step).tolist()
-  checkpoint.save(manager, states.replace(step=jnp.asarray(step, jnp.int32)),
+  member_steps = multihost.to_host(states.step).tolist()
+  # A host scalar: Orbax writes it from process 0 (a one-device jax.Array
+  # would be a different array in each process).
+  checkpoint.save(manager, states.replace(step=np.asarray(step, np.int32)),
                   {**meta, "member_steps": member_steps})
   manager.wait_until_finished()
   manager.close()
   folder = os.path.join(workdir, "kept")
-  if os.path.isdir(folder):
+  if multihost.is_main() and os.path.isdir(folder):
     for name in os.listdir(folder):
       if name.isdigit() and int(name) not in kept_ids:
         shutil.rmtree(os.path.join(folder, name))
 
 
-def restore(workdir, states, config_dict):
+def restore(workdir, states, config_dict, sharding=None):
   """(states, meta) of the newest intact search checkpoint; `states` gives
-  the shapes. Raises ValueError if it was saved by another config."""
+  the shapes, `sharding` where they go (checkpoint.restore; e.g. replicated
+  over the search's mesh). Raises ValueError if it was saved by another
+  config."""
 
   def same_search(meta):
     # Keys that decide only logging, saving and stopping may change
@@ -69,10 +76,13 @@ def restore(workdir, states, config_dict):
           f"{workdir!r} holds a search checkpoint of another config; "
           "rerun with the same config to resume, or choose a new --workdir")
 
-  checkpoint.remove_unfinished(workdir)
+  if multihost.is_main():
+    checkpoint.remove_unfinished(workdir)
+  multihost.barrier("unfinished search checkpoints removed")
   manager = checkpoint.make_manager(workdir)
   like = states.replace(step=jnp.zeros((), jnp.int32))  # shapes only
-  restored, meta = checkpoint.restore_latest(manager, like, same_search)
+  restored, meta = checkpoint.restore_latest(manager, like, same_search,
+                                             sharding)
   manager.close()
   restored = restored.replace(
       step=jnp.asarray(meta["member_steps"], jnp.int32))
@@ -84,24 +94,27 @@ def save_kept(workdir, trial_id, state, meta):
   kept/<trial>/; a stale folder of the same trial (from before a kill) is
   replaced."""
   folder = _kept_dir(workdir, trial_id)
-  if os.path.exists(folder):
-    shutil.rmtree(folder)
-  with workdirs.writing(workdir):
-    os.makedirs(folder)
+  if multihost.is_main():
+    if os.path.exists(folder):
+      shutil.rmtree(folder)
+    with workdirs.writing(workdir):
+      os.makedirs(folder)
+  multihost.barrier(f"kept/{trial_id} made")
   manager = checkpoint.make_manager(folder, _OPTIONS)
   checkpoint.save(manager, state, meta)
   manager.wait_until_finished()
   manager.close()
 
 
-def restore_kept(workdir, trial_ids, states):
+def restore_kept(workdir, trial_ids, states, sharding=None):
   """{trial id: host copy of its kept final state}; `states` (stacked)
-  gives the shapes."""
+  gives the shapes, `sharding` where they are read to (every process
+  needs them whole: replicated)."""
   like = sweep_steps.member_state(states, 0)  # shapes only
   kept = {}
   for trial_id in trial_ids:
     manager = checkpoint.make_manager(_kept_dir(workdir, trial_id))
-    state, _ = checkpoint.restore_latest(manager, like)
+    state, _ = checkpoint.restore_latest(manager, like, sharding=sharding)
     manager.close()
     kept[trial_id] = jax.device_get(state)
   return kept

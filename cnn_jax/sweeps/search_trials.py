@@ -55,11 +55,21 @@ class Trial:
 class Slots:
   """The K slots on the host: each one's trial (None: idle), resolved
   config, step counter, and data iterator (the seed it was started from and
-  how many batches it has given, so a resumed search continues it)."""
+  how many batches it has given, so a resumed search continues it).
 
-  def __init__(self, config, found, train_set, batch_size):
+  block = (slots, rows): the part of the stacked batch [K, B, ...] this
+  process draws (its devices' slots, and their rows of each batch;
+  default all of it). Every process keeps the whole table: the decisions
+  read only validation scores, the same in all of them.
+  """
+
+  def __init__(self, config, found, train_set, batch_size,
+               block=(slice(None), slice(None))):
     self.config, self.found = config, found
     self.train_set, self.batch_size = train_set, batch_size
+    self.local = range(found["slots"])[block[0]]
+    self.rows = block[1]
+    self._idle = None  # an idle block's stand-in batch (masked out)
     self.trials, self.next_id = [], 0
     count = found["slots"]
     self.current = [None] * count
@@ -74,7 +84,7 @@ class Slots:
                                          self.batch_size)
     start = batching.IteratorPosition(drawn // per_epoch, drawn % per_epoch)
     self.iterators[slot] = batching.train_batches(
-        self.train_set, self.batch_size, seed, start)
+        self.train_set, self.batch_size, seed, start, rows=self.rows)
     self.iterator_seeds[slot], self.drawn[slot] = seed, drawn
 
   def start(self, slot, values=None, parent=None, step=0):
@@ -111,18 +121,24 @@ class Slots:
     return np.asarray([t is not None for t in self.current])
 
   def batch(self):
-    """{'image': [K, B, ...], 'label': [K, B]}: each active slot's next
-    batch; an idle slot repeats the first active one's (masked out)."""
+    """{'image': [k, b, ...], 'label': [k, b]}: this process's block of the
+    stacked batch (all K slots and B rows with one process): each active
+    slot's next batch; an idle slot repeats the first active one's, or a
+    stand-in batch (masked out). Other processes' slots only count."""
     batches = []
     for slot, trial in enumerate(self.current):
       if trial is None:
-        batches.append(None)
         continue
-      batches.append(next(self.iterators[slot])[1])
       self.drawn[slot] += 1
-    first = next(b for b in batches if b is not None)
-    batches = [first if b is None else b for b in batches]
-    return {k: np.stack([b[k] for b in batches]) for k in first}
+      if slot in self.local:
+        batches.append((slot, next(self.iterators[slot])[1]))
+    if self._idle is None:
+      self._idle = next(batching.train_batches(
+          self.train_set, self.batch_size, 0, rows=self.rows))[1]
+    first = batches[0][1] if batches else self._idle
+    by_slot = dict(batches)
+    block = [by_slot.get(slot, first) for slot in self.local]
+    return {k: np.stack([b[k] for b in block]) for k in first}
 
   def state(self):
     """JSON of everything above but the data and the config."""

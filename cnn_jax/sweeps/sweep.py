@@ -15,9 +15,13 @@ axes name the config keys the members differ in. Three modules:
 Memory: `sweep.chunk` members run at once; more run chunk after chunk with
 the same compiled program (the last chunk is padded with masked-out copies).
 
-Devices: a ('members', 'data') mesh (cnn_jax/distributed/mesh.py). Each batch is
-split over 'data' (data parallelism, parameters replicated); with
-`sweep.member_devices` > 1 the members are split over 'members' as well.
+Devices: a ('members', 'data') mesh (cnn_jax/distributed/mesh.py) over
+every device of every process. Each batch is split over 'data' (data
+parallelism, parameters replicated); with `sweep.member_devices` > 1 the
+members are split over 'members' as well. With several processes each one
+draws only its block of the stacked batches (sweep_steps.local_batch_block)
+and every one runs this same function; process 0 writes the files, all of
+them save the members' checkpoints (Orbax).
 
 Outputs in the sweep's workdir:
   members/<k>/   an ordinary run folder per member (summary.json with its
@@ -33,7 +37,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -43,10 +46,10 @@ from cnn_jax.data import prefetch
 from cnn_jax.runs import workdirs
 from cnn_jax.runs import writers
 from cnn_jax.distributed import mesh as parallel
+from cnn_jax.distributed import multihost
 from cnn_jax.sweeps import sweep_config
 from cnn_jax.sweeps import sweep_outputs
 from cnn_jax.sweeps import sweep_steps
-from cnn_jax.tasks import CLASSIFICATION
 from cnn_jax.training import optim
 from cnn_jax.training import steps
 from cnn_jax.transfer import plan as transfer_plan
@@ -65,17 +68,23 @@ def _check_supported(config):
                      "restore); run those members as single runs")
 
 
-def _member_batches(train_set, batch_size, seeds):
-  """Yields (position, {'image': [K, B, ...], 'label': [K, B]}): member k's
-  batch from its own seed's order (one host iterator per distinct seed)."""
+def _member_batches(train_set, batch_size, seeds,
+                    block=(slice(None), slice(None))):
+  """Yields (position, {'image': [k, b, ...], 'label': [k, b]}): this
+  process's block of the stacked batch [K, B, ...], block = (members, rows)
+  (sweep_steps.local_batch_block; all of it with one process): member k's
+  batch from its own seed's order (one host iterator per distinct seed
+  among this process's members), only the rows its devices hold."""
+  members, rows = block
+  seeds = list(seeds)[members]
   distinct = sorted(set(seeds))
-  iterators = [batching.train_batches(train_set, batch_size, s)
+  iterators = [batching.train_batches(train_set, batch_size, s, rows=rows)
                for s in distinct]
-  rows = [distinct.index(s) for s in seeds]
+  which = [distinct.index(s) for s in seeds]
   for items in zip(*iterators):
     position = items[0][0]
     batches = [b for _, b in items]
-    yield position, {key: np.stack([batches[r][key] for r in rows])
+    yield position, {key: np.stack([batches[r][key] for r in which])
                      for key in batches[0]}
 
 
@@ -83,17 +92,6 @@ def _chunks(count, size):
   return [list(range(start, min(start + size, count)))
           for start in range(0, count, size)]
 
-
-
-def _evaluate(p_eval_step, states, test_set, batch_size, sharding):
-  totals = None
-  for batch in batching.eval_batches(test_set, batch_size):
-    sums = p_eval_step(states, jax.device_put(batch, sharding))
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = jax.device_get(totals)
-  count = len(totals["count"])
-  return [CLASSIFICATION.finalize({k: v[i] for k, v in totals.items()})
-          for i in range(count)]
 
 
 def _log_window(members, records, first_step, schedule, sweep_writer, epoch,
@@ -135,22 +133,10 @@ def _compiled_steps(cache, program, augment_configs, vary_dropout, mean, std,
   once and reused by every chunk that shares them."""
   key = (json.dumps(augment_configs, sort_keys=True), vary_dropout)
   if key not in cache:
-    on_members = parallel.member_sharding(mesh)
-    cache[key] = (
-        jax.jit(sweep_steps.make_train_step(
-            program.model, augment_configs, mean=mean, std=std,
-            member_count=chunk_size, vary_dropout=vary_dropout,
-            vmap_width=width, conv_impl=conv_impl),
-                in_shardings=(on_members, on_members,
-                              parallel.batch_sharding(mesh, stacked=True),
-                              on_members),
-                out_shardings=(on_members, on_members, on_members),
-                donate_argnums=(0, 1)),
-        jax.jit(sweep_steps.make_eval_step(mean=mean, std=std,
-                                           member_count=chunk_size,
-                                           vmap_width=width),
-                in_shardings=(on_members, parallel.batch_sharding(mesh)),
-                out_shardings=on_members))
+    cache[key] = sweep_steps.jit_steps(
+        program, augment_configs, mean=mean, std=std, member_count=chunk_size,
+        vary_dropout=vary_dropout, vmap_width=width, conv_impl=conv_impl,
+        mesh=mesh)
   return cache[key]
 
 
@@ -164,12 +150,15 @@ def _train_chunk(indices, overrides, configs, data, run):
   slots = indices + [indices[-1]] * (chunk_size - len(indices))
   chunk_configs = [configs[i] for i in slots]
   members = []
+  main = multihost.is_main()  # process 0 writes the sweep's files
   for index in indices:
     member_dir = os.path.join(run["workdir"], "members", str(index))
-    with workdirs.writing(run["workdir"]):
-      os.makedirs(member_dir)
-    members.append(sweep_outputs.Member(index, overrides[index], configs[index],
-                           member_dir, writers.MetricWriter(member_dir)))
+    if main:
+      with workdirs.writing(run["workdir"]):
+        os.makedirs(member_dir)
+    members.append(sweep_outputs.Member(
+        index, overrides[index], configs[index], member_dir,
+        writers.MetricWriter(member_dir) if main else writers.NullWriter()))
   members += [None] * (chunk_size - len(indices))
 
   batch_size = base.data.batch_size
@@ -181,16 +170,16 @@ def _train_chunk(indices, overrides, configs, data, run):
   p_train_step, p_eval_step = _compiled_steps(
       run["compiled"], program, augment_configs, run["vary_dropout"], mean,
       std, chunk_size, run["vmap_width"], mesh, run["conv_impl"])
-  on_members = parallel.member_sharding(mesh)
-  states, alive, hparams = jax.device_put(
-      (states, jnp.asarray([m is not None for m in members]),
+  # The same values in every process (the same seeds): each places its
+  # devices' members.
+  states, alive, hparams = multihost.put(
+      (states, np.asarray([m is not None for m in members]),
        sweep_steps.hyperparameter_arrays(chunk_configs, augment_configs)),
-      on_members)
+      parallel.member_sharding(mesh))
 
   def evaluate_members(step, epoch, log):
-    results = _evaluate(p_eval_step, states, test_set,
-                        base.data.eval_batch_size,
-                        parallel.batch_sharding(mesh))
+    results = sweep_steps.evaluate_members(p_eval_step, states, test_set,
+                                           base.data.eval_batch_size, mesh)
     for member, metrics in zip(members, results):
       if member is not None:
         member.test_metrics = metrics
@@ -202,7 +191,10 @@ def _train_chunk(indices, overrides, configs, data, run):
   window_start, window_images = time.time(), 0
   train_seconds, train_images, first_window = 0.0, 0, True
   batches = prefetch.prefetch_to_device(
-      _member_batches(train_set, batch_size, [c.seed for c in chunk_configs]),
+      _member_batches(train_set, batch_size,
+                      [c.seed for c in chunk_configs],
+                      sweep_steps.local_batch_block(mesh, chunk_size,
+                                                    batch_size)),
       size=2, sharding=parallel.batch_sharding(mesh, stacked=True))
   try:
     for position, batch in batches:
@@ -255,12 +247,14 @@ def _train_chunk(indices, overrides, configs, data, run):
   throughput = train_images / train_seconds if train_seconds else None
   for slot, member in enumerate(members):
     if member is not None:
+      # Every process saves (Orbax writes the replicated member state once).
       saved_step = sweep_outputs.save_member(
           member, sweep_steps.member_state(states, slot), mean, std,
           per_epoch, member.test_metrics)
-      sweep_outputs.write_member_summary(
-          member, run["workdir"], saved_step, run["start_time"], throughput,
-          len(indices), mean, std)
+      if main:
+        sweep_outputs.write_member_summary(
+            member, run["workdir"], saved_step, run["start_time"], throughput,
+            len(indices), mean, std)
       member.writer.close()
   return [m for m in members if m is not None], throughput
 
@@ -285,6 +279,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   parallel.check_divisible(mesh, base.data.batch_size, chunk_size)
   parallel.check_divisible(mesh, base.data.eval_batch_size,
                            batch_key="config.data.eval_batch_size")
+  sweep_steps.local_batch_block(mesh, chunk_size, base.data.batch_size)
   sweep_outputs.prepare(workdir)
   splits = load_splits(base.data)
   train_set, test_set = splits["train"], splits["test"]
@@ -299,7 +294,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   writers.report(
       f"sweep of {len(configs)} members over {', '.join(names)} "
       f"({sweep_section.get('mode', 'grid')}), {chunk_size} at a time on "
-      f"{mesh.devices.size} device(s) (mesh {dict(mesh.shape)}); "
+      f"{mesh.devices.size} device(s) of {jax.process_count()} process(es) "
+      f"(mesh {dict(mesh.shape)}); "
       f"{base.data.name}: {len(train_set)} train, {len(test_set)} test")
 
   vmap_width = sweep_steps.resolve_vmap_width(sweep_section, chunk_size)
@@ -309,7 +305,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
          "vmap_width": vmap_width,
          "conv_impl": sweep_steps.resolve_conv_impl(sweep_section, vmap_width,
                                                     chunk_size),
-         "writer": sweep_outputs.SweepWriter(workdir),
+         "writer": (sweep_outputs.SweepWriter(workdir) if multihost.is_main()
+                    else sweep_outputs.NullSweepWriter()),
          "bar": writers.progress_bar(
              base.train.num_epochs * per_epoch * len(chunks))}
   members, throughputs = [], []

@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 
 from cnn_jax.data import batching
+from cnn_jax.distributed import multihost
 from cnn_jax.runs import checkpoint
 from cnn_jax.runs import workdirs
 from cnn_jax.runs import writers
@@ -35,6 +36,8 @@ class Member:
 
 
 def prepare(workdir):
+  """Checks that `workdir` holds no results (in every process) and creates
+  it (process 0), before any process writes into it."""
   workdirs.check_writable(workdir)  # an existing workdir, before any write
   existing = [f for f in ("summary.json", "metrics.jsonl", "members",
                           "checkpoints")
@@ -44,8 +47,10 @@ def prepare(workdir):
         f"workdir {workdir!r} already holds results ({', '.join(existing)}); "
         "choose a new --workdir (results are never overwritten; a sweep is "
         "not resumed)")
-  with workdirs.writing(workdir):
-    os.makedirs(workdir, exist_ok=True)
+  multihost.barrier("sweep workdir checked")
+  if multihost.is_main():
+    with workdirs.writing(workdir):
+      os.makedirs(workdir, exist_ok=True)
 
 
 
@@ -71,7 +76,22 @@ class SweepWriter:
     self._file.close()
 
 
+class NullSweepWriter:
+  """SweepWriter's interface, writing nothing: for processes other than
+  process 0 (their members' writers are writers.NullWriter)."""
+
+  def write(self, member, step, split, metrics):
+    member.writer.write(step, split, metrics)
+
+  def close(self):
+    pass
+
+
 def save_member(member, state, mean, std, per_epoch, test_metrics):
+  """Saves a member's (or a search's best trial's) final state, a
+  TrainState that every process holds whole, as an ordinary run's
+  checkpoint in member.workdir; called by every process (Orbax writes it
+  once, from process 0)."""
   step = int(state.step)
   position = batching.IteratorPosition(step // per_epoch, step % per_epoch)
   checkpoint_config = member.config.get("checkpoint")
@@ -163,10 +183,12 @@ def write_ranking(workdir, config, members, names, chunk_size, mesh, *,
                  "diverged_at_step": member.diverged_at,
                  "workdir": os.path.join("members", str(member.index))})
   table = summary_markdown(rows, names)
-  with workdirs.writing(workdir), open(os.path.join(workdir, "summary.md"),
-                                       "w", encoding="utf-8") as f:
-    f.write(f"# Sweep: {len(members)} members over {', '.join(names)}\n\n"
-            + table)
+  main = multihost.is_main()  # the others return the same summary, unwritten
+  if main:
+    with workdirs.writing(workdir), open(os.path.join(workdir, "summary.md"),
+                                         "w", encoding="utf-8") as f:
+      f.write(f"# Sweep: {len(members)} members over {', '.join(names)}\n\n"
+              + table)
   all_diverged = all(r["status"] == "diverged" for r in rows)
   summary = {
       "status": "diverged" if all_diverged else "finished",
@@ -186,8 +208,11 @@ def write_ranking(workdir, config, members, names, chunk_size, mesh, *,
       # All members' training images per second (compilation excluded).
       "train_img_per_s": float(np.mean(throughputs)) if throughputs else None,
       "mesh": dict(mesh.shape),
+      "devices": int(mesh.devices.size),
+      "processes": jax.process_count(),
       "device": jax.devices()[0].device_kind,
       "config": config.to_dict(),
   }
-  workdirs.write_summary(workdir, summary)
+  if main:
+    workdirs.write_summary(workdir, summary)
   return summary, table

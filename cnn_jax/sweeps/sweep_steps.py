@@ -38,6 +38,9 @@ import jax.numpy as jnp
 
 from cnn_jax.conv import conv_impls
 from cnn_jax.data import augment
+from cnn_jax.distributed import mesh as parallel
+from cnn_jax.distributed import multihost
+from cnn_jax.tasks import CLASSIFICATION
 from cnn_jax.training import optim
 from cnn_jax.training import steps
 from cnn_jax.training.train_state import TrainState
@@ -252,6 +255,59 @@ def make_eval_step(*, mean, std, member_count, vmap_width=0):
                         member_count)(states)
 
   return step
+
+
+def jit_steps(program, augment_configs, *, mean, std, member_count,
+              vary_dropout, vmap_width, conv_impl, mesh, donate=True):
+  """(train_step, eval_step) of make_train_step / make_eval_step, jitted on
+  `mesh`: stacked states, `alive` and hyperparameters split along
+  'members', batches [K, B, ...] along 'members' and 'data' (over every
+  device of every process). The per-member metrics [K] come back
+  replicated, so every process reads the same values and takes the same
+  decisions (divergence, rungs, PBT) without another collective.
+  donate: the train step reuses the states' buffers (the sweep; a search
+  keeps reading the states it passed, to save kept trials).
+  """
+  on_members = parallel.member_sharding(mesh)
+  everywhere = parallel.replicated(mesh)
+  train_step = jax.jit(
+      make_train_step(program.model, augment_configs, mean=mean, std=std,
+                      member_count=member_count, vary_dropout=vary_dropout,
+                      vmap_width=vmap_width, conv_impl=conv_impl),
+      in_shardings=(on_members, on_members,
+                    parallel.batch_sharding(mesh, stacked=True), on_members),
+      out_shardings=(on_members, on_members, everywhere),
+      donate_argnums=(0, 1) if donate else ())
+  eval_step = jax.jit(
+      make_eval_step(mean=mean, std=std, member_count=member_count,
+                     vmap_width=vmap_width),
+      in_shardings=(on_members, parallel.batch_sharding(mesh)),
+      out_shardings=everywhere)
+  return train_step, eval_step
+
+
+def evaluate_members(eval_step, states, dataset, batch_size, mesh):
+  """Per-member metrics [{'accuracy', 'loss', 'count'}] of stacked `states`
+  on every example of `dataset` (eval_step from jit_steps; each process
+  reads only the rows of each batch its devices hold)."""
+  totals = None
+  for batch in steps.global_eval_batches(dataset, batch_size,
+                                         parallel.batch_sharding(mesh)):
+    sums = eval_step(states, batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  return [CLASSIFICATION.finalize({k: v[i] for k, v in totals.items()})
+          for i in range(len(totals["count"]))]
+
+
+def local_batch_block(mesh, member_count, batch_size):
+  """(members, rows): the slots of a stacked batch [K, B, ...] this
+  process provides and the rows of each of their batches it reads (all of
+  both with one process; multihost.local_block)."""
+  members, rows = multihost.local_block(
+      parallel.batch_sharding(mesh, stacked=True), (member_count, batch_size),
+      "config.sweep.member_devices")
+  return members, rows
 
 
 def resolve_vmap_width(sweep_config, chunk_size, backend=None):

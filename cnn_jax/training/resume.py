@@ -43,11 +43,13 @@ def restore_latest(config, workdir, example_shape, steps_per_epoch,
   holds the whole state).
   """
   abstract = steps.abstract_train_state(config, example_shape, steps_per_epoch)
+  check = lambda meta: workdirs.check_resumable(meta["config"], config,
+                                                meta["step"])
   manager = checkpoint.make_manager(workdir)
-  state, meta = checkpoint.restore_latest(
-      manager, abstract, check_meta=lambda meta: workdirs.check_resumable(
-          meta["config"], config, meta["step"]), sharding=sharding)
-  manager.close()
+  try:
+    state, meta = _agreed_latest(manager, abstract, check, sharding)
+  finally:
+    manager.close()
   # Every process has read the checkpoints before process 0 renames any.
   multihost.barrier("checkpoint restored")
   if multihost.is_main():
@@ -55,6 +57,16 @@ def restore_latest(config, workdir, example_shape, steps_per_epoch,
       checkpoint.set_aside(workdir, [s for s in checkpoint.saved_steps(workdir)
                                      if s > meta["step"]])
   return state, meta
+
+
+def _agreed_latest(manager, abstract, check, sharding):
+  """checkpoint.restore_latest in every process, on the same step: a step
+  that one process cannot read (a damaged file only it reads, or sees) is
+  skipped by all. (A collective per step tried: every process calls it at
+  the same point.)"""
+  return checkpoint.restore_latest(
+      manager, abstract, check, sharding,
+      all_read=lambda read: not multihost.any_process(not read))
 
 
 def save_checkpoint(manager, state, position, pending, test_metrics,
@@ -90,8 +102,7 @@ def restore_for_evaluation(config, workdir, step=None, sharding=None):
   manager = checkpoint.make_manager(workdir)
   try:
     if step is None:
-      state, meta = checkpoint.restore_latest(manager, abstract, check,
-                                              sharding)
+      state, meta = _agreed_latest(manager, abstract, check, sharding)
     else:
       state, meta = checkpoint.restore(manager, abstract, step, check,
                                        sharding)

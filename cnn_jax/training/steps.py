@@ -169,15 +169,8 @@ def evaluate(eval_fn, state, dataset, batch_size, task=CLASSIFICATION,
   padding), and each process reads only its rows of each batch: the sums
   are global, each example counted once.
   """
-  rows, place = slice(None), lambda batch: batch
-  if sharding is not None:
-    devices = len(sharding.device_set)
-    batch_size = -(-batch_size // devices) * devices
-    rows = multihost.process_rows(batch_size)
-    place = lambda batch: multihost.global_array(batch, sharding)
   totals, kept = None, []
-  for batch in batching.eval_batches(dataset, batch_size, rows):
-    batch = place(batch)
+  for batch in global_eval_batches(dataset, batch_size, sharding):
     sums, examples = eval_fn(state, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     if examples:
@@ -187,6 +180,28 @@ def evaluate(eval_fn, state, dataset, batch_size, task=CLASSIFICATION,
   examples = (jax.tree.map(lambda *xs: np.concatenate(xs), *kept)
               if kept else {})
   return task.finalize(jax.tree.map(multihost.to_host, totals), examples)
+
+
+def global_eval_batches(dataset, batch_size, sharding=None):
+  """batching.eval_batches of `dataset` as global arrays split by `sharding`
+  (B along its 'data' axis; None: host batches, the caller places them).
+
+  The batch size is rounded up to a multiple of the parts the batch is
+  split into (the extra rows are padding, masked), and each process reads
+  only the rows its devices hold (multihost.local_block): every example
+  counted once over all processes.
+  """
+  if sharding is None:
+    yield from batching.eval_batches(dataset, batch_size)
+    return
+  devices = len(sharding.device_set)
+  parts = len({(index[0].start, index[0].stop) for index in
+               sharding.devices_indices_map((devices,)).values()})
+  batch_size = -(-batch_size // parts) * parts
+  rows, = multihost.local_block(sharding, (batch_size,),
+                                "config.data.eval_batch_size")
+  for batch in batching.eval_batches(dataset, batch_size, rows):
+    yield multihost.global_array(batch, sharding)
 
 
 def normalization_stats(data_config, train_set):

@@ -86,13 +86,16 @@ def test_unprepared_dataset_says_how_to_prepare_it(tmp_path):
 
 
 def test_grain_pipeline_reads_a_lazy_tfds_split_in_the_same_order():
-  # Threads only (data.workers=0): the mock lives in this process.
+  # Threads only (data.workers=0): the mock lives in this process. The split
+  # is tfds_source's lazily decoded arrays: the mock cannot give encoded
+  # images, which data.pipeline='grain' loads (tests/data/test_tfds_images.py
+  # covers that on a real array-record copy).
   config = _tiny_config()
   config.data.in_memory = False
-  config.data.pipeline = "grain"
   config.data.workers = 0
   with _mock():
     lazy = load_splits(config.data)["train"]
+    config.data.pipeline = "grain"
     expected = list(zip(range(4), batching.train_batches(lazy, 16, seed=0)))
     got = list(input_pipeline.train_batches(config.data, lazy, 0,
                                             num_batches=4))

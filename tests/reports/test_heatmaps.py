@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from cnn_jax.models import MODELS
+from cnn_jax.reports import heatmap_mode
 from cnn_jax.reports import heatmaps
 
 
@@ -174,10 +175,10 @@ def test_heatmap_mode_writes_pngs_from_a_checkpoint(tmp_path, config_name):
     config.model.features, config.model.depth = 4, 2
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(config, workdir)
-  folder, paths = heatmaps.write_heatmaps(config, workdir, count=3)
+  folder, paths = heatmap_mode.write_heatmaps(config, workdir, count=3)
   assert folder == os.path.join(workdir, "heatmaps") and len(paths) == 3
   assert all(os.path.getsize(p) > 1000 for p in paths)
   if config_name == "multidigit":  # Grad-CAM at a named layer works too
-    _, paths = heatmaps.write_heatmaps(config, workdir, method="gradcam",
+    _, paths = heatmap_mode.write_heatmaps(config, workdir, method="gradcam",
                                        layer="denseblock2", count=2)
     assert len(paths) == 2 and "heatmaps_step" in paths[0]

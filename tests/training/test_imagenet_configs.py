@@ -1,6 +1,8 @@
 """configs/imagenet_resnet{18,50}.py end to end on a generated ImageNet-layout
-folder of JPEGs (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG): a couple of steps
-through the Grain pipeline at a tiny image size, evaluated on val/."""
+folder of JPEGs (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG), and on a TFDS
+imagenet2012 array-record copy of it (--config.data.name=tfds): a couple of
+steps through the Grain pipeline at a tiny image size, evaluated on val/
+(TFDS: 'validation')."""
 
 import numpy as np
 import pytest
@@ -8,7 +10,9 @@ import pytest
 from cnn_jax.data import load_splits
 from cnn_jax.data import photo_like
 from cnn_jax.data.image_files import FileImages
+from cnn_jax.data.tfds_images import EncodedImages
 from cnn_jax.training import train
+from cnn_jax.data import tfds_write
 from configs import imagenet_resnet18
 from configs import imagenet_resnet50
 
@@ -55,8 +59,27 @@ def test_val_is_the_test_split_read_from_files(imagenet_dir):
   assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8
 
 
+# Both ResNet-18 runs compile the same programs: the second reads them from
+# launch_env's compilation cache.
+@pytest.mark.usefixtures("launch_env")
 def test_resnet18_trains_end_to_end_from_jpegs(imagenet_dir, tmp_path):
   config = _tiny(imagenet_resnet18.get_config(), imagenet_dir)
+  summary = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert summary["status"] == "finished" and summary["steps"] == 3
+  assert summary["test_examples"] == 6
+  assert np.isfinite(summary["test_loss"])
+
+
+@pytest.mark.usefixtures("launch_env")
+def test_resnet18_trains_end_to_end_from_tfds_imagenet2012(imagenet_dir,
+                                                          tmp_path):
+  config = _tiny(imagenet_resnet18.get_config(),
+                 tfds_write.write_tfds_imagenet(str(tmp_path / "tfds"),
+                                                   imagenet_dir))
+  config.data.name = "tfds"  # as --config.data.name=tfds on the command line
+  splits = load_splits(config.data)
+  assert isinstance(splits["train"].images, EncodedImages)
+  assert (len(splits["train"]), len(splits["test"])) == (12, 6)
   summary = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert summary["status"] == "finished" and summary["steps"] == 3
   assert summary["test_examples"] == 6

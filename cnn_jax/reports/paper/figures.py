@@ -102,28 +102,11 @@ def plot_confusion(matrix, class_names, path, label):
   matrix = np.asarray(matrix)
   k = matrix.shape[0]
   names = [str(c) for c in (class_names or range(k))][:k]
-  fractions = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
   side = 2.6 if k <= 12 else COLUMN_IN
   with plt.rc_context(_RC):
     fig, ax = plt.subplots(figsize=(COLUMN_IN, side))
-    image = ax.imshow(fractions, cmap="Blues", vmin=0.0, vmax=1.0)
-    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
-    bar.set_label("fraction of the true class")
-    if k <= 15:
-      for i in range(k):
-        for j in range(k):
-          if matrix[i, j]:
-            ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
-                    fontsize=5, color="white" if fractions[i, j] > 0.5
-                    else "black")
-    ax.set_xticks(range(k))
-    ax.set_yticks(range(k))
-    long_names = max(map(len, names)) > 2
-    ax.set_xticklabels(names, rotation=45 if long_names else 0,
-                       ha="right" if long_names else "center")
-    ax.set_yticklabels(names)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
+    visualize.draw_confusion(fig, ax, matrix, names, fontsize=5,
+                             annotate_up_to=15)
     fig.tight_layout(pad=0.3)
     _save(fig, path)
   accuracy = np.trace(matrix) / max(matrix.sum(), 1)
