@@ -16,10 +16,11 @@ config.sweep.search picks the kind (configs/mnist_search.py):
     pbt.factors, clipped to the space's bounds.
 
 The K slots are rows of sweep_steps' stacked state and run the sweep's
-vmapped step, compiled once for K. Each slot has its own step counter
-(TrainState.step, and the optimizer's count that drives its schedule), its
-own data iterator (its trial's seed, from epoch 0) and its own
-hyperparameters (arrays fed to the step). Refills happen at epoch ends, so
+vmapped step, compiled once for K (on the CPU: one member's step, compiled
+once and called for each active slot, search_steps.SlotSteps). Each slot
+has its own step counter (TrainState.step, and the optimizer's count that
+drives its schedule), its own data iterator (its trial's seed, from epoch
+0) and its own hyperparameters (arrays fed to the step). Refills happen at epoch ends, so
 every slot's epochs end on the same steps.
 
 Selection reads only the validation split (config.data.val_fraction holds
@@ -27,8 +28,12 @@ one out of train when the data has none); the test split is evaluated once,
 after the search, for the trials whose final states are kept (the best
 3 finished ones; every member for PBT). Outputs: search_outputs.py.
 Rerunning the same command after a kill resumes from the last epoch end
-(search_resume.py): the same trials, decisions and final ranking. SIGTERM
-or SIGINT stops the search at the next epoch end, after its checkpoint.
+(search_resume.py): the same trials, decisions and final ranking. On
+SIGTERM/SIGINT (or at config.train.stop_after_steps) a one-process search
+saves its state at the current step, with the steps' unread divergence
+flags, and raises preemption.Preempted (exit status 143 from launch.py), as
+single runs do; several processes agree on a signal at the next epoch end
+(one collective an epoch), after its checkpoint.
 
 Several processes (launch.py --distributed): the slots and batches are
 split over every device of every process (as a sweep's); the host state is
@@ -70,6 +75,28 @@ def evaluate_split(split, p_eval_step, states, dataset, batch_size, mesh):
   del split
   return sweep_steps.evaluate_members(p_eval_step, states, dataset,
                                       batch_size, mesh)
+
+
+def _compile(program, augment_configs, mean, std, slots, vary_dropout, width,
+             mesh, conv_impl):
+  """(train step, eval step) over the K slots; the train step takes the
+  host's `active` slots too. Width 1 (the CPU default): one member's
+  program, called for the active slots only (search_steps.SlotSteps); else
+  one program for all K (sweep_steps.jit_steps)."""
+  jit = functools.partial(
+      sweep_steps.jit_steps, program, augment_configs, mean=mean, std=std,
+      vary_dropout=vary_dropout, vmap_width=width, conv_impl=conv_impl,
+      mesh=mesh, donate=False)  # the search reads the states it passed
+  whole, eval_step = jit(member_count=slots)
+  if search_steps.SlotSteps.usable(width, slots, mesh):
+    one, _ = jit(member_count=1)
+    train_step = search_steps.SlotSteps(
+        one, slots, parallel.member_sharding(mesh),
+        parallel.batch_sharding(mesh, stacked=True), parallel.replicated(mesh))
+  else:
+    train_step = lambda states, alive, batch, hparams, active: whole(
+        states, alive, batch, hparams)
+  return train_step, eval_step
 
 
 def _check_base(base):
@@ -115,15 +142,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     sweep_steps.check_traced_dropout(program.model, train_set.example_shape)
   augment_configs = [probe.data.augment.to_dict()]
   width = sweep_steps.resolve_vmap_width(config.sweep, slots_count)
-  p_train, p_eval = sweep_steps.jit_steps(
-      program, augment_configs, mean=mean, std=std, member_count=slots_count,
-      vary_dropout=vary_dropout, vmap_width=width,
-      conv_impl=sweep_steps.resolve_conv_impl(config.sweep, width,
-                                              slots_count),
-      mesh=mesh, donate=False)
   on_members = parallel.member_sharding(mesh)
   everywhere = parallel.replicated(mesh)
   on_batch = parallel.batch_sharding(mesh, stacked=True)
+  p_train, p_eval = _compile(program, augment_configs, mean, std,
+                             slots_count, vary_dropout, width, mesh,
+                             sweep_steps.resolve_conv_impl(
+                                 config.sweep, width, slots_count))
   evaluate = functools.partial(
       evaluate_split, p_eval_step=p_eval, batch_size=probe.data.eval_batch_size,
       mesh=mesh)
@@ -152,7 +177,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
              if kind == "halving" else None)
   rng = np.random.default_rng([found["seed"], 1])  # PBT's choices
   kept = {}  # trial id -> host copy of its final state (best `keep`)
-  member_steps, step = 0, 0
+  member_steps, step, meta = 0, 0, None
   if search_resume.can_resume(workdir):
     states, meta = search_resume.restore(workdir, states, config.to_dict(),
                                          everywhere)
@@ -173,18 +198,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   # `alive` stays on the device, as in sweep.py, and the steps' `updated`
   # flags are read at the next evaluation to find diverged trials.
   alive, window = None, []
-  # A stop signal is acted on at the next epoch end, after its checkpoint
-  # (the search resumes from epoch ends); a second one acts as usual.
-  stop = preemption.StopRequest()
+  if meta is not None and meta.get("window"):  # saved mid-epoch (a signal)
+    window = [np.asarray(row) for row in meta["window"]]
+    alive = multihost.put(host.active() & np.all(window, 0), on_members)
+  # One process acts on a stop signal at once (saving this step); several
+  # act at the next epoch end, after its checkpoint, agreed by a collective
+  # there (one an epoch, not one a step). train.stop_after_steps is the same
+  # in every process: all stop at that step. A second signal acts as usual.
+  stop, saved_at = preemption.StopRequest(), step
+  stop_after = config.train.get("stop_after_steps", 0)
+  alone = jax.process_count() == 1
   with stop:
     try:
       while any(t is not None for t in host.current):
+        if (stop_after and step == stop_after) or (
+            alone and stop.signum is not None):
+          if saved_at != step:
+            search_resume.save(workdir, states, step, _checkpoint_meta(
+                config, host, halving, rng, step, member_steps, kept,
+                window), set(kept))
+          raise preemption.Preempted(stop.signum or signal.SIGTERM, step,
+                                     workdir)
         if alive is None:
           alive = multihost.put(host.active(), on_members)
         active = host.active()
         states, alive, metrics = p_train(
             states, alive, multihost.global_array(host.batch(), on_batch),
-            hparams)
+            hparams, active)
         window.append(metrics["updated"])
         step += 1
         host.steps += active
@@ -219,11 +259,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
           fresh, hparams = fresh_states()
           states = jax.device_put(search_steps.replace_slots(
               multihost.put(mask, on_members), fresh, states), on_members)
-        search_resume.save(workdir, states, step, {
-            "step": step, "member_steps_total": member_steps,
-            "slots": host.state(), "rng": rng.bit_generator.state,
-            "halving": halving.state() if halving else None,
-            "kept": sorted(kept), "config": config.to_dict()}, set(kept))
+        search_resume.save(workdir, states, step, _checkpoint_meta(
+            config, host, halving, rng, step, member_steps, kept, []),
+                           set(kept))
+        saved_at = step
         # Every process stops after this checkpoint when any one got
         # SIGTERM/SIGINT (one collective per epoch, as train.py's per call);
         # a search that has finished its trials finishes instead.
@@ -249,6 +288,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       workdir, config, found, host.trials, kept, probe, mean, std, per_epoch,
       {"wall_seconds": time.time() - start_time, "steps": step,
        "member_steps": member_steps, "steps_per_epoch": per_epoch})
+
+
+def _checkpoint_meta(config, host, halving, rng, step, member_steps, kept,
+                     window):
+  """The search checkpoint's host state at `step` (search_resume.py);
+  `window`: the steps' `updated` flags [T][K] not yet read (a save between
+  epoch ends, on a signal), so a resumed search finds the same divergences."""
+  return {"step": step, "member_steps_total": member_steps,
+          "slots": host.state(), "rng": rng.bit_generator.state,
+          "halving": halving.state() if halving else None,
+          "kept": sorted(kept), "config": config.to_dict(),
+          "window": np.asarray(jax.device_get(window), bool).tolist()}
 
 
 def _diverged(host, updated):

@@ -14,7 +14,6 @@ best finished ones, tested at the end) are run folders of their own,
 is removed only after a search checkpoint that no longer names it.
 """
 
-import json
 import os
 import shutil
 
@@ -67,8 +66,12 @@ def restore(workdir, states, config_dict, sharding=None):
   config."""
 
   def same_search(meta):
-    as_saved = json.loads(json.dumps(config_dict))  # tuples -> lists
-    if meta.get("config") != as_saved:
+    # Keys that decide only logging, saving and stopping may change
+    # (train.stop_after_steps: a relaunch without it continues).
+    saved = meta.get("config") or {}
+    if workdirs.config_differences(saved, config_dict) or (
+        saved.get("train", {}).get("num_epochs")
+        != config_dict["train"]["num_epochs"]):
       raise ValueError(
           f"{workdir!r} holds a search checkpoint of another config; "
           "rerun with the same config to resume, or choose a new --workdir")

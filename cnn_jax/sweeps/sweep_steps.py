@@ -131,8 +131,9 @@ def _map_members(fn, width, count):
   """fn mapped over the leading (member) axis of its arguments, in one
   program: `width` members at a time go through one jax.vmap, and the groups
   follow one another unrolled (width 1: each member's step as in its single
-  run, no vmap). width <= 0 or >= count: a single vmap over all members."""
-  if width <= 0 or width >= count:
+  run, no vmap; also for count 1). width <= 0 or >= count > 1: a single
+  vmap over all members."""
+  if width <= 0 or (width >= count and width > 1):
     return jax.vmap(fn)
 
   def unrolled(*args):

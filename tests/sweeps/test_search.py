@@ -384,6 +384,41 @@ def test_killed_search_resumes_to_the_same_ranking(
   assert resumed["test_accuracy"] == whole["test_accuracy"]
 
 
+@pytest.mark.parametrize(
+    "kind", ["halving", pytest.param("pbt", marks=pytest.mark.slow)])
+def test_sigterm_mid_epoch_saves_the_step_and_resumes_to_the_same_ranking(
+    tiny_mnist_dir, tmp_path, kind):
+  """train.stop_after_steps=10 raises a real SIGTERM mid-epoch (7 steps an
+  epoch), after a rung or exploits; the search saves step 10 itself (not the
+  epoch end before it) and exits as preempted (143); the relaunch without
+  the stop continues to the same trials, ranking and best trial."""
+  from cnn_jax.training import preemption  # pylint: disable=g-import-not-at-top
+  config = _search_config(tiny_mnist_dir, kind)
+  config.sweep.slots = 2 if kind == "halving" else 4
+  config.sweep.trials = 4
+  config.sweep.metric = "loss"
+  whole = search.train_and_evaluate(config, str(tmp_path / "whole"))
+  workdir = str(tmp_path / "stopped")
+  config.train.stop_after_steps = 10
+  with pytest.raises(preemption.Preempted) as stopped:
+    search.train_and_evaluate(config, workdir)
+  assert (stopped.value.exit_code, stopped.value.step) == (143, 10)
+  assert "10" in os.listdir(os.path.join(workdir, "checkpoints"))
+  assert not os.path.exists(os.path.join(workdir, "summary.json"))
+  config.train.stop_after_steps = 0
+  resumed = search.train_and_evaluate(config, workdir)
+  assert resumed["steps"] == whole["steps"]
+  assert resumed["member_steps"] == whole["member_steps"]
+  assert resumed["best_trial"] == whole["best_trial"]
+  strip = lambda rows: [{k: r[k] for k in ("trial", "parent", "values",
+                                           "status", "stop_step")}
+                        for r in rows]
+  assert strip(resumed["ranking"]) == strip(whole["ranking"])
+  for got, want in zip(resumed["ranking"], whole["ranking"]):
+    assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-5)
+  assert resumed["test_accuracy"] == whole["test_accuracy"]
+
+
 _TWO_DEVICES = r"""
 import json, sys
 import jax
