@@ -1,7 +1,7 @@
 """Is a K=8 sweep in one program faster than 8 single runs one after another?
 
   python experiments/bench_sweep.py [--steps=6] [--rounds=2] [--members=8]
-      [--vmap_width=auto,8]
+      [--vmap_width=auto,8,slots]
 
 Training images/s of configs/mnist.py's simple CNN (batch 128, bundled
 MNIST) for K members (learning rates x seeds), measured two ways in the same
@@ -10,6 +10,8 @@ process, each after warm-up (compilation excluded):
     program (one row per --vmap_width: w members share one vmap, groups of
     w follow one another unrolled; 'auto' is what a sweep uses by default:
     K on GPU/TPU, 1 on CPU);
+    'slots': one member's program called for each member on its row of
+    the stacked state (slot_steps.SlotSteps, what searches run on the CPU);
     Each row names the sweep step's convolutions (--sweep_conv_impl, as
     config.sweep.conv_impl: 'auto' is im2col for a vmap on GPU/TPU);
   * sequential: the K members one after another, each with steps.train_step
@@ -52,6 +54,7 @@ from cnn_jax.conv import conv_impls  # pylint: disable=g-import-not-at-top
 from cnn_jax.data import batching
 from cnn_jax.data import load_splits
 from cnn_jax.data import prefetch
+from cnn_jax.distributed import mesh as parallel
 from cnn_jax.sweeps import sweep  # pylint: disable=g-import-not-at-top
 from cnn_jax.sweeps import sweep_config
 from cnn_jax.sweeps import sweep_steps
@@ -95,9 +98,10 @@ def main(argv=None):
                       help="timed steps per member per round")
   parser.add_argument("--rounds", type=int, default=2)
   parser.add_argument("--warmup", type=int, default=2)
-  parser.add_argument("--vmap_width", default="auto,8",
+  parser.add_argument("--vmap_width", default="auto,8,slots",
                       help="comma-separated members per vmap to time "
-                      "('auto': the default sweep.vmap_width=0)")
+                      "('auto': the default sweep.vmap_width=0; 'slots': "
+                      "one member's program per member, slot_steps)")
   parser.add_argument("--sweep_conv_impl", default="auto",
                       help="config.sweep.conv_impl: the sweep steps' "
                       "convolutions (conv_impls.CONV_IMPLS; 'auto': im2col for a "
@@ -111,7 +115,8 @@ def main(argv=None):
                                         args.members)
   widths = []
   for text in args.vmap_width.split(","):
-    width = min(auto if text == "auto" else int(text), args.members)
+    width = (text if text == "slots" else
+             min(auto if text == "auto" else int(text), args.members))
     if width not in widths:
       widths.append(width)
 
@@ -131,12 +136,19 @@ def main(argv=None):
   for width in widths:
     states, _ = sweep_steps.init_members(configs, train_set.example_shape,
                                    per_epoch, program)
+    vmap_width = 1 if width == "slots" else width
     conv_impl = sweep_steps.resolve_conv_impl(
         ml_collections.ConfigDict({"conv_impl": args.sweep_conv_impl}),
-        width, count)
-    step = jax.jit(sweep_steps.make_train_step(
-        program.model, augments, mean=mean, std=std, member_count=count,
-        vmap_width=width, conv_impl=conv_impl), donate_argnums=(0, 1))
+        vmap_width, count)
+    if width == "slots":
+      step, _ = sweep_steps.jit_steps(
+          program, augments, mean=mean, std=std, member_count=count,
+          vary_dropout=False, vmap_width=1, conv_impl=conv_impl,
+          mesh=parallel.make_mesh(1, jax.devices()[:1]), per_slot=True)
+    else:
+      step = jax.jit(sweep_steps.make_train_step(
+          program.model, augments, mean=mean, std=std, member_count=count,
+          vmap_width=width, conv_impl=conv_impl), donate_argnums=(0, 1))
     batches = prefetch.prefetch_to_device(
         sweep._member_batches(train_set, batch_size, seeds), size=2)  # pylint: disable=protected-access
     sweeps[width] = {"conv_impl": conv_impl or conv_impls.default_conv_impl(),
@@ -203,7 +215,9 @@ def main(argv=None):
   print(f"| {sequential_how:60} | {sequential:11.0f} | {1.0:5.2f} |")
   for width, entry in sweeps.items():
     rate = images / entry["seconds"]
-    how = (f"sweep: all {count} members in one vmap" if width == count
+    how = ("sweep: one member's program per member (slots)"
+           if width == "slots"
+           else f"sweep: all {count} members in one vmap" if width == count
            else f"sweep: {count} members unrolled in one program"
            if width == 1 else f"sweep: groups of {width} in one vmap each")
     how += f", {entry['conv_impl']}"

@@ -17,7 +17,7 @@ config.sweep.search picks the kind (configs/mnist_search.py):
 
 The K slots are rows of sweep_steps' stacked state and run the sweep's
 vmapped step, compiled once for K (on the CPU: one member's step, compiled
-once and called for each active slot, search_steps.SlotSteps). Each slot
+once and called for each active slot, slot_steps.SlotSteps). Each slot
 has its own step counter (TrainState.step, and the optimizer's count that
 drives its schedule), its own data iterator (its trial's seed, from epoch
 0) and its own hyperparameters (arrays fed to the step). Refills happen at epoch ends, so
@@ -77,28 +77,6 @@ def evaluate_split(split, p_eval_step, states, dataset, batch_size, mesh):
                                       batch_size, mesh)
 
 
-def _compile(program, augment_configs, mean, std, slots, vary_dropout, width,
-             mesh, conv_impl):
-  """(train step, eval step) over the K slots; the train step takes the
-  host's `active` slots too. Width 1 (the CPU default): one member's
-  program, called for the active slots only (search_steps.SlotSteps); else
-  one program for all K (sweep_steps.jit_steps)."""
-  jit = functools.partial(
-      sweep_steps.jit_steps, program, augment_configs, mean=mean, std=std,
-      vary_dropout=vary_dropout, vmap_width=width, conv_impl=conv_impl,
-      mesh=mesh, donate=False)  # the search reads the states it passed
-  whole, eval_step = jit(member_count=slots)
-  if search_steps.SlotSteps.usable(width, slots, mesh):
-    one, _ = jit(member_count=1)
-    train_step = search_steps.SlotSteps(
-        one, slots, parallel.member_sharding(mesh),
-        parallel.batch_sharding(mesh, stacked=True), parallel.replicated(mesh))
-  else:
-    train_step = lambda states, alive, batch, hparams, active: whole(
-        states, alive, batch, hparams)
-  return train_step, eval_step
-
-
 def _check_base(base):
   optim.check_schedule(base.optim, base.train.num_epochs)
   if base.get("task", "classification") != "classification":
@@ -145,10 +123,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   on_members = parallel.member_sharding(mesh)
   everywhere = parallel.replicated(mesh)
   on_batch = parallel.batch_sharding(mesh, stacked=True)
-  p_train, p_eval = _compile(program, augment_configs, mean, std,
-                             slots_count, vary_dropout, width, mesh,
-                             sweep_steps.resolve_conv_impl(
-                                 config.sweep, width, slots_count))
+  # The train step also takes the host's `active` slots: on the CPU one
+  # member's program runs for each active slot (slot_steps.SlotSteps).
+  p_train, p_eval = sweep_steps.jit_steps(
+      program, augment_configs, mean=mean, std=std, member_count=slots_count,
+      vary_dropout=vary_dropout, vmap_width=width,
+      conv_impl=sweep_steps.resolve_conv_impl(config.sweep, width,
+                                              slots_count),
+      mesh=mesh, donate=False, per_slot=True)
   evaluate = functools.partial(
       evaluate_split, p_eval_step=p_eval, batch_size=probe.data.eval_batch_size,
       mesh=mesh)

@@ -7,14 +7,11 @@ of cnn_jax/sweeps/sweep_steps.py (one compiled program for K slots):
     batch_stats, optimizer state, step and rng (a gather along the axis);
   * with_hyperparameters: per-member hyperparameter arrays written where the
     step reads them (opt_state.hyperparams for optimizer keys, the `hparams`
-    dict of sweep_steps.hyperparameter_arrays for dropout and smoothing);
-  * SlotSteps: the train step as one program per slot (the CPU default).
+    dict of sweep_steps.hyperparameter_arrays for dropout and smoothing).
 """
 
 import jax
 import jax.numpy as jnp
-
-from cnn_jax.distributed import mesh as parallel
 
 # Search-space keys that are per-member arrays of the step (besides seed,
 # which only picks the initial state and the data order).
@@ -64,55 +61,3 @@ def is_per_step(name):
   """Whether PBT can change `name` mid-training (not seed)."""
   return name.startswith(OPTIM_PREFIX) or name in HPARAM_KEYS
 
-
-class SlotSteps:
-  """The search's train step on the CPU: one member's step (`one_step`,
-  sweep_steps.jit_steps for one member), compiled once, called for each
-  active slot on that slot's row, which small jitted programs take out of
-  the stacked arrays and put back (traced slot index: compiled once too).
-
-  Same signature and results as the K-slot program, (states [K], alive [K],
-  batch [K, B, ...], hparams [K], active bool [K] on the host) -> (states,
-  alive, {'updated': [K]}), and each slot's step is the same computation.
-  Why not one program: on XLA:CPU the K members unrolled in one program, or
-  looped over inside it (lax.map, or a traced row index around the step),
-  ran a member's step 1.5-2x slower than a program of one member's own
-  arrays does (README, search section); and idle slots (halving's last
-  trials) cost nothing here.
-
-  For meshes whose 'members' axis is one device (usable(): the rows are
-  whole on every device, the batch split along 'data' as before); every
-  process calls the same programs, as `active` is the same in all of them.
-  """
-
-  def __init__(self, one_step, slots, on_members, on_batch, everywhere):
-    take = lambda tree, k: jax.tree.map(
-        lambda x: jax.lax.dynamic_slice_in_dim(x, k, 1), tree)
-    put = lambda tree, new, k: jax.tree.map(
-        lambda x, n: jax.lax.dynamic_update_slice_in_dim(x, n, k, 0), tree,
-        new)
-    self.slots = slots
-    self._step = one_step
-    # Rows on the one-member step's shardings: no resharding, no recompile.
-    self._take = jax.jit(take, out_shardings=(on_members, on_members,
-                                              on_batch, on_members))
-    self._put = jax.jit(put, out_shardings=on_members)
-    self._replicated = jax.jit(lambda x: x, out_shardings=everywhere)
-
-  @staticmethod
-  def usable(vmap_width, slots, mesh):
-    """Whether the search runs its slots this way: members one at a time
-    (vmap_width 1, the CPU default), several slots, and no mesh axis that
-    splits the members."""
-    return vmap_width == 1 and slots > 1 and mesh.shape[parallel.MEMBERS] == 1
-
-  def __call__(self, states, alive, batch, hparams, active):
-    for k in range(self.slots):
-      if active[k]:
-        state, alive_k, batch_k, hparams_k = self._take(
-            (states, alive, batch, hparams), k)
-        new, alive_k, _ = self._step(state, alive_k, batch_k, hparams_k)
-        states, alive = self._put((states, alive), (new, alive_k), k)
-    # A slot's `updated` is its new `alive` (an idle slot's is False), read
-    # by every process: replicated, as the K-slot program returns it.
-    return states, alive, {"updated": self._replicated(alive)}

@@ -40,6 +40,7 @@ from cnn_jax.conv import conv_impls
 from cnn_jax.data import augment
 from cnn_jax.distributed import mesh as parallel
 from cnn_jax.distributed import multihost
+from cnn_jax.sweeps import slot_steps
 from cnn_jax.tasks import CLASSIFICATION
 from cnn_jax.training import optim
 from cnn_jax.training import steps
@@ -258,7 +259,8 @@ def make_eval_step(*, mean, std, member_count, vmap_width=0):
 
 
 def jit_steps(program, augment_configs, *, mean, std, member_count,
-              vary_dropout, vmap_width, conv_impl, mesh, donate=True):
+              vary_dropout, vmap_width, conv_impl, mesh, donate=True,
+              per_slot=False):
   """(train_step, eval_step) of make_train_step / make_eval_step, jitted on
   `mesh`: stacked states, `alive` and hyperparameters split along
   'members', batches [K, B, ...] along 'members' and 'data' (over every
@@ -267,10 +269,27 @@ def jit_steps(program, augment_configs, *, mean, std, member_count,
   decisions (divergence, rungs, PBT) without another collective.
   donate: the train step reuses the states' buffers (the sweep; a search
   keeps reading the states it passed, to save kept trials).
+  per_slot: where slot_steps.usable (one member per vmap, the CPU default),
+  one member's program called for each member (slot_steps.SlotSteps).
+  The train step is (states, alive, batch, hparams, active=None): `active`
+  (bool [K] on the host, default all) names the members that run; the
+  K-member program runs them all (idle members are masked by `alive`).
   """
   on_members = parallel.member_sharding(mesh)
   everywhere = parallel.replicated(mesh)
-  train_step = jax.jit(
+  eval_step = jax.jit(
+      make_eval_step(mean=mean, std=std, member_count=member_count,
+                     vmap_width=vmap_width),
+      in_shardings=(on_members, parallel.batch_sharding(mesh)),
+      out_shardings=everywhere)
+  if per_slot and slot_steps.usable(vmap_width, member_count, mesh):
+    one, _ = jit_steps(
+        program, augment_configs, mean=mean, std=std, member_count=1,
+        vary_dropout=vary_dropout, vmap_width=1, conv_impl=conv_impl,
+        mesh=mesh)  # (it donates the rows SlotSteps took: its own copies)
+    return (slot_steps.SlotSteps(one, member_count, mesh, donate=donate),
+            eval_step)
+  whole = jax.jit(
       make_train_step(program.model, augment_configs, mean=mean, std=std,
                       member_count=member_count, vary_dropout=vary_dropout,
                       vmap_width=vmap_width, conv_impl=conv_impl),
@@ -278,11 +297,11 @@ def jit_steps(program, augment_configs, *, mean, std, member_count,
                     parallel.batch_sharding(mesh, stacked=True), on_members),
       out_shardings=(on_members, on_members, everywhere),
       donate_argnums=(0, 1) if donate else ())
-  eval_step = jax.jit(
-      make_eval_step(mean=mean, std=std, member_count=member_count,
-                     vmap_width=vmap_width),
-      in_shardings=(on_members, parallel.batch_sharding(mesh)),
-      out_shardings=everywhere)
+
+  def train_step(states, alive, batch, hparams, active=None):
+    del active  # every member runs; `alive` masks the idle ones
+    return whole(states, alive, batch, hparams)
+
   return train_step, eval_step
 
 

@@ -26,6 +26,7 @@ from tests.conftest import REPO
 from tests import tiny_run
 from tests.distributed import launched
 from tests.distributed import test_multihost
+from tests.sweeps import test_search
 
 _free_port = launched.free_port
 _wait = launched.wait
@@ -60,12 +61,7 @@ TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
 def _config(module, data_dir, overrides):
   config = module.get_config()
   config.data.data_dir = str(data_dir)
-  for key, value in overrides.items():
-    *path, name = key.split(".")
-    node = config
-    for part in path:
-      node = node[part]
-    node[name] = value
+  config.update_from_flattened_dict(overrides)
   return config
 
 
@@ -238,9 +234,4 @@ def test_sigterm_to_one_process_stops_the_search_and_relaunch_resumes(
                  launch_env)
   assert "resuming the search at step 14" in results[0][1]
   got = workdirs.read_summary(workdir)
-  strip = lambda rows: [{k: r[k] for k in ("trial", "parent", "values",
-                                           "status", "stop_step")}
-                        for r in rows]
-  assert strip(got["ranking"]) == strip(expected["ranking"])
-  for row, want in zip(got["ranking"], expected["ranking"]):
-    assert row["val_loss"] == pytest.approx(want["val_loss"], rel=1e-4)
+  test_search.assert_same_ranking(got, expected, rel=1e-4)

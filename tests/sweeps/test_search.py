@@ -344,6 +344,27 @@ class _Killed(Exception):
   pass
 
 
+def _interrupted_search_config(tiny_mnist_dir, kind):
+  """The search the kill and stop tests interrupt: 4 trials, ranked by
+  validation loss (a finer comparison than accuracy on tiny data)."""
+  config = _search_config(tiny_mnist_dir, kind)
+  config.sweep.slots = 2 if kind == "halving" else 4
+  config.sweep.trials = 4
+  config.sweep.metric = "loss"
+  return config
+
+
+def assert_same_ranking(got, want, rel=1e-5):
+  """Two search summaries ranked the same trials, with the same lineage,
+  values, ends and (to `rel`) validation losses."""
+  strip = lambda rows: [{k: r[k] for k in ("trial", "parent", "values",
+                                           "status", "stop_step")}
+                        for r in rows]
+  assert strip(got["ranking"]) == strip(want["ranking"])
+  for row, expected in zip(got["ranking"], want["ranking"]):
+    assert row["val_loss"] == pytest.approx(expected["val_loss"], rel=rel)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind, kill_at", [("halving", 17), ("pbt", 10)])
 def test_killed_search_resumes_to_the_same_ranking(
@@ -351,10 +372,7 @@ def test_killed_search_resumes_to_the_same_ranking(
   """A search killed mid-way (after an epoch-end checkpoint and rung or
   exploit decisions) and rerun with the same command ends with the same
   trials, ranking and best trial as one never interrupted."""
-  config = _search_config(tiny_mnist_dir, kind)
-  config.sweep.slots = 2 if kind == "halving" else 4
-  config.sweep.trials = 4
-  config.sweep.metric = "loss"
+  config = _interrupted_search_config(tiny_mnist_dir, kind)
   whole = search.train_and_evaluate(config, str(tmp_path / "whole"))
   batch = search_trials.Slots.batch
   calls = []
@@ -375,12 +393,7 @@ def test_killed_search_resumes_to_the_same_ranking(
   resumed = search.train_and_evaluate(config, workdir)
   assert resumed["steps"] == whole["steps"]
   assert resumed["best_trial"] == whole["best_trial"]
-  strip = lambda rows: [{k: r[k] for k in ("trial", "parent", "values",
-                                           "status", "stop_step")}
-                        for r in rows]
-  assert strip(resumed["ranking"]) == strip(whole["ranking"])
-  for got, want in zip(resumed["ranking"], whole["ranking"]):
-    assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-5)
+  assert_same_ranking(resumed, whole)
   assert resumed["test_accuracy"] == whole["test_accuracy"]
 
 
@@ -393,10 +406,7 @@ def test_sigterm_mid_epoch_saves_the_step_and_resumes_to_the_same_ranking(
   epoch end before it) and exits as preempted (143); the relaunch without
   the stop continues to the same trials, ranking and best trial."""
   from cnn_jax.training import preemption  # pylint: disable=g-import-not-at-top
-  config = _search_config(tiny_mnist_dir, kind)
-  config.sweep.slots = 2 if kind == "halving" else 4
-  config.sweep.trials = 4
-  config.sweep.metric = "loss"
+  config = _interrupted_search_config(tiny_mnist_dir, kind)
   whole = search.train_and_evaluate(config, str(tmp_path / "whole"))
   workdir = str(tmp_path / "stopped")
   config.train.stop_after_steps = 10
@@ -410,12 +420,7 @@ def test_sigterm_mid_epoch_saves_the_step_and_resumes_to_the_same_ranking(
   assert resumed["steps"] == whole["steps"]
   assert resumed["member_steps"] == whole["member_steps"]
   assert resumed["best_trial"] == whole["best_trial"]
-  strip = lambda rows: [{k: r[k] for k in ("trial", "parent", "values",
-                                           "status", "stop_step")}
-                        for r in rows]
-  assert strip(resumed["ranking"]) == strip(whole["ranking"])
-  for got, want in zip(resumed["ranking"], whole["ranking"]):
-    assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-5)
+  assert_same_ranking(resumed, whole)
   assert resumed["test_accuracy"] == whole["test_accuracy"]
 
 
