@@ -235,3 +235,29 @@ def test_sigterm_to_one_process_stops_the_search_and_relaunch_resumes(
   assert "resuming the search at step 14" in results[0][1]
   got = workdirs.read_summary(workdir)
   test_search.assert_same_ranking(got, expected, rel=1e-4)
+
+
+def test_search_with_batches_split_over_processes_stops_mid_epoch_and_resumes(
+    tiny_run_data, launch_env, tmp_path):
+  """sweep.member_devices=1 over 2 processes: every slot's batch is split
+  over the processes and the slots run one member's program each
+  (slot_steps.SlotSteps). train.stop_after_steps=10 (mid-epoch 2, after
+  the rung and its refills) stops both processes at step 10, saved with the
+  unread divergence flags; the relaunch without it ends as one process
+  uninterrupted does."""
+  config = _config(mnist_search, tiny_run_data, HALVING)
+  expected = search.train_and_evaluate(config, str(tmp_path / "one"))
+  workdir = tmp_path / "stopped"
+  results = _wait(_start("mnist_search.py", workdir, tiny_run_data,
+                         {**HALVING, "train.stop_after_steps": 10}, 2, 1,
+                         launch_env))
+  assert [code for code, _, _ in results] == [143, 143], results[0][2][-2000:]
+  assert "10" in os.listdir(workdir / "checkpoints")
+  assert not os.path.exists(workdir / "summary.json")
+  results = _run("mnist_search.py", workdir, tiny_run_data, HALVING, 2, 1,
+                 launch_env)
+  assert "resuming the search at step 10" in results[0][1]
+  got = workdirs.read_summary(workdir)
+  assert (got["processes"], got["devices"]) == (2, 2)
+  assert got["best_trial"] == expected["best_trial"]
+  test_search.assert_same_ranking(got, expected, rel=1e-4)
