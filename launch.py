@@ -39,13 +39,8 @@ from cnn_jax import config_file
 from cnn_jax.distributed import liveness
 from cnn_jax.distributed import multihost
 from cnn_jax.distributed import process_flags
-from cnn_jax.reports import entry as report_entry
-from cnn_jax.reports import heatmap_mode
-from cnn_jax.reports import heatmaps
 from cnn_jax.sweeps import search
 from cnn_jax.sweeps import search_settings
-from cnn_jax.reports.paper import assemble as paper
-from cnn_jax.reports.paper import proposal
 from cnn_jax.sweeps import sweep
 from cnn_jax.sweeps import sweep_config
 from cnn_jax.training import compilation_cache
@@ -67,9 +62,12 @@ flags.DEFINE_enum("mode", "train", ["train", "evaluate", "report", "heatmap",
                   "proposal of --config in the folder --workdir.")
 flags.DEFINE_integer("step", None, "--mode=evaluate/heatmap: the "
                      "checkpoint's step (default: the latest intact one).")
-flags.DEFINE_enum("heatmap_method", "auto", list(heatmaps.METHODS),
-                  "--mode=heatmap: cam (GAP + dense models, e.g. DenseNet), "
-                  "gradcam (any model), auto (cam where possible).")
+# (A string checked by heatmap_mode: an enum would import reports.heatmaps,
+# and matplotlib with it, into every run's start.)
+flags.DEFINE_string("heatmap_method", "auto",
+                    "--mode=heatmap: cam (GAP + dense models, e.g. "
+                    "DenseNet), gradcam (any model), auto (cam where "
+                    "possible).")
 flags.DEFINE_string("heatmap_layer", "", "--mode=heatmap: the module path "
                     "of the layer, e.g. 'denseblock2' (default: CAM's "
                     "feature layer / the last feature-map layer).")
@@ -165,19 +163,25 @@ def main(argv):
 def _run_mode():
   """The work of --mode: its exit status."""
   try:
+    # The report stack (matplotlib among it: ~0.8 s) is imported only by
+    # the modes that write reports, not by every training run's start.
+    # pylint: disable=g-import-not-at-top
     if FLAGS.mode == "report":
+      from cnn_jax.reports import entry as report_entry
       path = report_entry.write_report(FLAGS.workdir,
                                        overwrite=FLAGS.overwrite_report,
                                        html=FLAGS.report_html)
       print(f"report written to {path}")
       return 0
     if FLAGS.mode == "paper":
+      from cnn_jax.reports.paper import assemble as paper
       result = paper.write_paper(paper.collect.parse_runs_flag(FLAGS.runs),
                                  FLAGS.workdir, FLAGS.paper_title,
                                  overwrite=FLAGS.overwrite_report)
       print("\n".join(result.lines()))
       return 0
     if FLAGS.mode == "proposal":
+      from cnn_jax.reports.paper import proposal
       lines, _ = proposal.write_proposal(FLAGS.config, FLAGS.workdir,
                                          FLAGS.paper_title,
                                          overwrite=FLAGS.overwrite_report)
@@ -189,6 +193,7 @@ def _run_mode():
     # Compiled programs from earlier runs (training/compilation_cache.py).
     compilation_cache.enable(config.train.get("compilation_cache", "auto"))
     if FLAGS.mode == "heatmap":
+      from cnn_jax.reports import heatmap_mode
       folder, paths = heatmap_mode.write_heatmaps(
           config, FLAGS.workdir, FLAGS.step, FLAGS.heatmap_method,
           FLAGS.heatmap_layer, FLAGS.heatmap_count)

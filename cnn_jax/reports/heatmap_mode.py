@@ -125,7 +125,7 @@ def write_heatmaps(config, workdir, step=None, method="auto", layer="",
   from cnn_jax.tasks import task_for_run  # pylint: disable=g-import-not-at-top
   from cnn_jax.training import resume  # pylint: disable=g-import-not-at-top
   if method not in heatmaps.METHODS:
-    raise ValueError(f"heat-map method {method!r} is not one of: "
+    raise ValueError(f"--heatmap_method={method!r} is not one of: "
                      f"{', '.join(heatmaps.METHODS)}")
   mesh = mesh_lib.run_mesh(config)  # every device of this process
   state, train_set, test_set, mean, std = resume.restore_for_evaluation(

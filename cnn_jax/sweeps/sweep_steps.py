@@ -30,6 +30,7 @@ matmuls 2-3x slower than unbatched ones (resolve_vmap_width).
 """
 
 import dataclasses
+import functools
 import json
 from typing import Any
 
@@ -103,7 +104,7 @@ def init_members(configs, example_shape, steps_per_epoch, program=None):
   keys = jnp.stack([jax.random.PRNGKey(c.seed) for c in configs])
   variables = program.init(keys, jnp.zeros((1, *example_shape), jnp.float32))
   params, batch_stats = variables["params"], variables.get("batch_stats", {})
-  opt_state = jax.vmap(program.tx.init)(params)
+  opt_state = _stacked_optimizer_init(program.tx)(params)
   hyperparams = dict(opt_state.hyperparams)
   for name in optim.HYPERPARAMS[base.optim.name]:
     hyperparams[name] = jnp.asarray([c.optim[name] for c in configs],
@@ -115,6 +116,14 @@ def init_members(configs, example_shape, steps_per_epoch, program=None):
       rng=jax.vmap(lambda key: jax.random.fold_in(key, 1))(keys),
       apply_fn=program.model.apply, tx=program.tx)
   return states, program
+
+
+@functools.lru_cache(maxsize=8)
+def _stacked_optimizer_init(tx):
+  """tx.init vmapped over the members, as one compiled program (cached per
+  optimizer: a search calls it at every refill). Run eagerly, its schedule
+  and inject_hyperparams ops were each compiled on their own."""
+  return jax.jit(jax.vmap(tx.init))
 
 
 def member_state(states, index):

@@ -74,10 +74,17 @@ def create_train_state(config, rng, example_shape, steps_per_epoch):
       config.optim, schedule, model.apply,
       {"params": params, "batch_stats": batch_stats})
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                     batch_stats=batch_stats, opt_state=tx.init(params),
+                     batch_stats=batch_stats, opt_state=_init_optimizer(tx, params),
                      rng=jax.random.fold_in(rng, 1), apply_fn=apply_fn,
                      tx=tx)
   return state, schedule
+
+
+def _init_optimizer(tx, params):
+  """tx.init(params) as one compiled program: run eagerly, the schedules'
+  and inject_hyperparams' ops each compiled on their own (~40 small
+  programs, ~0.8 s of a cold start)."""
+  return jax.jit(tx.init)(params)
 
 
 def abstract_train_state(config, example_shape, steps_per_epoch):
