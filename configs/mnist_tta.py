@@ -14,8 +14,8 @@ seed 0, --config.train.eval_every_epochs=1): test accuracy after epochs
 1-10: 98.90, 99.02, 99.30, 99.30, 99.42, 99.53, 99.59, 99.57, 99.60,
 99.57%; 649 s wall for the 10 epochs under that load. Three seeds on the
 same machine idle (experiments/bench_tta.py --seeds 3, README): 99.56,
-99.56, 99.51% (mean 99.54%), 96-110 s for the 10 epochs, 99.4% first
-reached after 54 s on average (0.57x PyTorch eager on the same recipe).
+99.56, 99.51% (mean 99.54%), 88-91 s for the 10 epochs, 99.4% first
+reached after 44.5 s on average (0.51x PyTorch eager on the same recipe).
 """
 
 from configs import mnist_fast
