@@ -20,8 +20,8 @@ vmapped step, compiled once for K (on the CPU: one member's step, compiled
 once and called for each active slot, slot_steps.SlotSteps). Each slot
 has its own step counter (TrainState.step, and the optimizer's count that
 drives its schedule), its own data iterator (its trial's seed, from epoch
-0) and its own hyperparameters (arrays fed to the step). Refills happen at epoch ends, so
-every slot's epochs end on the same steps.
+0) and its own hyperparameters (arrays fed to the step). Refills happen at
+epoch ends, so every slot's epochs end on the same steps.
 
 Selection reads only the validation split (config.data.val_fraction holds
 one out of train when the data has none); the test split is evaluated once,

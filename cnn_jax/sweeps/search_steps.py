@@ -60,4 +60,3 @@ def with_hyperparameters(states, hparams, values):
 def is_per_step(name):
   """Whether PBT can change `name` mid-training (not seed)."""
   return name.startswith(OPTIM_PREFIX) or name in HPARAM_KEYS
-

@@ -1,14 +1,17 @@
 """The members' train step as one program per member, for the CPU.
 
 sweep_steps.make_train_step maps the step over the K stacked members in one
-program. On XLA:CPU that program (the members unrolled, or looped over
-inside it with lax.map or a traced row index) ran a member's step 1.5-2x
-slower than a program of one member's own arrays does (README, search
-section). SlotSteps instead compiles one member's step once and calls it
-for each active slot on that slot's row, which two small jitted programs
-take out of the stacked arrays and put back (traced slot index: each is
-compiled once too). Idle slots (a search's freed slots, a sweep's padding)
-cost nothing.
+program (on the CPU, the members unrolled). SlotSteps instead compiles one
+member's step once and calls it for each active slot on that slot's row,
+which two small jitted programs take out of the stacked arrays and put back
+(traced slot index: each is compiled once too). What that buys: idle slots
+(a search's freed slots) cost nothing, and one member's program compiles
+in a fraction of the K-member program's time. What it costs: with every
+slot active, 0.87-0.88x the unrolled program's img/s on an idle 2-core AMD
+EPYC Zen 5 (experiments/bench_sweep.py --vmap_width=auto,slots), so
+fixed-member sweeps keep the unrolled program and searches use this
+(README, search section). A traced row index inside one program was slower
+still.
 
 Same signature and results as the K-member program, (states [K], alive
 [K], batch [K, B, ...], hparams [K], active bool [K] on the host, default

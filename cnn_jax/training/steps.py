@@ -74,7 +74,8 @@ def create_train_state(config, rng, example_shape, steps_per_epoch):
       config.optim, schedule, model.apply,
       {"params": params, "batch_stats": batch_stats})
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                     batch_stats=batch_stats, opt_state=_init_optimizer(tx, params),
+                     batch_stats=batch_stats,
+                     opt_state=_init_optimizer(tx, params),
                      rng=jax.random.fold_in(rng, 1), apply_fn=apply_fn,
                      tx=tx)
   return state, schedule

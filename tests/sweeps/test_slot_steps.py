@@ -58,6 +58,14 @@ def test_slot_steps_equal_the_k_member_program_and_skip_idle_slots(
   idle = lambda tree: jax.tree.map(lambda x: x[1], tree)
   chex.assert_trees_all_equal(idle(s_states.params), idle(initial.params))
   assert np.asarray(s_states.step).tolist() == [3, 0, 3]
+  # No slot active: nothing runs, the metrics are zeros of the same shapes.
+  states, alive, metrics = per_slot(s_states, jnp.asarray(active), batches[0],
+                                    hparams, np.zeros(3, bool))
+  chex.assert_trees_all_equal(jax.device_get(states), s_states)
+  np.testing.assert_array_equal(alive, active)
+  chex.assert_trees_all_equal_shapes_and_dtypes(
+      jax.device_get(metrics), s_metrics)
+  assert not any(np.any(v) for v in jax.device_get(metrics).values())
 
 
 def test_slot_steps_only_where_members_run_one_at_a_time():
