@@ -19,17 +19,14 @@ import json
 import os
 import shutil
 import sys
-import zlib
 
 from absl import logging
 from etils import epath
 import jax
-from jax.experimental import multihost_utils
-import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from cnn_jax.runs import checkpoint_integrity as integrity
 from cnn_jax.runs import save_policy
 
 _ITEMS = ("state", "meta")
@@ -40,8 +37,8 @@ _BEST_METRICS = ("accuracy", "loss")
 _UNFINISHED_SUFFIX = ".orbax-checkpoint-tmp"
 
 
-class CheckpointError(ValueError):
-  """A checkpoint is missing, unreadable or damaged."""
+# (Defined with the checks that raise it; callers name it here.)
+CheckpointError = integrity.CheckpointError
 
 
 def checkpoint_dir(workdir):
@@ -127,31 +124,6 @@ def _state_arrays(state):
           "rng": rng}
 
 
-def _host_leaves(arrays):
-  """Host (numpy) copies of the leaves of `arrays`, in tree order. An array
-  split over the devices of several processes (a sweep's stacked state) is
-  gathered whole in each of them (every process calls save alike; the rule
-  of distributed/multihost.to_host, which runs/ may not import)."""
-
-  def fetch(x):
-    if isinstance(x, jax.Array) and not x.is_fully_addressable and (
-        not x.is_fully_replicated):
-      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(jax.device_get(x))
-
-  return [fetch(x) for x in jax.tree.leaves(arrays)]
-
-
-def _all_finite(leaves):
-  return all(np.isfinite(x).all() for x in leaves
-             if jnp.issubdtype(x.dtype, jnp.inexact))
-
-
-def _checksums(leaves):
-  """CRC-32 of each array's bytes: any truncated or flipped bit shows."""
-  return [zlib.crc32(np.ascontiguousarray(x).view(np.uint8)) for x in leaves]
-
-
 def _jsonable(tree):
   """`tree` with numpy/JAX scalars and arrays as Python numbers and lists."""
   return json.loads(json.dumps(tree, default=lambda x: x.tolist()))
@@ -179,33 +151,16 @@ def save(manager, state, meta, metrics=None):
   arrays = _state_arrays(state)
   # Host copies, checked here and then dropped: Orbax makes its own, so the
   # state can be donated to the next step while the files are written.
-  leaves = _host_leaves(arrays)
-  if not _all_finite(leaves):
+  leaves = integrity.host_leaves(arrays)
+  if not integrity.all_finite(leaves):
     raise FloatingPointError(
         f"the train state after step {step} holds NaN or Inf; not saving it "
         "(the previous checkpoint is kept)")
-  meta = _jsonable({**meta, "checksums": _checksums(leaves)})
+  meta = _jsonable({**meta, "checksums": integrity.checksums(leaves)})
   manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)),
                metrics=_jsonable(metrics), force=True)
   return step
-
-
-def _verify(arrays, meta, step):
-  """Raises CheckpointError if `arrays` differ from the checksums saved."""
-  expected = meta.get("checksums")
-  if expected is None:  # saved before checksums existed
-    return
-  checksums = _checksums(_host_leaves(arrays))
-  paths = [jax.tree_util.keystr(path) for path, _ in
-           jax.tree_util.tree_flatten_with_path(arrays)[0]]
-  if len(expected) != len(paths):
-    raise CheckpointError(f"checkpoint step {step}: {len(paths)} arrays "
-                          f"where {len(expected)} were saved")
-  for path, saved, now in zip(paths, expected, checksums):
-    if saved != now:
-      raise CheckpointError(f"checkpoint step {step}: array {path} does not "
-                            "match the checksum saved with it (damaged file)")
 
 
 @contextlib.contextmanager
@@ -291,7 +246,7 @@ def restore(manager, abstract_state, step, check_meta=None, sharding=None):
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(f"checkpoint step {step}: its arrays cannot be read "
                           f"({type(e).__name__}: {str(e)[:200]})") from e
-  _verify(arrays, meta, step)
+  integrity.verify(arrays, meta, step)
   rng = arrays["rng"]
   if jax.dtypes.issubdtype(abstract_state.rng.dtype, jax.dtypes.prng_key):
     rng = jax.random.wrap_key_data(rng)
@@ -379,7 +334,7 @@ def restore_variables(path):
       arrays, meta = restored["state"], restored["meta"]
       variables = {"batch_stats": arrays.get("batch_stats") or {},
                    "params": arrays["params"]}
-      leaves = _host_leaves(variables)  # batch_stats first, as saved
+      leaves = integrity.host_leaves(variables)  # batch_stats first, as saved
       expected = meta.get("checksums")
       if expected is not None:
         # Saved in the order batch_stats, opt_state, params, rng, step. The
@@ -390,7 +345,7 @@ def restore_variables(path):
         params_from = num_stats + len(jax.tree.leaves(arrays.get("opt_state")))
         saved = (expected[:num_stats] +
                  expected[params_from:params_from + num_params])
-        if _checksums(leaves) != saved:
+        if integrity.checksums(leaves) != saved:
           damaged.append(f"checkpoint step {candidate}: its params or "
                          "batch_stats do not match their checksums")
           continue

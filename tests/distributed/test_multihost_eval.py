@@ -111,13 +111,14 @@ def test_two_process_evaluation_of_per_example_outputs_equals_one(
 # Process 1 reads checkpoint 6 damaged (a file only it reads, or its view
 # of a shared disk); process 0 reads it intact.
 _STEP_6_DAMAGED_FOR_ME = """
-from cnn_jax.runs import checkpoint
-_verify = checkpoint._verify
+from cnn_jax.runs import checkpoint_integrity
+_verify = checkpoint_integrity.verify
 def _step_6_damaged(arrays, meta, step):
   if step == 6:
-    raise checkpoint.CheckpointError("checkpoint step 6: damaged here")
+    raise checkpoint_integrity.CheckpointError(
+        "checkpoint step 6: damaged here")
   return _verify(arrays, meta, step)
-checkpoint._verify = _step_6_damaged
+checkpoint_integrity.verify = _step_6_damaged
 """
 
 
