@@ -44,6 +44,7 @@ from cnn_jax.sweeps import search_settings
 from cnn_jax.sweeps import sweep
 from cnn_jax.sweeps import sweep_config
 from cnn_jax.training import compilation_cache
+from cnn_jax.training import cpu_malloc
 from cnn_jax.training import preemption
 from cnn_jax.training import train
 
@@ -131,6 +132,11 @@ def main(argv):
   # our progress lines (--verbosity=0 brings them back).
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  try:
+    malloc = _keep_freed_memory()
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
   if process_flags.asked(FLAGS):
     if FLAGS.mode in ("report", "heatmap", "paper", "proposal"):
       print(f"error: --mode={FLAGS.mode} runs in one process: drop "
@@ -145,6 +151,8 @@ def main(argv):
     if not multihost.is_main():
       print(f"{multihost.describe()}: {FLAGS.mode} in {FLAGS.workdir}",
             flush=True)
+  if malloc is not None:
+    cpu_malloc.settle(*malloc, jax.default_backend())
   if multihost.is_main():
     return _run_mode()
   # The others' progress lines (data notes and the like) go nowhere; their
@@ -158,6 +166,17 @@ def main(argv):
   print(f"process {jax.process_index()}: done (exit status {code})",
         flush=True)
   return code
+
+
+def _keep_freed_memory():
+  """config.train.cpu_malloc, applied before JAX starts its threads
+  (training/cpu_malloc.py: a CPU step no longer page-faults on its
+  temporaries): (setting, what was done), or None for the modes that do not
+  train or evaluate."""
+  if FLAGS.mode not in ("train", "evaluate", "heatmap") or FLAGS.config is None:
+    return None
+  setting = FLAGS.config.get("train", {}).get("cpu_malloc", "auto")
+  return setting, cpu_malloc.apply(setting)
 
 
 def _run_mode():

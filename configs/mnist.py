@@ -74,6 +74,9 @@ def get_config():
   # 'auto' ~/.cache/cnn_jax/jax_compilation (or $CNN_JAX_COMPILATION_CACHE),
   # 'off', or a folder. A repeated or resumed run skips compiling.
   config.train.compilation_cache = "auto"
+  # glibc keeps freed memory on a CPU run, so steps stop page-faulting on
+  # their temporaries (training/cpu_malloc.py): 'auto', 'keep' or 'default'.
+  config.train.cpu_malloc = "auto"
 
   # Devices: each global batch is split over them (data parallel), the
   # state replicated; with several processes (launch.py --distributed),

@@ -45,7 +45,7 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments import machine  # pylint: disable=g-import-not-at-top
 from cnn_jax.conv import conv_impls  # pylint: disable=g-import-not-at-top
-from cnn_jax.conv import cpu_malloc  # pylint: disable=g-import-not-at-top
+from cnn_jax.training import cpu_malloc  # pylint: disable=g-import-not-at-top
 from cnn_jax.models import MODELS  # pylint: disable=g-import-not-at-top
 
 try:

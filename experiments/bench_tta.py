@@ -11,7 +11,12 @@ another (seeds interleaved, so a change in the machine's load hits all):
                   epochs, read from the same config file and written in
                   PyTorch here (dropout and random-crop translation
                   included; eager, and with --torch_modes
-                  eager,compile also the model under torch.compile);
+                  eager,compile also the model under torch.compile), each
+                  with glibc's allocator as PyTorch runs out of the box
+                  and with the setting cnn_jax's runs make on the CPU
+                  (freed memory kept: training/cpu_malloc.py; eager
+                  PyTorch page-faults on every step's activations
+                  without it, as XLA:CPU does) (--torch_malloc);
   torch own:      PyTorch's own recipe for the task: the network with
                   BatchNorm, AdamW with torch's OneCycleLR (max_lr 3e-3),
                   batch 128, 4 epochs (a standard recipe, not tuned here).
@@ -20,7 +25,8 @@ epoch's evaluation is counted from the process's first statement. The
 table gives, per run, the first time it reached 99.4% and 99.5% test
 accuracy ('-': not reached), with the CPU (lscpu's model name and the
 instruction sets that matter) in every row, then the means over seeds and
-cnn_jax's time to 99.4% over the faster PyTorch mode of the same recipe.
+cnn_jax's time to 99.4% over each PyTorch run's (the headline: over the
+fastest PyTorch run of the same recipe).
 
   python experiments/bench_tta.py                  # 3 seeds: ~40-60 min, 2 idle cores
   python experiments/bench_tta.py --quick          # 1 seed, 2 epochs, eager
@@ -50,6 +56,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from experiments import machine  # pylint: disable=g-import-not-at-top
+from cnn_jax.training import cpu_malloc  # pylint: disable=g-import-not-at-top
 TARGETS = (0.994, 0.995)
 # Printed by every run after each evaluation: epoch, accuracy, seconds.
 MARK = "tta epoch"
@@ -121,7 +128,7 @@ def torch_recipe(kind, recipe_path, epochs):
             "epochs": epochs or 4,
             "optim": "adamw", "lr": 3e-3, "weight_decay": 1e-4,
             "schedule": "torch_onecycle", "label_smoothing": 0.0,
-            "crop_padding": 0, "warmup_epochs": None}
+            "crop_padding": 0, "warmup_epochs": None, "eval_batch": 1000}
   sys.path.insert(0, REPO)
   import importlib.util
   spec = importlib.util.spec_from_file_location("recipe", recipe_path)
@@ -153,7 +160,8 @@ def torch_recipe(kind, recipe_path, epochs):
           "schedule": "one_cycle",
           "warmup_epochs": config.optim.warmup_epochs,
           "label_smoothing": config.train.label_smoothing,
-          "crop_padding": config.data.augment.crop_padding}
+          "crop_padding": config.data.augment.crop_padding,
+          "eval_batch": config.data.eval_batch_size}
 
 
 def torch_model(recipe, flax_init):
@@ -255,11 +263,11 @@ def torch_worker(kind, recipe_path, seed, epochs, mode):
         scheduler.step()
       step += 1
     model.eval()
-    correct = 0
+    correct, size = 0, recipe["eval_batch"]
     with torch.no_grad():
-      for i in range(0, len(test_x), 1000):
-        correct += int((forward(test_x[i:i + 1000]).argmax(1)
-                        == test_y[i:i + 1000]).sum())
+      for i in range(0, len(test_x), size):
+        correct += int((forward(test_x[i:i + size]).argmax(1)
+                        == test_y[i:i + size]).sum())
     print(f"{MARK} {epoch} {correct / len(test_x)} "
           f"{time.perf_counter() - _START}", flush=True)
 
@@ -298,6 +306,11 @@ def main():
   parser.add_argument("--torch_modes", default="eager",
                       help="modes of the same-recipe PyTorch run: eager, "
                       "compile (torch.compile of the model), or both")
+  parser.add_argument("--torch_malloc", default="default,keep",
+                      help="allocator settings of the same-recipe PyTorch "
+                      "runs: default (glibc's, as PyTorch runs out of the "
+                      "box), keep (glibc keeps freed memory, what cnn_jax's "
+                      "runs do on the CPU: config.train.cpu_malloc), or both")
   parser.add_argument("--no_torch_own", action="store_true",
                       help="skip PyTorch's own recipe")
   parser.add_argument("--quick", action="store_true",
@@ -328,19 +341,30 @@ def main():
   env = {k: v for k, v in os.environ.items()
          if k not in ("JAX_COMPILATION_CACHE_DIR", "XLA_FLAGS")}
   env["PYTHONPATH"] = REPO
-  contenders = {"cnn_jax": None}
+  # name -> (headline key, torch worker kind and mode or None, environment).
+  # 'keep': what config.train.cpu_malloc='auto' does in cnn_jax's runs
+  # (training/cpu_malloc.py), as environment variables set before Python
+  # starts (eager PyTorch page-faults on its activations as XLA:CPU does).
+  kept = dict(env, **cpu_malloc.ENVIRONMENT)
+  contenders = {"cnn_jax": ("cnn_jax", None, env)}
   if have_torch:
     for mode in args.torch_modes.split(","):
-      contenders[f"torch same ({mode})"] = ("same", mode)
+      for malloc in args.torch_malloc.split(","):
+        if malloc not in ("default", "keep"):
+          parser.error(f"--torch_malloc: {malloc!r} is not default or keep")
+        kept_memory = malloc == "keep"
+        contenders[f"torch same ({mode}{', kept memory' * kept_memory})"] = (
+            f"torch_same_{mode}{'_kept_memory' * kept_memory}",
+            ("same", mode), kept if kept_memory else env)
     if not args.no_torch_own:
-      contenders["torch own (eager)"] = ("own", "eager")
+      contenders["torch own (eager)"] = ("torch_own", ("own", "eager"), env)
   curves = {name: {} for name in contenders}
   print("\n| run | seed | CPU | epochs | final test acc | to 99.4% | "
         "to 99.5% | last eval at |")
   print("|---|---|---|---|---|---|---|---|")
   with tempfile.TemporaryDirectory() as scratch:
     for seed in seeds:
-      for name, torch_run in contenders.items():
+      for name, (_, torch_run, run_env) in contenders.items():
         if torch_run is None:
           command = [sys.executable, "-c", _JAX_RUN,
                      f"--config={args.recipe}",
@@ -356,7 +380,7 @@ def main():
                      f"--worker={kind}", f"--mode={mode}", f"--seed={seed}",
                      f"--recipe={args.recipe}",
                      f"--epochs={args.epochs}"]
-        curve = run(command, env)
+        curve = run(command, run_env)
         curves[name][seed] = curve
         print(f"| {name} | {seed} | {cpu} | {len(curve)} | "
               f"{curve[-1][1]:.4f} | {show(first_reaching(curve, 0.994))} | "
@@ -364,7 +388,7 @@ def main():
               f"{curve[-1][2]:.1f} s |", flush=True)
   headline = {}
   print("\n| run | CPU | seeds | mean final acc | mean to 99.4% | "
-        "mean to 99.5% | to 99.4% vs torch same |")
+        "mean to 99.5% | cnn_jax's time to 99.4% over this run's |")
   print("|---|---|---|---|---|---|---|")
   means = {}
   for name, by_seed in curves.items():
@@ -375,23 +399,23 @@ def main():
       # A mean only when every seed got there.
       row[target] = (None if None in times else float(np.mean(times)))
     means[name] = row
+  ours = means["cnn_jax"][0.994]
   torch_same = [row[0.994] for name, row in means.items()
                 if name.startswith("torch same") and row[0.994] is not None]
-  anchor = min(torch_same) if torch_same else None
   for name, row in means.items():
-    ratio = ("-" if anchor is None or row[0.994] is None
-             else f"{row[0.994] / anchor:.2f}")
+    key = contenders[name][0]
+    ratio = (None if ours is None or row[0.994] is None
+             else round(ours / row[0.994], 2))
     print(f"| {name} | {cpu} | {len(curves[name])} | {row['final']:.4f} | "
-          f"{show(row[0.994])} | {show(row[0.995])} | {ratio} |")
-    key = name.split(" (")[0].replace(" ", "_") + (
-        "" if "(" not in name or name.startswith("torch own")
-        else "_" + name.split("(")[1].rstrip(")"))
+          f"{show(row[0.994])} | {show(row[0.995])} | "
+          f"{'-' if ratio is None else f'{ratio:.2f}'} |")
     headline[f"{key}_final_acc"] = round(row["final"], 4)
     headline[f"{key}_to_99.4_s"] = row[0.994] and round(row[0.994], 1)
     headline[f"{key}_to_99.5_s"] = row[0.995] and round(row[0.995], 1)
-  if anchor is not None and means["cnn_jax"][0.994] is not None:
-    headline["ratio_to_99.4_vs_torch_same"] = round(
-        means["cnn_jax"][0.994] / anchor, 2)
+    if name.startswith("torch same") and ratio is not None:
+      headline[f"ratio_to_99.4_vs_{key}"] = ratio
+  if torch_same and ours is not None:  # against the fastest PyTorch run
+    headline["ratio_to_99.4_vs_torch_same"] = round(ours / min(torch_same), 2)
   headline.update(recipe=args.recipe, seeds=seeds, cpu=cpu,
                   load_avg=[round(load_before[0], 1),
                             round(os.getloadavg()[0], 1)],

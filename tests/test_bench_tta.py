@@ -39,6 +39,8 @@ def test_same_recipe_is_read_from_the_config():
               config.data.batch_size, config.train.num_epochs,
               config.optim.learning_rate, config.train.label_smoothing,
               config.optim.warmup_epochs)
+  # It evaluates in the recipe's test batches (time counts).
+  assert recipe["eval_batch"] == config.data.eval_batch_size == 250
   # --epochs (as --quick sets it) overrides the config's.
   assert bench_tta.torch_recipe(
       "same", os.path.join(REPO, "configs", "mnist_fast.py"), 2)["epochs"] == 2

@@ -717,6 +717,16 @@ def test_permission_denied_creating_the_workdir(launch_here, monkeypatch,
   assert tiny_run.snapshot(tmp_path) == before
 
 
+def test_unknown_cpu_malloc_setting_is_one_line_before_any_write(
+    launch_here, tmp_path):
+  workdir = tmp_path / "run"
+  status, lines = launch_here("--config", MNIST, f"--workdir={workdir}",
+                              config={"train.cpu_malloc": "yes"})
+  _assert_one_line(status, lines, "config.train.cpu_malloc='yes'",
+                   "auto, keep, default")
+  assert not workdir.exists()
+
+
 def _statvfs_with(**changes):
   """os.statvfs whose results have `changes` (f_flag=os.ST_RDONLY:
   read-only; f_bfree=0, f_bavail=0: full)."""

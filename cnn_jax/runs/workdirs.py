@@ -89,6 +89,7 @@ RESULT_FILES = ("summary.json", "metrics.jsonl", "checkpoints", CONFIG_FILE)
 # on them (data/grain_pipeline.py).
 RESUMABLE_KEYS = ("train.log_every_steps", "train.eval_every_epochs",
                   "train.stop_after_steps", "train.compilation_cache",
+                  "train.cpu_malloc",
                   "checkpoint", "mesh", "data.workers", "data.prefetch")
 
 
