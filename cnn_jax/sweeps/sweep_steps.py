@@ -87,7 +87,8 @@ def shared_program(config, steps_per_epoch):
   schedule = steps.learning_rate_schedule(config, steps_per_epoch)
   init = jax.jit(jax.vmap(
       lambda key, dummy: model.init({"params": key, "dropout": key}, dummy,
-                                    train=False), in_axes=(0, None)))
+                                    train=False), in_axes=(0, None)),
+                 compiler_options=steps.init_compiler_options())
   return Program(model, schedule, optim.make_optimizer(config.optim, schedule),
                  init)
 
