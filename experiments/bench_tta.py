@@ -28,7 +28,7 @@ instruction sets that matter) in every row, then the means over seeds and
 cnn_jax's time to 99.4% over each PyTorch run's (the headline: over the
 fastest PyTorch run of the same recipe).
 
-  python experiments/bench_tta.py                  # 3 seeds: ~40-60 min, 2 idle cores
+  python experiments/bench_tta.py                  # 3 seeds: ~45-70 min, 2 idle cores
   python experiments/bench_tta.py --quick          # 1 seed, 2 epochs, eager
   python experiments/bench_tta.py --seeds 3 --recipe configs/mnist_tta.py \
       --torch_modes eager,compile
