@@ -25,8 +25,8 @@ first thing, as config.train.cpu_malloc says:
   'keep': keep whatever the backend;
   'default': glibc's defaults, untouched.
 The same as starting Python with the environment ENVIRONMENT
-(MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647). Only glibc is affected; other C
-libraries (musl, macOS) are left alone.
+(MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647).
+Only glibc is affected; other C libraries (musl, macOS) are left alone.
 """
 
 import ctypes

@@ -53,7 +53,8 @@ def _transparent_huge_pages_always():
     return False
 
 
-@pytest.mark.skipif(cpu_malloc._mallopt() is None,  # pylint: disable=protected-access
+# pylint: disable=protected-access
+@pytest.mark.skipif(cpu_malloc._mallopt() is None,
                     reason="not glibc: nothing to set")
 def test_kept_memory_stops_the_steps_page_faults():
   kept = _faults_per_step("auto")
@@ -93,11 +94,11 @@ def test_auto_puts_glibc_defaults_back_off_the_cpu(monkeypatch):
   cpu_malloc.settle("auto", None, "gpu")
   assert not calls
   cpu_malloc.settle("auto", "kept", "gpu")
-  assert calls == [dict(cpu_malloc._DEFAULTS)]  # pylint: disable=protected-access
+  assert calls == [dict(cpu_malloc._DEFAULTS)]
 
 
 def test_environment_says_what_keep_freed_memory_sets():
   names = {-8: "MALLOC_ARENA_MAX", -4: "MALLOC_MMAP_MAX_",
            -1: "MALLOC_TRIM_THRESHOLD_"}
-  assert {names[option]: str(value) for option, value in cpu_malloc._KEEP  # pylint: disable=protected-access
-          } == cpu_malloc.ENVIRONMENT
+  kept = {names[option]: str(value) for option, value in cpu_malloc._KEEP}
+  assert kept == cpu_malloc.ENVIRONMENT
