@@ -26,7 +26,6 @@ whose get_config() raised, followed by the file's frames); 2 bad flags;
 signal after saving a checkpoint: rerun the same command to resume.
 """
 
-import gc
 import os
 import sys
 
@@ -252,11 +251,6 @@ def _run_mode():
   except Exception as e:  # pylint: disable=broad-except
     if not liveness.is_collective_failure(e):
       if isinstance(e, _USER_ERRORS):
-        # Reads Orbax left running on a damaged checkpoint print their
-        # exceptions when collected, from whichever thread collects them:
-        # collected here first, so the error line starts a line of its own.
-        gc.collect()
-        sys.stderr.flush()
         print(f"error: {e}", file=sys.stderr)
         return 1
       raise

@@ -12,8 +12,6 @@ previous checkpoint. Nothing is unpickled: arrays are stored by TensorStore
 (zarr/OCDBT) and everything else is JSON.
 """
 
-import contextlib
-import gc
 import glob
 import json
 import os
@@ -163,14 +161,18 @@ def save(manager, state, meta, metrics=None):
   return step
 
 
-@contextlib.contextmanager
-def _abandoned_reads_quiet():
+def _quiet_abandoned_reads():
   """When one array of a damaged checkpoint fails to read, Orbax gives up on
   the reads of the others; each of those coroutines then prints its own
   traceback when it is garbage-collected ("Exception ignored in ..."), tens
   of lines for the one error CheckpointError already names. Those are
   logged at debug level instead; any other unraisable error still goes to
-  the usual hook."""
+  the hook that was there. Installed for good (once; again if something
+  replaced it): the coroutines may be collected at any later time, from any
+  thread, e.g. mid-way through launch.py's error line as the process ends.
+  """
+  if getattr(sys.unraisablehook, "quiets_abandoned_reads", False):
+    return
   previous = sys.unraisablehook
 
   def hook(unraisable):
@@ -180,12 +182,8 @@ def _abandoned_reads_quiet():
     else:
       previous(unraisable)
 
+  hook.quiets_abandoned_reads = True
   sys.unraisablehook = hook
-  try:
-    yield
-  finally:
-    gc.collect()  # the abandoned reads are finalised while the hook is set
-    sys.unraisablehook = previous
 
 
 def _placed(abstract, sharding=None):
@@ -239,10 +237,10 @@ def restore(manager, abstract_state, step, check_meta=None, sharding=None):
   if check_meta is not None:
     check_meta(meta)
   abstract = _placed(jax.eval_shape(_state_arrays, abstract_state), sharding)
+  _quiet_abandoned_reads()
   try:
-    with _abandoned_reads_quiet():
-      arrays = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract)))["state"]
+    arrays = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract)))["state"]
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(f"checkpoint step {step}: its arrays cannot be read "
                           f"({type(e).__name__}: {str(e)[:200]})") from e
