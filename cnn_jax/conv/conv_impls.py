@@ -32,6 +32,7 @@ from jax import lax
 import jax.numpy as jnp
 
 from cnn_jax.conv import conv_im2col
+from cnn_jax.conv import negative_padding
 from cnn_jax.conv import onednn
 from cnn_jax.conv import onednn_build
 
@@ -151,10 +152,13 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   default), resolved by `resolve_conv_impl`. 'onednn', 'im2col' and 'mixed'
   have a custom VJP: reverse-mode differentiation only. This is the function
   `layers.Conv` hands to `flax.linen.Conv`, so parameters keep nn.Conv's
-  layout whichever implementation runs.
+  layout whichever implementation runs. Negative padding is a crop of the
+  input first (negative_padding.py: XLA:CPU gets some of it wrong).
   """
   lhs = jnp.asarray(lhs)
   rhs = jnp.asarray(rhs)
+  lhs, padding = negative_padding.crop(lhs, rhs.shape, padding, lhs_dilation,
+                                       dimension_numbers)
   chosen = resolve_conv_impl(impl, lhs.shape, rhs.shape, dimension_numbers,
                              lhs_dilation, feature_group_count,
                              batch_group_count,

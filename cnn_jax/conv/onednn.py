@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnn_jax.conv import conv_im2col
+from cnn_jax.conv import negative_padding
 from cnn_jax.conv import onednn_build
 from cnn_jax.conv import onednn_verify
 
@@ -298,20 +299,20 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
 
   Same arguments, result and gradients (up to float summation order; float32
   is computed in full float32 whatever `precision` says). Convolutions
-  oneDNN does not take (`supported`), negative padding, or a machine
-  without oneDNN (`onednn_build.unavailable_reason`) run
-  `lax.conv_general_dilated`.
+  oneDNN does not take (`supported`) or a machine without oneDNN
+  (`onednn_build.unavailable_reason`) run `lax.conv_general_dilated`.
+  Negative padding is a crop of the input first (negative_padding.py).
   """
   lhs = jnp.asarray(lhs)
   rhs = jnp.asarray(rhs)
+  lhs, padding = negative_padding.crop(lhs, rhs.shape, padding, lhs_dilation,
+                                       dimension_numbers)
   dtype = jnp.result_type(lhs, rhs)
   fallback = supported(lhs.shape, rhs.shape, dimension_numbers, lhs_dilation,
                        feature_group_count, batch_group_count, dtype)
   if fallback is None:
     window, strides, pads, dilations = conv_im2col.channels_last_geometry(
         lhs.shape, rhs.shape, window_strides, padding, rhs_dilation)
-    if any(p < 0 for pair in pads for p in pair):
-      fallback = f"negative padding {pads}"
   if fallback is None:
     fallback = onednn_build.unavailable_reason()
   if fallback is not None:
