@@ -1,8 +1,11 @@
 """The training loop's metric windows (cnn_jax/training/train_log.py)."""
 
+import jax
+import ml_collections
 import numpy as np
 import pytest
 
+from cnn_jax.training import optim
 from cnn_jax.training import train_log
 
 
@@ -67,3 +70,34 @@ def test_non_finite_loss_names_its_step():
     log.add(_call([1.0, 2.0, np.nan, 4.0]), 0, 4, 32, False)
   assert raised.value.step == 3
   assert isinstance(raised.value, FloatingPointError)
+
+
+def test_the_logged_learning_rate_is_the_schedule_and_compiles_once():
+  # One-cycle AdamW as configs/mnist_fast.py: op by op, evaluating optax's
+  # schedule on the host compiled ~20 tiny programs at the first log.
+  config = ml_collections.ConfigDict({
+      "schedule": "one_cycle", "learning_rate": 4e-3, "warmup_epochs": 0.6,
+      "end_lr_factor": 0.0})
+  schedule = optim.make_schedule(config, total_steps=40, steps_per_epoch=10)
+  compiles = []
+
+  def listener(event, seconds, **kwargs):
+    del seconds, kwargs
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiles.append(event)
+
+  writer = _Writer()
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    log = train_log.TrainLog(writer, _Bar(), schedule, 10, 4, [])
+    for start in range(0, 40, 2):
+      log.add(_call([1.0, 1.0]), start, start + 2, 16, (start + 2) % 10 == 0)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  logged = {step: values["learning_rate"] for step, _, values in writer.rows}
+  assert sorted(logged) == [4, 8, 10, 12, 16, 20, 24, 28, 30, 32, 36, 40]
+  for step, rate in logged.items():
+    # Fused or op by op: the same up to float32 rounding.
+    assert rate == pytest.approx(float(schedule(step - 1)), rel=1e-4)
+  assert rate < 0.01 * config.learning_rate  # annealed by the end
+  assert len(compiles) == 1, compiles
