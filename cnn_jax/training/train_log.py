@@ -59,7 +59,7 @@ class TrainLog:
   def __init__(self, writer, bar, schedule, steps_per_epoch, every,
                pending):
     self.writer, self.bar = writer, bar
-    # One compiled program: called op by op, an optax schedule compiled ~20
+    # One compiled program: called op by op, an optax schedule compiled ~30
     # tiny programs at the first log (one_cycle: ~1.3 s of a cold start).
     self.schedule = jax.jit(schedule)
     self.steps_per_epoch, self.every = steps_per_epoch, every
