@@ -337,7 +337,7 @@ def test_no_intact_checkpoint_is_a_clear_error(preempted, tiny_run_data,
   # launch.py: a warning per damaged checkpoint, then the error; nothing
   # in the workdir is touched (the files stay for inspection). (The reads
   # Orbax abandons print nothing whenever they end or are collected:
-  # checkpoint._quiet_abandoned_reads, tests/runs/test_checkpoint.py.)
+  # runs/abandoned_reads.py, tests/runs/test_abandoned_reads.py.)
   before = tiny_run.snapshot(workdir)
   result = tiny_run.launch(workdir, tiny_run_data, env=launch_env)
   assert result.returncode == 1, result.stderr[-2000:]

@@ -119,4 +119,3 @@ def test_set_aside_renames_so_the_step_can_be_saved_again(tmp_path):
   _saved(tmp_path, [2])
   assert checkpoint.saved_steps(tmp_path) == [1, 2]
   np.testing.assert_array_equal(_restore_latest(tmp_path)[0].step, 2)
-
