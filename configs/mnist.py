@@ -77,6 +77,11 @@ def get_config():
   # glibc keeps freed memory on a CPU run, so steps stop page-faulting on
   # their temporaries (training/cpu_malloc.py): 'auto', 'keep' or 'default'.
   config.train.cpu_malloc = "auto"
+  # What float32 convolutions multiply in (training/matmul_precision.py):
+  # '' JAX's default (full float32 on the CPU), 'float32', or 'bfloat16':
+  # bfloat16 operands with float32 sums, 1.3x the MNIST CNN's train step on
+  # CPUs with bf16 instructions (AVX-512-BF16, AMX; float32 on others).
+  config.train.matmul_precision = ""
 
   # Devices: each global batch is split over them (data parallel), the
   # state replicated; with several processes (launch.py --distributed),

@@ -19,6 +19,12 @@ compiled, measured in the same run), plus images per CPU-second
   python experiments/bench_cpu.py --single_core   # both pinned to one core
   python experiments/bench_cpu.py --quick --bf16  # + bfloat16 compute rows
 
+--bf16 adds two JAX forms of bfloat16: the model computing in bfloat16
+('bf16': config.model.dtype) and the float32 model whose convolutions
+multiply in bfloat16 ('bf16 matmuls': config.train.matmul_precision, JAX's
+default_matmul_precision('bfloat16'); oneDNN's bf16 kernels where the CPU
+has bf16 instructions), against PyTorch under torch.autocast(bfloat16).
+
 On a shared machine the two-core figures move with the other processes'
 load (printed with the results); PyTorch's OpenMP threads lose most when a
 core is taken away, so a loaded machine flatters JAX. --single_core pins the
@@ -59,10 +65,12 @@ MOMENTUM = 0.9
 
 
 def jax_train_step(model_name, impl, batch, image_shape, num_classes=10,
-                   seed=0, dtype=jnp.float32, learning_rate=LEARNING_RATE):
+                   seed=0, dtype=jnp.float32, learning_rate=LEARNING_RATE,
+                   matmul_precision=None):
   """A `run(n)` that does n jitted train steps of MODELS[model_name]
-  (computing in `dtype`, convolutions by `impl`); the batch lives on device.
-  Also experiments/bench_gpu.py's JAX side."""
+  (computing in `dtype`, convolutions by `impl`, traced under JAX's
+  `matmul_precision`); the batch lives on device. Also
+  experiments/bench_gpu.py's JAX side."""
   model = MODELS[model_name](num_classes=num_classes, dtype=dtype)
   tx = optax.sgd(learning_rate, momentum=MOMENTUM)
   rng = np.random.default_rng(seed)
@@ -88,7 +96,8 @@ def jax_train_step(model_name, impl, batch, image_shape, num_classes=10,
     return optax.apply_updates(params, updates), batch_stats, opt_state, loss
 
   state = [params, batch_stats, tx.init(params)]
-  with conv_impls.default_conv_impl_scope(impl):  # read when traced
+  with conv_impls.default_conv_impl_scope(impl), (  # read when traced
+      jax.default_matmul_precision(matmul_precision)):
     compiled = step.lower(*state, images, labels).compile()
 
   def run(n):
@@ -245,6 +254,20 @@ def print_table(title, results, batch):
 
 
 
+def _bf16_matmul_headline(headline, results, suffix, best_torch_bf16):
+  """'jax auto bf16 matmuls' over JAX's float32 step and over the faster
+  PyTorch autocast mode, into `headline` (keys ending in `suffix`)."""
+  if "jax auto bf16 matmuls" not in results:
+    return
+  speed = results["jax auto bf16 matmuls"][0]
+  headline[f"bf16_matmuls_img_s{suffix}"] = round(speed, 1)
+  headline[f"bf16_matmuls_over_f32{suffix}"] = round(
+      speed / results["jax auto"][0], 2)
+  if best_torch_bf16:
+    headline[f"ratio_bf16_matmuls{suffix}"] = round(speed / best_torch_bf16,
+                                                    2)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--batches", default="32,128,512",
@@ -261,9 +284,10 @@ def main():
                       help="keep: cpu_malloc.keep_freed_memory() for the "
                       "whole process (both frameworks); default: glibc's")
   parser.add_argument("--bf16", action="store_true",
-                      help="also time bfloat16 compute: JAX (each of --impls) with the "
-                      "model in bfloat16 (float32 parameters) vs PyTorch "
-                      "autocast(bfloat16)")
+                      help="also time bfloat16 compute: JAX (each of "
+                      "--impls) with the model in bfloat16 (float32 "
+                      "parameters), JAX 'auto' with matmul precision "
+                      "bfloat16, vs PyTorch autocast(bfloat16)")
   parser.add_argument("--torch_modes", default="eager,compile",
                       help="PyTorch modes to time: eager, compile "
                       "(torch.compile, inductor; ~1 min to compile each "
@@ -304,6 +328,10 @@ def main():
     for impl in impls if args.bf16 else ():
       runs[f"jax {impl} bf16"] = jax_train_step(
           "simple_cnn", impl, batch, (28, 28, 1), dtype=jnp.bfloat16)
+    if args.bf16 and "auto" in impls:
+      runs["jax auto bf16 matmuls"] = jax_train_step(
+          "simple_cnn", "auto", batch, (28, 28, 1),
+          matmul_precision="bfloat16")
     if torch is not None:
       runs.update(torch_runs(torch_simple_cnn, batch, (28, 28, 1), modes))
       if args.bf16:
@@ -315,6 +343,7 @@ def main():
     if "jax auto bf16" in results and best_bf16:
       headline[f"ratio_bf16_b{batch}"] = round(
           results["jax auto bf16"][0] / best_bf16, 2)
+    _bf16_matmul_headline(headline, results, f"_b{batch}", best_bf16)
     jax_auto = results.get("jax auto", next(iter(results.values())))[0]
     headline[f"jax_img_s_b{batch}"] = round(jax_auto)
     headline[f"jax_img_per_cpu_s_b{batch}"] = round(
@@ -333,11 +362,20 @@ def main():
     runs = {f"jax {impl}": jax_train_step("resnet18_cifar", impl, batch,
                                           (32, 32, 3))
             for impl in ("xla", "auto")}
+    if args.bf16:
+      runs["jax auto bf16 matmuls"] = jax_train_step(
+          "resnet18_cifar", "auto", batch, (32, 32, 3),
+          matmul_precision="bfloat16")
     if torch is not None:
       runs.update(torch_runs(torch_resnet18_cifar, batch, (32, 32, 3), modes))
+      if args.bf16:
+        runs.update(torch_runs(torch_resnet18_cifar, batch, (32, 32, 3),
+                               modes, bfloat16=True))
     results = measure(runs, batch, rounds=3, window_s=1.0, warmup_s=0.0)
     print_table("ResNet-18 (resnet18_cifar, 32x32x3) train step", results,
                 batch)
+    _bf16_matmul_headline(headline, results, "_resnet18",
+                          torch_anchor(results, " bf16")[1])
     headline["resnet18_jax_img_s"] = round(results["jax auto"][0], 1)
     best, best_speed = torch_anchor(results)
     if best:

@@ -16,7 +16,11 @@ another (seeds interleaved, so a change in the machine's load hits all):
                   and with the setting cnn_jax's runs make on the CPU
                   (freed memory kept: training/cpu_malloc.py; eager
                   PyTorch page-faults on every step's activations
-                  without it, as XLA:CPU does) (--torch_malloc);
+                  without it, as XLA:CPU does) (--torch_malloc); for a
+                  recipe whose convolutions multiply in bfloat16
+                  (config.train.matmul_precision='bfloat16', the default
+                  recipe's), each under torch.autocast(bfloat16) and in
+                  float32 (--torch_precision);
   torch own:      PyTorch's own recipe for the task: the network with
                   BatchNorm, AdamW with torch's OneCycleLR (max_lr 3e-3),
                   batch 128, 4 epochs (a standard recipe, not tuned here).
@@ -161,7 +165,10 @@ def torch_recipe(kind, recipe_path, epochs):
           "warmup_epochs": config.optim.warmup_epochs,
           "label_smoothing": config.train.label_smoothing,
           "crop_padding": config.data.augment.crop_padding,
-          "eval_batch": config.data.eval_batch_size}
+          "eval_batch": config.data.eval_batch_size,
+          # Convolutions multiplied in bfloat16 (cnn_jax: matmul precision
+          # 'bfloat16'; PyTorch: torch.autocast, its way to say so).
+          "bfloat16": config.train.get("matmul_precision", "") == "bfloat16"}
 
 
 def torch_model(recipe, flax_init):
@@ -191,10 +198,16 @@ def torch_model(recipe, flax_init):
   return model
 
 
-def torch_worker(kind, recipe_path, seed, epochs, mode):
-  """Trains the recipe in PyTorch, printing MARK lines after each epoch."""
+def torch_worker(kind, recipe_path, seed, epochs, mode, precision="float32"):
+  """Trains the recipe in PyTorch, printing MARK lines after each epoch;
+  precision 'bfloat16': forward passes and losses under
+  torch.autocast('cpu', torch.bfloat16) (convolutions and linear layers in
+  bfloat16, the rest as autocast chooses)."""
+  import contextlib
   import torch
   from torch import nn
+  autocast = ((lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+              if precision == "bfloat16" else contextlib.nullcontext)
   torch.set_num_threads(len(os.sched_getaffinity(0)))
   recipe = torch_recipe(kind, recipe_path, epochs)
   torch.manual_seed(seed)
@@ -256,7 +269,8 @@ def torch_worker(kind, recipe_path, seed, epochs, mode):
       images = (images / 255.0 - mean) / std
       set_lr(step)
       opt.zero_grad(set_to_none=True)
-      loss = loss_fn(forward(images), train_y[index])
+      with autocast():
+        loss = loss_fn(forward(images), train_y[index])
       loss.backward()
       opt.step()
       if scheduler is not None:
@@ -264,7 +278,7 @@ def torch_worker(kind, recipe_path, seed, epochs, mode):
       step += 1
     model.eval()
     correct, size = 0, recipe["eval_batch"]
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
       for i in range(0, len(test_x), size):
         correct += int((forward(test_x[i:i + size]).argmax(1)
                         == test_y[i:i + size]).sum())
@@ -306,6 +320,12 @@ def main():
   parser.add_argument("--torch_modes", default="eager",
                       help="modes of the same-recipe PyTorch run: eager, "
                       "compile (torch.compile of the model), or both")
+  parser.add_argument("--torch_precision", default="recipe",
+                      help="precisions of the same-recipe PyTorch runs: "
+                      "float32, bfloat16 (torch.autocast), or 'recipe': "
+                      "both for a recipe whose convolutions multiply in "
+                      "bfloat16 (config.train.matmul_precision), else "
+                      "float32")
   parser.add_argument("--torch_malloc", default="default,keep",
                       help="allocator settings of the same-recipe PyTorch "
                       "runs: default (glibc's, as PyTorch runs out of the "
@@ -319,10 +339,11 @@ def main():
                       help=argparse.SUPPRESS)
   parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
   parser.add_argument("--mode", default="eager", help=argparse.SUPPRESS)
+  parser.add_argument("--precision", default="float32", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker:
     torch_worker(args.worker, os.path.join(REPO, args.recipe), args.seed,
-                 args.epochs, args.mode)
+                 args.epochs, args.mode, args.precision)
     return
   if args.quick:
     args.seeds, args.epochs, args.torch_modes = 1, args.epochs or 2, "eager"
@@ -347,17 +368,31 @@ def main():
   # starts (eager PyTorch page-faults on its activations as XLA:CPU does).
   kept = dict(env, **cpu_malloc.ENVIRONMENT)
   contenders = {"cnn_jax": ("cnn_jax", None, env)}
+  precisions = args.torch_precision.split(",")
+  if precisions == ["recipe"]:
+    bfloat16 = torch_recipe("same", os.path.join(REPO, args.recipe),
+                            0)["bfloat16"]
+    precisions = ["bfloat16", "float32"] if bfloat16 else ["float32"]
+  if set(precisions) - {"float32", "bfloat16"}:
+    parser.error(f"--torch_precision: {args.torch_precision!r} is not "
+                 "'recipe' or a list of float32, bfloat16")
   if have_torch:
     for mode in args.torch_modes.split(","):
-      for malloc in args.torch_malloc.split(","):
-        if malloc not in ("default", "keep"):
-          parser.error(f"--torch_malloc: {malloc!r} is not default or keep")
-        kept_memory = malloc == "keep"
-        contenders[f"torch same ({mode}{', kept memory' * kept_memory})"] = (
-            f"torch_same_{mode}{'_kept_memory' * kept_memory}",
-            ("same", mode), kept if kept_memory else env)
+      for precision in precisions:
+        for malloc in args.torch_malloc.split(","):
+          if malloc not in ("default", "keep"):
+            parser.error(f"--torch_malloc: {malloc!r} is not default or keep")
+          kept_memory = malloc == "keep"
+          bf16 = precision == "bfloat16"
+          contenders[f"torch same ({mode}{', autocast bf16' * bf16}"
+                     f"{', kept memory' * kept_memory})"] = (
+                         f"torch_same_{mode}{'_bf16' * bf16}"
+                         f"{'_kept_memory' * kept_memory}",
+                         ("same", mode, precision),
+                         kept if kept_memory else env)
     if not args.no_torch_own:
-      contenders["torch own (eager)"] = ("torch_own", ("own", "eager"), env)
+      contenders["torch own (eager)"] = ("torch_own",
+                                         ("own", "eager", "float32"), env)
   curves = {name: {} for name in contenders}
   print("\n| run | seed | CPU | epochs | final test acc | to 99.4% | "
         "to 99.5% | last eval at |")
@@ -375,9 +410,10 @@ def main():
           if args.epochs:
             command.append(f"--config.train.num_epochs={args.epochs}")
         else:
-          kind, mode = torch_run
+          kind, mode, precision = torch_run
           command = [sys.executable, os.path.abspath(__file__),
                      f"--worker={kind}", f"--mode={mode}", f"--seed={seed}",
+                     f"--precision={precision}",
                      f"--recipe={args.recipe}",
                      f"--epochs={args.epochs}"]
         curve = run(command, run_env)

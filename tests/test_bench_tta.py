@@ -41,6 +41,11 @@ def test_same_recipe_is_read_from_the_config():
               config.optim.warmup_epochs)
   # It evaluates in the recipe's test batches (time counts).
   assert recipe["eval_batch"] == config.data.eval_batch_size == 250
+  # float32 convolutions here; configs/mnist_tta.py multiplies them in
+  # bfloat16, which the twin does under torch.autocast.
+  assert not recipe["bfloat16"]
+  assert bench_tta.torch_recipe(
+      "same", os.path.join(REPO, "configs", "mnist_tta.py"), 0)["bfloat16"]
   # --epochs (as --quick sets it) overrides the config's.
   assert bench_tta.torch_recipe(
       "same", os.path.join(REPO, "configs", "mnist_fast.py"), 2)["epochs"] == 2

@@ -17,6 +17,12 @@ Where oneDNN or a compiler is missing (onednn_build.unavailable_reason()),
 is used (onednn_verify.py): one that oneDNN cannot create on this CPU, or
 that disagrees with a reference, runs as XLA's convolution instead.
 
+Precision: float32 convolutions multiply in bfloat16 (float32 sums) where
+JAX's matmul precision asks for it ('bfloat16', lax.Precision.DEFAULT) and
+oneDNN has bf16 instructions here; otherwise in float32 (XLA:CPU ignores the
+precision). See `conv_general_dilated` and README "Matmul precision
+bfloat16".
+
 Differentiation: reverse mode, to any order (each pass's VJP is made of the
 other passes); no forward mode (jvp), as with any custom VJP. Under vmap,
 members that share the kernel fold into one call's batch; otherwise they run
@@ -69,6 +75,42 @@ def supported(lhs_shape: Sequence[int], rhs_shape: Sequence[int],
   return None
 
 
+# oneDNN's instruction sets with bf16 dot products (AVX-512-BF16, AMX):
+# there a bfloat16 convolution runs 1.9-4x its float32 one (2-core AMD EPYC
+# Zen 5: README "Matmul precision bfloat16"); without them oneDNN emulates
+# bf16 (AVX-512) or cannot create it (AVX2).
+BFLOAT16_ISAS = ("avx512_core_bf16", "avx512_core_fp16", "avx512_core_amx",
+                 "avx512_core_amx_fp16")
+
+
+def bfloat16_native() -> bool:
+  """Whether oneDNN computes bfloat16 convolutions with bf16 dot-product
+  instructions on this CPU (after ONEDNN_MAX_CPU_ISA)."""
+  return onednn_build.available() and onednn_build.cpu_isa() in BFLOAT16_ISAS
+
+
+def bfloat16_requested(precision=None) -> bool:
+  """Whether `precision` (lax.conv_general_dilated's; None: JAX's
+  jax_default_matmul_precision at trace time) allows float32 operands to be
+  multiplied in bfloat16: 'bfloat16' / 'default' / lax.Precision.DEFAULT
+  for both operands (JAX's "fastest, bfloat16" level) or the BF16_BF16_F32
+  algorithm preset."""
+  if precision is None:
+    precision = jax.config.jax_default_matmul_precision
+    if precision is None:
+      return False
+  if isinstance(precision, (list, tuple)):
+    return len(precision) == 2 and all(bfloat16_requested(p)
+                                       for p in precision)
+  if isinstance(precision, lax.DotAlgorithmPreset):
+    return precision == lax.DotAlgorithmPreset.BF16_BF16_F32
+  if isinstance(precision, str):
+    if precision in lax.DotAlgorithmPreset.__members__:
+      return precision == "BF16_BF16_F32"
+    precision = lax.Precision(precision)
+  return precision == lax.Precision.DEFAULT
+
+
 # geometry: (in_sizes, window, strides, pads, dilations), all tuples of ints.
 Geometry = Tuple[Tuple[int, ...], ...]
 
@@ -85,10 +127,12 @@ def _result_shape(target: str, a_shape, b_shape, geometry: Geometry):
   return (*window, a_shape[-1], b_shape[-1])
 
 
-def _local_call(target: str, geometry: Geometry, a, b):
+def _local_call(target: str, geometry: Geometry, out_dtype: str, a, b):
+  """The custom call: operands a, b of one dtype, the result `out_dtype`
+  (theirs, or float32 for bfloat16 operands)."""
   _, _, strides, pads, dilations = geometry
   shape = _result_shape(target, a.shape, b.shape, geometry)
-  return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, a.dtype))(
+  return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, out_dtype))(
       a, b, strides=np.asarray(strides, np.int64),
       pads_lo=np.asarray([lo for lo, _ in pads], np.int64),
       pads_hi=np.asarray([hi for _, hi in pads], np.int64),
@@ -100,7 +144,7 @@ def _local_call(target: str, geometry: Geometry, a, b):
 # three passes are independent per example, so they run on each device's
 # shard of the batch; the kernel gradient sums the shards' contributions.
 _call = custom_partitioning.custom_partitioning(_local_call,
-                                                static_argnums=(0, 1))
+                                                static_argnums=(0, 1, 2))
 
 
 def _batch_axes(arg_shapes):
@@ -119,18 +163,19 @@ def _shardings(target, mesh, batch):
   return by_batch, (by_batch, replicated)
 
 
-def _infer_sharding(target, geometry, mesh, arg_shapes, result_shape):
-  del geometry, result_shape
+def _infer_sharding(target, geometry, out_dtype, mesh, arg_shapes,
+                    result_shape):
+  del geometry, out_dtype, result_shape
   return _shardings(target, mesh, _batch_axes(arg_shapes))[0]
 
 
-def _partition(target, geometry, mesh, arg_shapes, result_shape):
+def _partition(target, geometry, out_dtype, mesh, arg_shapes, result_shape):
   del result_shape
   batch = _batch_axes(arg_shapes)
   result_sharding, arg_shardings = _shardings(target, mesh, batch)
 
   def lower(a, b):
-    out = _local_call(target, geometry, a, b)
+    out = _local_call(target, geometry, out_dtype, a, b)
     if target == _BACKWARD_WEIGHTS and batch is not None:
       out = lax.psum(out, batch)
     return out
@@ -138,10 +183,11 @@ def _partition(target, geometry, mesh, arg_shapes, result_shape):
   return mesh, lower, result_sharding, arg_shardings
 
 
-def _sharding_rule(target, geometry, mesh, operand_types, result_types):
+def _sharding_rule(target, geometry, out_dtype, mesh, operand_types,
+                   result_types):
   """Shardy's rule: only the batch dim may be sharded; the kernel gradient
   reduces over it."""
-  del mesh, operand_types, result_types
+  del out_dtype, mesh, operand_types, result_types
   n = len(geometry[0])
   x = " ".join(f"x{i}" for i in range(n))
   y = " ".join(f"y{i}" for i in range(n))
@@ -163,7 +209,7 @@ _call.def_partition(partition=_partition,
 
 
 @functools.lru_cache(maxsize=None)
-def _pass(target: str, geometry: Geometry):
+def _pass(target: str, geometry: Geometry, out_dtype: str):
   """One pass as a function of its two operands that vmap can batch.
 
   (custom_partitioning has no batching rule.) Members vmapped over the
@@ -174,7 +220,7 @@ def _pass(target: str, geometry: Geometry):
 
   @custom_batching.custom_vmap
   def run(a, b):
-    return _call(target, geometry, a, b)
+    return _call(target, geometry, out_dtype, a, b)
 
   @run.def_vmap
   def _rule(axis_size, in_batched, a, b):
@@ -192,8 +238,9 @@ def _pass(target: str, geometry: Geometry):
 
 
 def _xla_pass(target: str, geometry: Geometry, a, b):
-  """The same pass as XLA's convolution (or its transpose): what runs where
-  onednn_verify rejects oneDNN's primitive on this CPU."""
+  """The same pass as XLA's convolution (or its transpose), in the operands'
+  dtype: what runs where onednn_verify rejects oneDNN's primitive on this
+  CPU."""
   in_sizes, window, strides, pads, dilations = geometry
   conv = functools.partial(
       lax.conv_general_dilated, window_strides=strides, padding=pads,
@@ -208,62 +255,112 @@ def _xla_pass(target: str, geometry: Geometry, a, b):
   return jax.linear_transpose(lambda w: conv(a, w), w)(b)[0]
 
 
-def _checked_pass(target: str, geometry: Geometry, a, b):
-  """oneDNN's pass where onednn_verify accepts it on this CPU, else XLA's."""
+def _verified_dtype(target: str, compute: str, out_dtype: str) -> str:
+  """onednn_verify's dtype of a pass that multiplies in `compute` and
+  returns `out_dtype`."""
+  if compute != out_dtype and target == _BACKWARD_WEIGHTS:
+    return onednn_verify.MIXED
+  return compute
+
+
+def _bfloat16_runs(geometry: Geometry, channels) -> bool:
+  """Whether oneDNN runs all three passes of this float32 convolution in
+  bfloat16 here (else it runs in float32, every pass: bfloat16 was
+  allowed, not asked for at any cost)."""
+  return all(onednn_verify.rejection(
+      target, geometry, channels,
+      _verified_dtype(target, "bfloat16", "float32"),
+      instead="the convolution runs in float32") is None
+             for target in (_FORWARD, _BACKWARD_DATA, _BACKWARD_WEIGHTS))
+
+
+def _checked_pass(target: str, geometry: Geometry, compute: str, a, b):
+  """The pass on a and b cast to `compute`, its result in the wider of their
+  dtypes: oneDNN's where onednn_verify accepts it on this CPU, else XLA's."""
+  out_dtype = jnp.dtype(jnp.result_type(a, b)).name
+  dtype = _verified_dtype(target, compute, out_dtype)
   channels = ((a.shape[-1], b.shape[-1]) if target == _BACKWARD_WEIGHTS
               else (b.shape[-2], b.shape[-1]))
-  if onednn_verify.rejection(target, geometry, channels,
-                             jnp.dtype(a.dtype).name) is None:
-    return _pass(target, geometry)(a, b)
-  return _xla_pass(target, geometry, a, b)
+  a, b = a.astype(compute), b.astype(compute)
+  if onednn_verify.rejection(target, geometry, channels, dtype) is None:
+    # The forward and input-gradient passes write bfloat16, and XLA
+    # widens the result inside whatever fusion reads it: oneDNN 3.2's
+    # bfloat16 kernels with a float32 result ran at half speed (2-core
+    # AMD EPYC Zen 5, 32x32, 64->64: forward 22 vs 11 ms, input gradient
+    # 19 vs 12 ms). The kernel gradient, summed over the whole batch in
+    # float32 anyway, is returned in float32 at no cost.
+    return _pass(target, geometry, _pass_result(dtype))(a, b).astype(
+        out_dtype)
+  return _xla_pass(target, geometry, a, b).astype(out_dtype)
+
+
+def _pass_result(dtype: str) -> str:
+  """The custom call's result dtype for a pass of onednn_verify `dtype`."""
+  return "float32" if dtype == onednn_verify.MIXED else dtype
 
 
 # Each pass is linear in each operand, and each one's VJP is made of the
-# other two, so reverse mode works to any order.
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _forward(x, kernel, geometry):
-  return _checked_pass(_FORWARD, geometry, x, kernel)
+# other two, so reverse mode works to any order. `compute`: the dtype the
+# pass multiplies in (operands are cast to it; the result keeps the wider
+# of the operands' dtypes, so float32 convolutions computed in bfloat16
+# return float32, and their residuals are kept as bfloat16 casts). Each
+# cotangent is cast to its operand's dtype.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _forward(x, kernel, geometry, compute):
+  return _checked_pass(_FORWARD, geometry, compute, x, kernel)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _backward_data(dy, kernel, geometry):
-  return _checked_pass(_BACKWARD_DATA, geometry, dy, kernel)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _backward_data(dy, kernel, geometry, compute):
+  return _checked_pass(_BACKWARD_DATA, geometry, compute, dy, kernel)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _backward_weights(x, dy, geometry):
-  return _checked_pass(_BACKWARD_WEIGHTS, geometry, x, dy)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _backward_weights(x, dy, geometry, compute):
+  return _checked_pass(_BACKWARD_WEIGHTS, geometry, compute, x, dy)
 
 
-def _forward_fwd(x, kernel, geometry):
-  return _forward(x, kernel, geometry), (x, kernel)
+def _residuals(a, b, compute):
+  """What a pass's VJP keeps of its operands: their casts to `compute`
+  (half the memory for bfloat16 compute), and their dtypes, as empty arrays
+  (residuals must be arrays; a cotangent takes its operand's dtype)."""
+  return (a.astype(compute), b.astype(compute),
+          (jnp.zeros(0, a.dtype), jnp.zeros(0, b.dtype)))
 
 
-def _forward_bwd(geometry, residuals, dy):
-  x, kernel = residuals
-  dy = dy.astype(x.dtype)
-  return (_backward_data(dy, kernel, geometry),
-          _backward_weights(x, dy, geometry))
+def _forward_fwd(x, kernel, geometry, compute):
+  return (_forward(x, kernel, geometry, compute),
+          _residuals(x, kernel, compute))
 
 
-def _backward_data_fwd(dy, kernel, geometry):
-  return _backward_data(dy, kernel, geometry), (dy, kernel)
+def _forward_bwd(geometry, compute, residuals, dy):
+  x, kernel, (x_dtype, kernel_dtype) = residuals
+  return (_backward_data(dy, kernel, geometry, compute).astype(x_dtype.dtype),
+          _backward_weights(x, dy, geometry, compute).astype(
+              kernel_dtype.dtype))
 
 
-def _backward_data_bwd(geometry, residuals, g):
-  dy, kernel = residuals
-  g = g.astype(dy.dtype)
-  return _forward(g, kernel, geometry), _backward_weights(g, dy, geometry)
+def _backward_data_fwd(dy, kernel, geometry, compute):
+  return (_backward_data(dy, kernel, geometry, compute),
+          _residuals(dy, kernel, compute))
 
 
-def _backward_weights_fwd(x, dy, geometry):
-  return _backward_weights(x, dy, geometry), (x, dy)
+def _backward_data_bwd(geometry, compute, residuals, g):
+  dy, kernel, (dy_dtype, kernel_dtype) = residuals
+  return (_forward(g, kernel, geometry, compute).astype(dy_dtype.dtype),
+          _backward_weights(g, dy, geometry, compute).astype(
+              kernel_dtype.dtype))
 
 
-def _backward_weights_bwd(geometry, residuals, g):
-  x, dy = residuals
-  g = g.astype(x.dtype)
-  return _backward_data(dy, g, geometry), _forward(x, g, geometry)
+def _backward_weights_fwd(x, dy, geometry, compute):
+  return (_backward_weights(x, dy, geometry, compute),
+          _residuals(x, dy, compute))
+
+
+def _backward_weights_bwd(geometry, compute, residuals, g):
+  x, dy, (x_dtype, dy_dtype) = residuals
+  return (_backward_data(dy, g, geometry, compute).astype(x_dtype.dtype),
+          _forward(x, g, geometry, compute).astype(dy_dtype.dtype))
 
 
 _forward.defvjp(_forward_fwd, _forward_bwd)
@@ -297,8 +394,14 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          precision=None, preferred_element_type=None):
   """`lax.conv_general_dilated` run by oneDNN on the CPU.
 
-  Same arguments, result and gradients (up to float summation order; float32
-  is computed in full float32 whatever `precision` says). Convolutions
+  Same arguments, result and gradients (up to float summation order).
+  float32 convolutions multiply in bfloat16 with float32 sums where
+  `precision`, or JAX's default matmul precision when it is None, asks for
+  bfloat16 (`bfloat16_requested`), oneDNN has bf16 instructions on this CPU
+  (`bfloat16_native`) and accepts all three bfloat16 passes of this
+  geometry (onednn_verify); the forward and input-gradient results are
+  rounded to bfloat16 once, the kernel gradient is not. Otherwise they run
+  in float32, as XLA:CPU does whatever the precision. Convolutions
   oneDNN does not take (`supported`) or a machine without oneDNN
   (`onednn_build.unavailable_reason`) run `lax.conv_general_dilated`.
   Negative padding is a crop of the input first (negative_padding.py).
@@ -326,7 +429,11 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   geometry = (tuple(lhs.shape[1:-1]), window, strides, pads, dilations)
   if all(k == 1 for k in window) and any(s > 1 for s in strides):
     lhs, geometry = _subsampled(lhs, geometry)
-  y = _forward(lhs, rhs.astype(dtype), geometry)
+  compute = jnp.dtype(dtype).name
+  if (compute == "float32" and bfloat16_requested(precision)
+      and bfloat16_native() and _bfloat16_runs(geometry, rhs.shape[-2:])):
+    compute = "bfloat16"
+  y = _forward(lhs, rhs.astype(dtype), geometry, compute)
   if preferred_element_type is not None:
     y = y.astype(preferred_element_type)
   return y

@@ -42,11 +42,17 @@ PASSES = {onednn_build.FORWARD: 0, onednn_build.BACKWARD_DATA: 1,
 PASS_NAMES = {onednn_build.FORWARD: "forward",
               onednn_build.BACKWARD_DATA: "input gradient",
               onednn_build.BACKWARD_WEIGHTS: "kernel gradient"}
-_DTYPE_CODES = {"float32": 0, "bfloat16": 1}
+# A pass's dtype: its operands' and result's ('float32', 'bfloat16'), or
+# MIXED: bfloat16 operands, float32 result (onednn.py's float32 convolutions
+# under JAX's matmul precision 'bfloat16').
+MIXED = "bfloat16>float32"
+_DTYPE_CODES = {"float32": 0, "bfloat16": 1, MIXED: 2}
 # Largest error allowed, relative to the reference's largest magnitude:
 # float32 sums in a different order (~1e-6 here); bfloat16 rounds inputs
-# and outputs to 8 bits (~4e-3). Wrong kernels are off by 0.1-1.
-_TOLERANCE = {"float32": 1e-4, "bfloat16": 3e-2}
+# and outputs to 8 bits (~4e-3); MIXED's reference takes the same rounded
+# inputs, so only the order of float32 sums differs. Wrong kernels are off
+# by 0.1-1.
+_TOLERANCE = {"float32": 1e-4, "bfloat16": 3e-2, MIXED: 1e-4}
 # Two examples (the AVX2 fault shows at any batch size), one for large
 # maps, where the reference dominates the check's cost.
 _CHECK_BATCH, _LARGE_MAP_BATCH, _LARGE_MAP = 2, 1, 64 * 64
@@ -87,11 +93,13 @@ def class_key(target: str, geometry: Geometry, channels: Tuple[int, int],
 
 
 def rejection(target: str, geometry: Geometry, channels: Tuple[int, int],
-              dtype: str) -> Optional[str]:
+              dtype: str, instead: str = "XLA's convolution runs it instead"
+              ) -> Optional[str]:
   """None if oneDNN's `target` pass of this convolution may run here, else
-  why not (checked on first use on this machine, then remembered).
+  why not (checked on first use on this machine, then remembered; a
+  rejection is logged once per kind, with `instead`: what runs instead).
 
-  channels: (C_in, C_out); dtype: 'float32' or 'bfloat16'.
+  channels: (C_in, C_out); dtype: 'float32', 'bfloat16' or MIXED.
   """
   key = class_key(target, geometry, channels, dtype)
   with _lock:
@@ -107,9 +115,9 @@ def rejection(target: str, geometry: Geometry, channels: Tuple[int, int],
     if reason is not None and kind not in _warned:
       _warned.add(kind)
       logging.warning(
-          "oneDNN %s on this CPU (%s): XLA's convolution runs it instead "
+          "oneDNN %s on this CPU (%s): %s "
           "[%s; other geometries alike: python -m cnn_jax.conv]",
-          reason, onednn_build.cpu_isa(), key)
+          reason, onednn_build.cpu_isa(), instead, key)
   return reason
 
 
@@ -212,13 +220,23 @@ def _operand_shapes(target, geometry, channels, batch):
   return x, w, y
 
 
+def numpy_dtypes(dtype: str) -> Tuple[np.dtype, np.dtype]:
+  """(operands' dtype, result's dtype) of a pass of `dtype`."""
+  bfloat16 = np.dtype(ml_dtypes.bfloat16)
+  return {"float32": (np.dtype(np.float32),) * 2,
+          "bfloat16": (bfloat16, bfloat16),
+          MIXED: (bfloat16, np.dtype(np.float32))}[dtype]
+
+
 def run(target: str, geometry: Geometry, a: np.ndarray, b: np.ndarray,
-        result_shape) -> np.ndarray:
+        result_shape, dtype: Optional[str] = None) -> np.ndarray:
   """oneDNN's pass on NumPy arrays through CnnOnednnRunPass; raises
-  RuntimeError with oneDNN's message when it cannot run."""
+  RuntimeError with oneDNN's message when it cannot run. dtype: the pass's
+  (None: the operands')."""
   _, _, strides, pads, dilations = geometry
-  dtype = a.dtype
-  result = np.zeros(result_shape, dtype)
+  if dtype is None:
+    dtype = np.dtype(a.dtype).name
+  result = np.zeros(result_shape, numpy_dtypes(dtype)[1])
   a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
   if target == onednn_build.FORWARD:
     (x, w, y), dims = (a, b, result), (a.shape, b.shape, result.shape)
@@ -229,7 +247,7 @@ def run(target: str, geometry: Geometry, a: np.ndarray, b: np.ndarray,
   i64 = lambda values: (ctypes.c_int64 * len(values))(*values)
   message = ctypes.create_string_buffer(1024)
   status = onednn_build.library().CnnOnednnRunPass(
-      PASSES[target], _DTYPE_CODES[dtype.name], len(geometry[0]),
+      PASSES[target], _DTYPE_CODES[dtype], len(geometry[0]),
       i64(dims[0]), i64(dims[1]), i64(dims[2]), i64(strides),
       i64([lo for lo, _ in pads]), i64([hi for _, hi in pads]),
       i64(dilations), x.ctypes.data_as(ctypes.c_void_p),
@@ -244,7 +262,7 @@ def check(target: str, geometry: Geometry, channels: Tuple[int, int],
           dtype: str) -> Optional[str]:
   """Runs the pass on a tiny batch of three seeded random draws: None if it
   matches the reference, else what went wrong."""
-  np_dtype = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+  np_dtype = numpy_dtypes(dtype)[0]
   batch = (_LARGE_MAP_BATCH if np.prod(geometry[0]) >= _LARGE_MAP
            else _CHECK_BATCH)
   x, w, y = _operand_shapes(target, geometry, channels, batch)
@@ -256,7 +274,7 @@ def check(target: str, geometry: Geometry, channels: Tuple[int, int],
     rng = np.random.default_rng(seed)
     a, b = (rng.standard_normal(s).astype(np_dtype) for s in operands)
     try:
-      actual = run(target, geometry, a, b, result)
+      actual = run(target, geometry, a, b, result, dtype)
     except RuntimeError as e:
       return f"cannot create its {PASS_NAMES[target]} ({e})"
     expected = reference(target, geometry, a, b)

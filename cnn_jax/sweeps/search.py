@@ -64,6 +64,7 @@ from cnn_jax.sweeps import search_steps
 from cnn_jax.sweeps import search_trials
 from cnn_jax.sweeps import sweep_config
 from cnn_jax.sweeps import sweep_steps
+from cnn_jax.training import matmul_precision
 from cnn_jax.training import optim
 from cnn_jax.training import preemption
 from cnn_jax.training import steps
@@ -92,6 +93,7 @@ def _check_val(base, splits):
         "held out of train, never on the test split")
 
 
+@matmul_precision.applied
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   """Runs the search `config` into `workdir`; returns its summary dict."""
   start_time = time.time()

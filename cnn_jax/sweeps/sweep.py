@@ -50,6 +50,7 @@ from cnn_jax.distributed import multihost
 from cnn_jax.sweeps import sweep_config
 from cnn_jax.sweeps import sweep_outputs
 from cnn_jax.sweeps import sweep_steps
+from cnn_jax.training import matmul_precision
 from cnn_jax.training import optim
 from cnn_jax.training import steps
 from cnn_jax.transfer import plan as transfer_plan
@@ -259,6 +260,7 @@ def _train_chunk(indices, overrides, configs, data, run):
   return [m for m in members if m is not None], throughput
 
 
+@matmul_precision.applied
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   """Trains every member of the sweep `config` into `workdir` (see the
   module docstring for the layout). Returns the sweep's summary dict.

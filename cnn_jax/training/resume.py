@@ -21,6 +21,7 @@ from cnn_jax.distributed import multihost
 from cnn_jax.runs import checkpoint
 from cnn_jax.runs import workdirs
 from cnn_jax.tasks import task_for_run
+from cnn_jax.training import matmul_precision
 from cnn_jax.training import multistep
 from cnn_jax.training import steps
 from cnn_jax.training import train_log
@@ -116,6 +117,7 @@ def restore_for_evaluation(config, workdir, step=None, sharding=None):
   return state, train_set, test_set, mean, std
 
 
+@matmul_precision.applied
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         step=None):
   """Evaluates a checkpoint of `workdir` on the whole test split.

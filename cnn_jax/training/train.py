@@ -29,6 +29,7 @@ from cnn_jax.runs import checkpoint
 from cnn_jax.runs import workdirs
 from cnn_jax.runs import writers
 from cnn_jax.tasks import task_for_run
+from cnn_jax.training import matmul_precision
 from cnn_jax.training import multistep
 from cnn_jax.training import optim
 from cnn_jax.training import preemption
@@ -332,6 +333,7 @@ def _train_steps(run, state, progress, train_call, eval_fn):
                  stop.signum if stopping else None, log.train_img_per_s)
 
 
+@matmul_precision.applied
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   """Trains config.model on config.data, writing logs, curves, checkpoints
   and summary.json into `workdir`. Returns the summary dict.

@@ -144,18 +144,13 @@ def _bfloat16_vjp_error():
   return jax.jit(vjp).lower(*args).as_text(), errors
 
 
-# The oneDNN ISAs with bfloat16 convolutions (AVX-512-BF16 and newer).
-_BF16_ISAS = ("avx512_core_bf16", "avx512_core_fp16", "avx512_core_amx",
-              "avx512_core_amx_fp16")
-
-
 def test_bfloat16_matches_float32_reference():
   """On any CPU: oneDNN's bfloat16 primitives where it has them, XLA's
   convolutions where it has not; either way the values are right."""
   hlo, errors = _bfloat16_vjp_error()
   assert max(errors) < 0.02, errors
   uses_onednn = "cnn_onednn_conv" in hlo
-  assert uses_onednn == (onednn_build.cpu_isa() in _BF16_ISAS), (
+  assert uses_onednn == (onednn_build.cpu_isa() in onednn.BFLOAT16_ISAS), (
       onednn_build.cpu_isa(), uses_onednn)
 
 
@@ -219,17 +214,6 @@ def test_check_catches_the_avx2_strided_1x1_kernel_gradient(isa, threads,
     assert "kernel gradient disagrees" in kernel_grad, result
   else:
     assert kernel_grad is None, result
-
-
-@pytest.fixture(name="fresh_verdicts")
-def _fresh_verdicts(monkeypatch, tmp_path):
-  """An empty verdict store in tmp_path (the machine's own is untouched)."""
-  path = tmp_path / "verdicts.json"
-  monkeypatch.setattr(onednn_verify, "verdict_file", lambda: path)
-  monkeypatch.setattr(onednn_verify, "_verdicts", {})
-  monkeypatch.setattr(onednn_verify, "_loaded_from", None)
-  monkeypatch.setattr(onednn_verify, "_warned", set())
-  return path
 
 
 def _grads_and_hlo(x_shape, k_shape):

@@ -8,7 +8,11 @@
 //
 // Three handlers, one per pass of a channels-last convolution
 //   x [N, *spatial, C] (*) w [*window, C, O] -> y [N, *out_spatial, O]
-// with 1 to 3 spatial dims, float32 or bfloat16 (all operands alike):
+// with 1 to 3 spatial dims, float32 or bfloat16; a pass's two operands
+// share a dtype, and its result has that dtype too, or is float32 for
+// bfloat16 operands (bfloat16 products summed in float32 and returned
+// unrounded: what JAX's matmul precision 'bfloat16' asks of a float32
+// convolution, which onednn.py casts to bfloat16 on the way in):
 //   cnn_onednn_conv_fwd           (x, w)  -> y
 //   cnn_onednn_conv_bwd_data      (dy, w) -> dx
 //   cnn_onednn_conv_bwd_weights   (x, dy) -> dw
@@ -76,7 +80,8 @@ void* Buffer(Slot slot, size_t bytes) {
 
 // Everything that defines one convolution, in oneDNN's terms.
 struct Geometry {
-  memory::data_type dtype;
+  // The pass's two operands are in_dtype, its result out_dtype.
+  memory::data_type in_dtype, out_dtype;
   Dims src, wei, dst;            // logical: {N, C, *sp}, {O, C, *win}, {N, O, *sp}
   Dims strides, dilations, pads_lo, pads_hi;  // oneDNN dilation: 0 = none
   int spatial;
@@ -87,14 +92,33 @@ struct Geometry {
   Tag WeightTag() const {
     return spatial == 1 ? Tag::wio : spatial == 2 ? Tag::hwio : Tag::dhwio;
   }
-  memory::desc Src() const { return {src, dtype, ActivationTag()}; }
-  memory::desc Dst() const { return {dst, dtype, ActivationTag()}; }
-  memory::desc UserWeights() const { return {wei, dtype, WeightTag()}; }
-  memory::desc AnyWeights() const { return {wei, dtype, Tag::any}; }
+  // Each tensor's dtype in `pass`: the one the pass writes is its result.
+  memory::data_type SrcType(Pass pass) const {
+    return pass == Pass::kBackwardData ? out_dtype : in_dtype;
+  }
+  memory::data_type DstType(Pass pass) const {
+    return pass == Pass::kForward ? out_dtype : in_dtype;
+  }
+  memory::data_type WeightType(Pass pass) const {
+    return pass == Pass::kBackwardWeights ? out_dtype : in_dtype;
+  }
+  memory::desc Src(Pass pass) const {
+    return {src, SrcType(pass), ActivationTag()};
+  }
+  memory::desc Dst(Pass pass) const {
+    return {dst, DstType(pass), ActivationTag()};
+  }
+  memory::desc UserWeights(Pass pass) const {
+    return {wei, WeightType(pass), WeightTag()};
+  }
+  memory::desc AnyWeights(Pass pass) const {
+    return {wei, WeightType(pass), Tag::any};
+  }
 
   std::string Key(Pass pass) const {
     std::string key = std::to_string(static_cast<int>(pass)) + ":" +
-                      std::to_string(static_cast<int>(dtype));
+                      std::to_string(static_cast<int>(in_dtype)) + ">" +
+                      std::to_string(static_cast<int>(out_dtype));
     for (const Dims* dims : {&src, &wei, &dst, &strides, &dilations, &pads_lo,
                              &pads_hi}) {
       key += "|";
@@ -109,11 +133,16 @@ struct Geometry {
     return attr;
   }
 
-  dnnl::convolution_forward::primitive_desc ForwardDesc() const {
+  // The forward pass; for the gradients, the hint their primitives need
+  // (all in_dtype: oneDNN takes it only to pick a matching kernel).
+  dnnl::convolution_forward::primitive_desc ForwardDesc(Pass pass) const {
+    const memory::data_type out =
+        pass == Pass::kForward ? out_dtype : in_dtype;
     return dnnl::convolution_forward::primitive_desc(
         Engine(), dnnl::prop_kind::forward_training,
-        dnnl::algorithm::convolution_direct, Src(), AnyWeights(), Dst(),
-        strides, dilations, pads_lo, pads_hi, Attr());
+        dnnl::algorithm::convolution_direct, {src, in_dtype, ActivationTag()},
+        {wei, in_dtype, Tag::any}, {dst, out, ActivationTag()}, strides,
+        dilations, pads_lo, pads_hi, Attr());
   }
 };
 
@@ -127,7 +156,7 @@ struct Compiled {
 };
 
 Compiled Build(const Geometry& g, Pass pass) {
-  const auto fwd = g.ForwardDesc();
+  const auto fwd = g.ForwardDesc(pass);
   dnnl::primitive primitive;
   memory::desc weights, scratch;
   if (pass == Pass::kForward) {
@@ -136,25 +165,25 @@ Compiled Build(const Geometry& g, Pass pass) {
     scratch = fwd.scratchpad_desc();
   } else if (pass == Pass::kBackwardData) {
     auto pd = dnnl::convolution_backward_data::primitive_desc(
-        Engine(), dnnl::algorithm::convolution_direct, g.Src(),
-        g.AnyWeights(), g.Dst(), g.strides, g.dilations, g.pads_lo, g.pads_hi,
-        fwd, g.Attr());
+        Engine(), dnnl::algorithm::convolution_direct, g.Src(pass),
+        g.AnyWeights(pass), g.Dst(pass), g.strides, g.dilations, g.pads_lo,
+        g.pads_hi, fwd, g.Attr());
     primitive = dnnl::convolution_backward_data(pd);
     weights = pd.weights_desc();
     scratch = pd.scratchpad_desc();
   } else {
     auto pd = dnnl::convolution_backward_weights::primitive_desc(
-        Engine(), dnnl::algorithm::convolution_direct, g.Src(),
-        g.AnyWeights(), g.Dst(), g.strides, g.dilations, g.pads_lo,
+        Engine(), dnnl::algorithm::convolution_direct, g.Src(pass),
+        g.AnyWeights(pass), g.Dst(pass), g.strides, g.dilations, g.pads_lo,
         g.pads_hi, fwd, g.Attr());
     primitive = dnnl::convolution_backward_weights(pd);
     weights = pd.diff_weights_desc();
     scratch = pd.scratchpad_desc();
   }
-  Compiled c{primitive, weights, weights != g.UserWeights(), {},
+  Compiled c{primitive, weights, weights != g.UserWeights(pass), {},
              scratch.get_size()};
   if (c.reorder_weights) {
-    memory user(g.UserWeights(), Engine(), DNNL_MEMORY_NONE);
+    memory user(g.UserWeights(pass), Engine(), DNNL_MEMORY_NONE);
     memory blocked(weights, Engine(), DNNL_MEMORY_NONE);
     c.weight_reorder = pass == Pass::kBackwardWeights
                            ? dnnl::reorder(blocked, user)
@@ -178,20 +207,33 @@ const Compiled& Get(const Geometry& g, Pass pass) {
 
 // x: [N, *spatial, C] (the full-size activation), w: [*window, C, O],
 // y: [N, *out_spatial, O], whichever of them is an input or the output.
+ffi::ErrorOr<memory::data_type> OnednnType(ffi::DataType dtype) {
+  if (dtype == ffi::DataType::F32) return memory::data_type::f32;
+  if (dtype == ffi::DataType::BF16) return memory::data_type::bf16;
+  return ffi::Unexpected<ffi::Error>(
+      ffi::Error::InvalidArgument("oneDNN conv: dtype must be f32 or bf16"));
+}
+
+// in_dtype: the pass's two operands; out_dtype: its result.
 ffi::ErrorOr<Geometry> MakeGeometry(
-    ffi::DataType dtype, ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
+    ffi::DataType in_dtype, ffi::DataType out_dtype,
+    ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
     ffi::Span<const int64_t> y, ffi::Span<const int64_t> strides,
     ffi::Span<const int64_t> pads_lo, ffi::Span<const int64_t> pads_hi,
     ffi::Span<const int64_t> dilations) {
   Geometry g;
-  if (dtype == ffi::DataType::F32) {
-    g.dtype = memory::data_type::f32;
-  } else if (dtype == ffi::DataType::BF16) {
-    g.dtype = memory::data_type::bf16;
-  } else {
-    return ffi::Unexpected<ffi::Error>(
-        ffi::Error::InvalidArgument("oneDNN conv: dtype must be f32 or bf16"));
+  auto in = OnednnType(in_dtype);
+  if (in.has_error()) return ffi::Unexpected<ffi::Error>(in.error());
+  auto out = OnednnType(out_dtype);
+  if (out.has_error()) return ffi::Unexpected<ffi::Error>(out.error());
+  if (*in != *out && !(*in == memory::data_type::bf16 &&
+                       *out == memory::data_type::f32)) {
+    return ffi::Unexpected<ffi::Error>(ffi::Error::InvalidArgument(
+        "oneDNN conv: the result must have the operands' dtype, or f32 for "
+        "bf16 operands"));
   }
+  g.in_dtype = *in;
+  g.out_dtype = *out;
   const int64_t spatial = static_cast<int64_t>(x.size()) - 2;
   if (spatial < 1 || spatial > 3 || static_cast<int64_t>(w.size()) != spatial + 2 ||
       static_cast<int64_t>(y.size()) != spatial + 2 ||
@@ -224,7 +266,7 @@ ffi::Error Run(const Geometry& g, Pass pass, void* activation, void* weights,
   try {
     const Compiled& c = Get(g, pass);
     dnnl::stream& stream = Stream();
-    memory user_weights(g.UserWeights(), Engine(), weights);
+    memory user_weights(g.UserWeights(pass), Engine(), weights);
     memory prim_weights = user_weights;
     if (c.reorder_weights) {
       prim_weights = memory(c.weights, Engine(),
@@ -236,8 +278,8 @@ ffi::Error Run(const Geometry& g, Pass pass, void* activation, void* weights,
     memory scratch(memory::desc({static_cast<int64_t>(c.scratch_bytes)},
                                 memory::data_type::u8, Tag::a),
                    Engine(), Buffer(kScratch, c.scratch_bytes));
-    memory src(g.Src(), Engine(), activation);  // x or dx
-    memory dst(g.Dst(), Engine(), other);       // y or dy
+    memory src(g.Src(pass), Engine(), activation);  // x or dx
+    memory dst(g.Dst(pass), Engine(), other);       // y or dy
     if (pass == Pass::kForward) {
       c.primitive.execute(stream, {{DNNL_ARG_SRC, src},
                                    {DNNL_ARG_WEIGHTS, prim_weights},
@@ -274,8 +316,8 @@ ffi::Error Run(const Geometry& g, Pass pass, void* activation, void* weights,
       .Attr<ffi::Span<const int64_t>>("pads_hi")     \
       .Attr<ffi::Span<const int64_t>>("dilations")
 
-ffi::Error CheckSameDtype(ffi::DataType a, ffi::DataType b, ffi::DataType c) {
-  if (a != b || a != c) {
+ffi::Error CheckSameDtype(ffi::DataType a, ffi::DataType b) {
+  if (a != b) {
     return ffi::Error::InvalidArgument("oneDNN conv: operands differ in dtype");
   }
   return ffi::Error::Success();
@@ -283,10 +325,11 @@ ffi::Error CheckSameDtype(ffi::DataType a, ffi::DataType b, ffi::DataType c) {
 
 ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer w,
                    ffi::Result<ffi::AnyBuffer> y, CNN_GEOMETRY_ATTRS) {
-  if (auto e = CheckSameDtype(x.element_type(), w.element_type(),
-                              y->element_type()); e.failure()) return e;
-  auto g = MakeGeometry(x.element_type(), x.dimensions(), w.dimensions(),
-                        y->dimensions(), strides, pads_lo, pads_hi, dilations);
+  if (auto e = CheckSameDtype(x.element_type(), w.element_type());
+      e.failure()) return e;
+  auto g = MakeGeometry(x.element_type(), y->element_type(), x.dimensions(),
+                        w.dimensions(), y->dimensions(), strides, pads_lo,
+                        pads_hi, dilations);
   if (g.has_error()) return g.error();
   return Run(*g, Pass::kForward, x.untyped_data(), w.untyped_data(),
              y->untyped_data());
@@ -294,10 +337,11 @@ ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer w,
 
 ffi::Error BackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer w,
                         ffi::Result<ffi::AnyBuffer> dx, CNN_GEOMETRY_ATTRS) {
-  if (auto e = CheckSameDtype(dy.element_type(), w.element_type(),
-                              dx->element_type()); e.failure()) return e;
-  auto g = MakeGeometry(dy.element_type(), dx->dimensions(), w.dimensions(),
-                        dy.dimensions(), strides, pads_lo, pads_hi, dilations);
+  if (auto e = CheckSameDtype(dy.element_type(), w.element_type());
+      e.failure()) return e;
+  auto g = MakeGeometry(dy.element_type(), dx->element_type(),
+                        dx->dimensions(), w.dimensions(), dy.dimensions(),
+                        strides, pads_lo, pads_hi, dilations);
   if (g.has_error()) return g.error();
   return Run(*g, Pass::kBackwardData, dx->untyped_data(), w.untyped_data(),
              dy.untyped_data());
@@ -305,10 +349,11 @@ ffi::Error BackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer w,
 
 ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy,
                            ffi::Result<ffi::AnyBuffer> dw, CNN_GEOMETRY_ATTRS) {
-  if (auto e = CheckSameDtype(x.element_type(), dy.element_type(),
-                              dw->element_type()); e.failure()) return e;
-  auto g = MakeGeometry(x.element_type(), x.dimensions(), dw->dimensions(),
-                        dy.dimensions(), strides, pads_lo, pads_hi, dilations);
+  if (auto e = CheckSameDtype(x.element_type(), dy.element_type());
+      e.failure()) return e;
+  auto g = MakeGeometry(x.element_type(), dw->element_type(), x.dimensions(),
+                        dw->dimensions(), dy.dimensions(), strides, pads_lo,
+                        pads_hi, dilations);
   if (g.has_error()) return g.error();
   return Run(*g, Pass::kBackwardWeights, x.untyped_data(), dw->untyped_data(),
              dy.untyped_data());
@@ -342,7 +387,8 @@ extern "C" const char* CnnOnednnCpuIsa() {
 // Runs one pass (0 forward, 1 backward data, 2 backward weights) with the
 // custom calls' conventions: dims of x [N, *sp, C], w [*win, C, O] and
 // y [N, *out_sp, O], `spatial` entries per attribute; `activation` is x (dx
-// for backward data), `other` is y (dy). dtype: 0 float32, 1 bfloat16.
+// for backward data), `other` is y (dy). dtype: 0 float32, 1 bfloat16,
+// 2 bfloat16 operands with a float32 result.
 // Returns 0, or 1 with oneDNN's message in `message`.
 extern "C" int CnnOnednnRunPass(int pass, int dtype, int spatial,
                                 const int64_t* x, const int64_t* w,
@@ -354,6 +400,7 @@ extern "C" int CnnOnednnRunPass(int pass, int dtype, int spatial,
   const size_t rank = static_cast<size_t>(spatial) + 2;
   const size_t n = static_cast<size_t>(spatial);
   auto g = MakeGeometry(dtype == 0 ? ffi::DataType::F32 : ffi::DataType::BF16,
+                        dtype == 1 ? ffi::DataType::BF16 : ffi::DataType::F32,
                         {x, rank}, {w, rank}, {y, rank}, {strides, n},
                         {pads_lo, n}, {pads_hi, n}, {dilations, n});
   ffi::Error error = g.has_error()

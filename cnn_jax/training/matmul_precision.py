@@ -1,0 +1,65 @@
+"""config.train.matmul_precision: the precision a run's convolutions (and,
+off the CPU, matrix multiplies) multiply float32 values in.
+
+Why: on CPUs with bf16 dot-product instructions (AVX-512-BF16: AMD Zen 4/5,
+Intel Cooper Lake; AMX: Sapphire Rapids and later) oneDNN's bfloat16
+convolutions run 1.9-4x its float32 ones, and a small CNN's train step
+is mostly convolutions. Computing a whole model in bfloat16
+(config.model.dtype) does not get there on the CPU: XLA:CPU computes
+bfloat16 elementwise work (bias, ReLU, pooling, BatchNorm) in float32 with
+conversions around every op, which made the MNIST CNN 0.72x its float32
+step. 'bfloat16' here instead keeps parameters, activations and everything
+elementwise in float32 and rounds only the convolutions' operands to
+bfloat16, with float32 sums (conv/onednn.py): JAX's own meaning of
+`jax.default_matmul_precision('bfloat16')`, the TPU's default.
+
+  ''              JAX's setting (jax_default_matmul_precision, e.g. from the
+                  environment variable JAX_DEFAULT_MATMUL_PRECISION); unset:
+                  XLA's default, full float32 on the CPU.
+  'float32'       full float32 everywhere.
+  'tensorfloat32' TF32 on GPUs that have it; float32 on the CPU.
+  'bfloat16'      bfloat16 operands, float32 sums: oneDNN's convolutions on
+                  CPUs with bf16 instructions (elsewhere on the CPU, float32:
+                  never a slower path), XLA's on GPU/TPU.
+
+Applied around the whole run (training, evaluation, sweeps and searches
+alike) as a JAX config context: it is part of every jitted program's cache
+key, so each program is compiled with the precision it runs at.
+"""
+
+import contextlib
+import functools
+
+import jax
+
+SETTINGS = ("", "float32", "tensorfloat32", "bfloat16")
+
+
+def check(setting) -> str:
+  """`setting` if it is one of SETTINGS, else a ValueError naming the key."""
+  if setting not in SETTINGS:
+    raise ValueError(
+        f"config.train.matmul_precision={setting!r} is not one of: "
+        f"{', '.join(repr(s) for s in SETTINGS)}")
+  return setting
+
+
+def scope(config):
+  """A context in which JAX traces with config.train.matmul_precision
+  (absent or '': JAX's own setting, left as it is)."""
+  setting = check(config.get("train", {}).get("matmul_precision", ""))
+  if not setting:
+    return contextlib.nullcontext()
+  return jax.default_matmul_precision(setting)
+
+
+def applied(run_fn):
+  """`run_fn(config, ...)` inside `scope(config)`: for the functions that
+  run a config (train_and_evaluate, evaluate_checkpoint)."""
+
+  @functools.wraps(run_fn)
+  def run(config, *args, **kwargs):
+    with scope(config):
+      return run_fn(config, *args, **kwargs)
+
+  return run

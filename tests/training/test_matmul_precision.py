@@ -1,0 +1,65 @@
+"""config.train.matmul_precision (training/matmul_precision.py)."""
+
+import jax
+import numpy as np
+import pytest
+
+from cnn_jax.conv import onednn
+from cnn_jax.runs import checkpoint
+from cnn_jax.training import matmul_precision
+from cnn_jax.training import train
+from tests import tiny_run
+
+
+@pytest.mark.parametrize("bad", ["bf16", "high", None])
+def test_a_bad_setting_is_one_line_naming_the_key(bad, tiny_run_data,
+                                                  tmp_path):
+  config = tiny_run.config(tiny_run_data, {"train.matmul_precision": bad})
+  with pytest.raises(ValueError, match=r"^config\.train\.matmul_precision="):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_scope_sets_jax_precision_around_the_run_only():
+  seen = []
+
+  @matmul_precision.applied
+  def run(config, extra):
+    seen.append((jax.config.jax_default_matmul_precision, extra))
+    return "done"
+
+  before = jax.config.jax_default_matmul_precision
+  config = tiny_run.config("unused", {"train.matmul_precision": "bfloat16"})
+  assert run(config, extra=1) == "done"
+  config.train.matmul_precision = ""
+  with jax.default_matmul_precision("float32"):
+    run(config, extra=2)  # '': JAX's own setting, left as it is
+  del config.train["matmul_precision"]
+  run(config, extra=3)  # configs without the key behave as ''
+  assert seen == [("bfloat16", 1), ("float32", 2), (before, 3)]
+  assert jax.config.jax_default_matmul_precision == before
+
+
+def test_a_bfloat16_run_trains_and_differs_only_where_the_cpu_has_bf16(
+    tiny_run_data, tmp_path):
+  """The tiny run in float32 and with 'bfloat16': both learn; their
+  parameters differ by bfloat16's rounding where oneDNN has bf16
+  instructions, and are bitwise equal where it has not."""
+  finals = {}
+  for setting in ("", "bfloat16"):
+    workdir = tmp_path / (setting or "float32")
+    summary = train.train_and_evaluate(
+        tiny_run.config(tiny_run_data, {"train.matmul_precision": setting}),
+        str(workdir))
+    assert summary["test_accuracy"] >= 0.9, (setting, summary)
+    state = checkpoint.restore_variables(workdir / "checkpoints")
+    finals[setting] = jax.tree.leaves(state["params"])
+  differences = [float(np.abs(a - b).max())
+                 for a, b in zip(finals[""], finals["bfloat16"])]
+  if onednn.bfloat16_native():
+    assert max(differences) > 1e-6, differences
+    # Rounding, not another training: within a few percent of the weights.
+    scale = max(float(np.abs(a).max()) for a in finals[""])
+    assert max(differences) < 0.1 * scale, differences
+  else:
+    assert max(differences) == 0.0, differences
