@@ -328,44 +328,42 @@ def _residuals(a, b, compute):
           (jnp.zeros(0, a.dtype), jnp.zeros(0, b.dtype)))
 
 
-def _forward_fwd(x, kernel, geometry, compute):
-  return (_forward(x, kernel, geometry, compute),
-          _residuals(x, kernel, compute))
+def _vjp_forward_rule(pass_fn):
+  """The VJP's forward rule of one of the three passes."""
+  def rule(a, b, geometry, compute):
+    return pass_fn(a, b, geometry, compute), _residuals(a, b, compute)
+  return rule
+
+
+def _cotangents(residuals, da, db):
+  """(da, db) in the dtypes of the operands they are cotangents of."""
+  a_dtype, b_dtype = residuals[2]
+  return da.astype(a_dtype.dtype), db.astype(b_dtype.dtype)
 
 
 def _forward_bwd(geometry, compute, residuals, dy):
-  x, kernel, (x_dtype, kernel_dtype) = residuals
-  return (_backward_data(dy, kernel, geometry, compute).astype(x_dtype.dtype),
-          _backward_weights(x, dy, geometry, compute).astype(
-              kernel_dtype.dtype))
-
-
-def _backward_data_fwd(dy, kernel, geometry, compute):
-  return (_backward_data(dy, kernel, geometry, compute),
-          _residuals(dy, kernel, compute))
+  x, kernel, _ = residuals
+  return _cotangents(residuals,
+                     _backward_data(dy, kernel, geometry, compute),
+                     _backward_weights(x, dy, geometry, compute))
 
 
 def _backward_data_bwd(geometry, compute, residuals, g):
-  dy, kernel, (dy_dtype, kernel_dtype) = residuals
-  return (_forward(g, kernel, geometry, compute).astype(dy_dtype.dtype),
-          _backward_weights(g, dy, geometry, compute).astype(
-              kernel_dtype.dtype))
-
-
-def _backward_weights_fwd(x, dy, geometry, compute):
-  return (_backward_weights(x, dy, geometry, compute),
-          _residuals(x, dy, compute))
+  dy, kernel, _ = residuals
+  return _cotangents(residuals, _forward(g, kernel, geometry, compute),
+                     _backward_weights(g, dy, geometry, compute))
 
 
 def _backward_weights_bwd(geometry, compute, residuals, g):
-  x, dy, (x_dtype, dy_dtype) = residuals
-  return (_backward_data(dy, g, geometry, compute).astype(x_dtype.dtype),
-          _forward(x, g, geometry, compute).astype(dy_dtype.dtype))
+  x, dy, _ = residuals
+  return _cotangents(residuals, _backward_data(dy, g, geometry, compute),
+                     _forward(x, g, geometry, compute))
 
 
-_forward.defvjp(_forward_fwd, _forward_bwd)
-_backward_data.defvjp(_backward_data_fwd, _backward_data_bwd)
-_backward_weights.defvjp(_backward_weights_fwd, _backward_weights_bwd)
+_forward.defvjp(_vjp_forward_rule(_forward), _forward_bwd)
+_backward_data.defvjp(_vjp_forward_rule(_backward_data), _backward_data_bwd)
+_backward_weights.defvjp(_vjp_forward_rule(_backward_weights),
+                         _backward_weights_bwd)
 
 
 def _subsampled(lhs, geometry: Geometry):

@@ -234,7 +234,6 @@ def test_without_bf16_instructions_float32_runs_unchanged():
 _DATA_PARALLEL = r"""
 import json
 import jax, jax.numpy as jnp, numpy as np
-from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec as P
 from cnn_jax.conv import onednn
 mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
