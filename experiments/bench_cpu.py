@@ -37,6 +37,7 @@ figures.
 """
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -96,8 +97,10 @@ def jax_train_step(model_name, impl, batch, image_shape, num_classes=10,
     return optax.apply_updates(params, updates), batch_stats, opt_state, loss
 
   state = [params, batch_stats, tx.init(params)]
-  with conv_impls.default_conv_impl_scope(impl), (  # read when traced
-      jax.default_matmul_precision(matmul_precision)):
+  # Read when traced; None keeps JAX's own precision setting.
+  precision = (contextlib.nullcontext() if matmul_precision is None
+               else jax.default_matmul_precision(matmul_precision))
+  with conv_impls.default_conv_impl_scope(impl), precision:
     compiled = step.lower(*state, images, labels).compile()
 
   def run(n):
