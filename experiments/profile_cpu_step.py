@@ -12,6 +12,8 @@ fusions' time by the size of the activation they write.
 
   python experiments/profile_cpu_step.py       # ResNet-18, 32x32, batch 128
   python experiments/profile_cpu_step.py --model simple_cnn --shape 28x28x1
+  JAX_DEFAULT_MATMUL_PRECISION=bfloat16 python experiments/profile_cpu_step.py
+      # convolutions multiplied in bfloat16 (config.train.matmul_precision)
 
 Thunk times add up to about the step's wall time (XLA:CPU runs one thunk at
 a time here; each uses both cores). Under other processes' load every
