@@ -1,5 +1,6 @@
 """config.train.matmul_precision (training/matmul_precision.py)."""
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -7,6 +8,7 @@ import pytest
 from cnn_jax.conv import onednn
 from cnn_jax.runs import checkpoint
 from cnn_jax.training import matmul_precision
+from cnn_jax.training import preemption
 from cnn_jax.training import train
 from tests import tiny_run
 
@@ -40,17 +42,25 @@ def test_scope_sets_jax_precision_around_the_run_only():
   assert jax.config.jax_default_matmul_precision == before
 
 
-def test_a_bfloat16_run_trains_and_differs_only_where_the_cpu_has_bf16(
-    tiny_run_data, tmp_path):
-  """The tiny run in float32 and with 'bfloat16': both learn; their
-  parameters differ by bfloat16's rounding where oneDNN has bf16
-  instructions, and are bitwise equal where it has not."""
-  finals = {}
+@pytest.fixture(scope="module", name="runs")
+def _runs(tiny_run_data, tmp_path_factory):
+  """The tiny run trained in float32 ('') and with 'bfloat16': workdirs and
+  summaries."""
+  runs = {}
   for setting in ("", "bfloat16"):
-    workdir = tmp_path / (setting or "float32")
+    workdir = tmp_path_factory.mktemp(setting or "float32") / "run"
     summary = train.train_and_evaluate(
         tiny_run.config(tiny_run_data, {"train.matmul_precision": setting}),
         str(workdir))
+    runs[setting] = workdir, summary
+  return runs
+
+
+def test_a_bfloat16_run_trains_and_differs_only_where_the_cpu_has_bf16(runs):
+  """Both learn; their parameters differ by bfloat16's rounding where
+  oneDNN has bf16 instructions, and are bitwise equal where it has not."""
+  finals = {}
+  for setting, (workdir, summary) in runs.items():
     assert summary["test_accuracy"] >= 0.9, (setting, summary)
     state = checkpoint.restore_variables(workdir / "checkpoints")
     finals[setting] = jax.tree.leaves(state["params"])
@@ -63,3 +73,21 @@ def test_a_bfloat16_run_trains_and_differs_only_where_the_cpu_has_bf16(
     assert max(differences) < 0.1 * scale, differences
   else:
     assert max(differences) == 0.0, differences
+
+
+def test_a_stopped_bfloat16_run_resumes_bitwise(runs, tiny_run_data,
+                                                 tmp_path):
+  """Stopped after 5 steps (mid log window, after the step-4 checkpoint)
+  and resumed: the same checkpoints and metrics as the run never stopped."""
+  overrides = {"train.matmul_precision": "bfloat16"}
+  workdir = tmp_path / "run"
+  stopping = tiny_run.config(tiny_run_data,
+                             {**overrides, "train.stop_after_steps": 5})
+  with pytest.raises(preemption.Preempted):
+    train.train_and_evaluate(stopping, str(workdir))
+  config = tiny_run.config(tiny_run_data, overrides)
+  train.train_and_evaluate(config, str(workdir))
+  uninterrupted = runs["bfloat16"][0]
+  chex.assert_trees_all_equal(tiny_run.arrays(workdir, 8, config),
+                              tiny_run.arrays(uninterrupted, 8, config))
+  tiny_run.assert_same_run(workdir, uninterrupted, config)
