@@ -32,6 +32,10 @@ import functools
 
 import jax
 
+from cnn_jax.conv import onednn
+from cnn_jax.conv import onednn_build
+from cnn_jax.runs import writers
+
 SETTINGS = ("", "float32", "tensorfloat32", "bfloat16")
 
 
@@ -53,13 +57,33 @@ def scope(config):
   return jax.default_matmul_precision(setting)
 
 
+def describe(setting: str) -> str:
+  """One line on what `setting` does on this machine, for the run's log
+  ('' when it changes nothing worth saying)."""
+  if setting != "bfloat16" or jax.default_backend() != "cpu":
+    return ""
+  if not onednn_build.available():
+    return ("matmul precision bfloat16: no oneDNN here "
+            f"({onednn_build.unavailable_reason()}); convolutions stay "
+            "float32")
+  if onednn.bfloat16_native():
+    return ("matmul precision bfloat16: convolutions multiply in bfloat16 "
+            f"on oneDNN ({onednn_build.cpu_isa()})")
+  return (f"matmul precision bfloat16: this CPU ({onednn_build.cpu_isa()}) "
+          "has no bf16 instructions; convolutions stay float32")
+
+
 def applied(run_fn):
-  """`run_fn(config, ...)` inside `scope(config)`: for the functions that
-  run a config (train_and_evaluate, evaluate_checkpoint)."""
+  """`run_fn(config, ...)` inside `scope(config)`, after a line saying what
+  the setting does here: for the functions that run a config
+  (train_and_evaluate, evaluate_checkpoint)."""
 
   @functools.wraps(run_fn)
   def run(config, *args, **kwargs):
     with scope(config):
+      line = describe(config.get("train", {}).get("matmul_precision", ""))
+      if line:
+        writers.report(line)
       return run_fn(config, *args, **kwargs)
 
   return run

@@ -42,6 +42,22 @@ def test_scope_sets_jax_precision_around_the_run_only():
   assert jax.config.jax_default_matmul_precision == before
 
 
+def test_the_run_says_what_bfloat16_does_on_this_cpu(capsys):
+  @matmul_precision.applied
+  def run(config):
+    del config
+
+  run(tiny_run.config("unused", {"train.matmul_precision": "bfloat16"}))
+  line = capsys.readouterr().out.strip()
+  if onednn.bfloat16_native():
+    assert line.startswith("matmul precision bfloat16: convolutions "
+                           "multiply in bfloat16 on oneDNN (avx512_core"), line
+  else:  # an AVX2 CPU, or ONEDNN_MAX_CPU_ISA=AVX2
+    assert "no bf16 instructions; convolutions stay float32" in line, line
+  run(tiny_run.config("unused"))  # '' (the default): nothing to say
+  assert not capsys.readouterr().out
+
+
 @pytest.fixture(scope="module", name="runs")
 def _runs(tiny_run_data, tmp_path_factory):
   """The tiny run trained in float32 ('') and with 'bfloat16': workdirs and
