@@ -37,7 +37,6 @@ figures.
 """
 
 import argparse
-import contextlib
 import functools
 import json
 import os
@@ -53,6 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments import machine  # pylint: disable=g-import-not-at-top
 from cnn_jax.conv import conv_impls  # pylint: disable=g-import-not-at-top
 from cnn_jax.training import cpu_malloc  # pylint: disable=g-import-not-at-top
+from cnn_jax.training import matmul_precision as precision_setting  # pylint: disable=g-import-not-at-top
 from cnn_jax.models import MODELS  # pylint: disable=g-import-not-at-top
 
 try:
@@ -98,9 +98,8 @@ def jax_train_step(model_name, impl, batch, image_shape, num_classes=10,
 
   state = [params, batch_stats, tx.init(params)]
   # Read when traced; None keeps JAX's own precision setting.
-  precision = (contextlib.nullcontext() if matmul_precision is None
-               else jax.default_matmul_precision(matmul_precision))
-  with conv_impls.default_conv_impl_scope(impl), precision:
+  with conv_impls.default_conv_impl_scope(impl), (
+      precision_setting.context(matmul_precision)):
     compiled = step.lower(*state, images, labels).compile()
 
   def run(n):

@@ -6,8 +6,8 @@ kernel gradients take 8, 10 and 10+ ms at batch 128 against oneDNN's 4.6,
 4.3 and 4.0 ms; oneDNN is what PyTorch runs on the CPU). onednn_build.py
 compiles `native/onednn_conv.cc` against the oneDNN wheel on first use and
 registers its three passes (forward, input gradient, kernel gradient) as
-XLA:CPU custom calls; this module makes them a differentiable, vmappable,
-shardable convolution. `conv_general_dilated` here has
+XLA:CPU custom calls; onednn_calls.py makes them vmappable and shardable,
+this module a differentiable convolution. `conv_general_dilated` here has
 `lax.conv_general_dilated`'s signature and is what `conv_impl='onednn'` (and
 'auto' on the CPU) runs; everything around the convolutions stays in XLA.
 
@@ -19,9 +19,9 @@ that disagrees with a reference, runs as XLA's convolution instead.
 
 Precision: float32 convolutions multiply in bfloat16 (float32 sums) where
 JAX's matmul precision asks for it ('bfloat16', lax.Precision.DEFAULT) and
-oneDNN has bf16 instructions here; otherwise in float32 (XLA:CPU ignores the
-precision). See `conv_general_dilated` and README "Matmul precision
-bfloat16".
+oneDNN has bf16 instructions here (onednn_bfloat16.py); otherwise in
+float32 (XLA:CPU ignores the precision). See `conv_general_dilated` and
+README "Matmul precision bfloat16".
 
 Differentiation: reverse mode, to any order (each pass's VJP is made of the
 other passes); no forward mode (jvp), as with any custom VJP. Under vmap,
@@ -31,19 +31,19 @@ convolves its shard of the batch.
 """
 
 import functools
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import jax
-from jax import custom_batching
 from jax import lax
-from jax.experimental import custom_partitioning
 import jax.numpy as jnp
-import numpy as np
 
 from cnn_jax.conv import conv_im2col
 from cnn_jax.conv import negative_padding
+from cnn_jax.conv import onednn_bfloat16
 from cnn_jax.conv import onednn_build
+from cnn_jax.conv import onednn_calls
 from cnn_jax.conv import onednn_verify
+from cnn_jax.conv.onednn_calls import Geometry
 
 DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 # The custom-call targets onednn_build registers, one per pass.
@@ -75,168 +75,6 @@ def supported(lhs_shape: Sequence[int], rhs_shape: Sequence[int],
   return None
 
 
-# oneDNN's instruction sets with bf16 dot products (AVX-512-BF16, AMX):
-# there a bfloat16 convolution runs 1.9-4x its float32 one (2-core AMD EPYC
-# Zen 5: README "Matmul precision bfloat16"); without them oneDNN emulates
-# bf16 (AVX-512) or cannot create it (AVX2).
-BFLOAT16_ISAS = ("avx512_core_bf16", "avx512_core_fp16", "avx512_core_amx",
-                 "avx512_core_amx_fp16")
-
-
-def bfloat16_native() -> bool:
-  """Whether oneDNN computes bfloat16 convolutions with bf16 dot-product
-  instructions on this CPU (after ONEDNN_MAX_CPU_ISA)."""
-  return onednn_build.available() and onednn_build.cpu_isa() in BFLOAT16_ISAS
-
-
-def bfloat16_requested(precision=None) -> bool:
-  """Whether `precision` (lax.conv_general_dilated's; None: JAX's
-  jax_default_matmul_precision at trace time) allows float32 operands to be
-  multiplied in bfloat16: 'bfloat16' / 'default' / lax.Precision.DEFAULT
-  for both operands (JAX's "fastest, bfloat16" level) or the BF16_BF16_F32
-  algorithm preset."""
-  if precision is None:
-    precision = jax.config.jax_default_matmul_precision
-    if precision is None:
-      return False
-  if isinstance(precision, (list, tuple)):
-    return len(precision) == 2 and all(bfloat16_requested(p)
-                                       for p in precision)
-  if isinstance(precision, lax.DotAlgorithmPreset):
-    return precision == lax.DotAlgorithmPreset.BF16_BF16_F32
-  if isinstance(precision, str):
-    if precision in lax.DotAlgorithmPreset.__members__:
-      return precision == "BF16_BF16_F32"
-    precision = lax.Precision(precision)
-  return precision == lax.Precision.DEFAULT
-
-
-# geometry: (in_sizes, window, strides, pads, dilations), all tuples of ints.
-Geometry = Tuple[Tuple[int, ...], ...]
-
-
-def _result_shape(target: str, a_shape, b_shape, geometry: Geometry):
-  """The custom call's result shape from its operands' (per-device) shapes:
-  forward (x, kernel) -> y, backward_data (dy, kernel) -> dx,
-  backward_weights (x, dy) -> dkernel."""
-  in_sizes, window = geometry[0], geometry[1]
-  if target == _FORWARD:
-    return (a_shape[0], *onednn_verify.out_sizes(geometry), b_shape[-1])
-  if target == _BACKWARD_DATA:
-    return (a_shape[0], *in_sizes, b_shape[-2])
-  return (*window, a_shape[-1], b_shape[-1])
-
-
-def _local_call(target: str, geometry: Geometry, out_dtype: str, a, b):
-  """The custom call: operands a, b of one dtype, the result `out_dtype`
-  (theirs, or float32 for bfloat16 operands)."""
-  _, _, strides, pads, dilations = geometry
-  shape = _result_shape(target, a.shape, b.shape, geometry)
-  return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, out_dtype))(
-      a, b, strides=np.asarray(strides, np.int64),
-      pads_lo=np.asarray([lo for lo, _ in pads], np.int64),
-      pads_hi=np.asarray([hi for _, hi in pads], np.int64),
-      dilations=np.asarray(dilations, np.int64))
-
-
-# Data parallelism: without a partitioning rule, XLA's SPMD partitioner would
-# gather a batch-sharded operand onto every device to run a custom call. The
-# three passes are independent per example, so they run on each device's
-# shard of the batch; the kernel gradient sums the shards' contributions.
-_call = custom_partitioning.custom_partitioning(_local_call,
-                                                static_argnums=(0, 1, 2))
-
-
-def _batch_axes(arg_shapes):
-  """The mesh axes the batch (dim 0 of the first operand) is sharded over."""
-  sharding = arg_shapes[0].sharding
-  spec = getattr(sharding, "spec", None)
-  return spec[0] if spec else None
-
-
-def _shardings(target, mesh, batch):
-  """(result sharding, operand shardings) for a batch sharded over `batch`."""
-  by_batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(batch))
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  if target == _BACKWARD_WEIGHTS:
-    return replicated, (by_batch, by_batch)
-  return by_batch, (by_batch, replicated)
-
-
-def _infer_sharding(target, geometry, out_dtype, mesh, arg_shapes,
-                    result_shape):
-  del geometry, out_dtype, result_shape
-  return _shardings(target, mesh, _batch_axes(arg_shapes))[0]
-
-
-def _partition(target, geometry, out_dtype, mesh, arg_shapes, result_shape):
-  del result_shape
-  batch = _batch_axes(arg_shapes)
-  result_sharding, arg_shardings = _shardings(target, mesh, batch)
-
-  def lower(a, b):
-    out = _local_call(target, geometry, out_dtype, a, b)
-    if target == _BACKWARD_WEIGHTS and batch is not None:
-      out = lax.psum(out, batch)
-    return out
-
-  return mesh, lower, result_sharding, arg_shardings
-
-
-def _sharding_rule(target, geometry, out_dtype, mesh, operand_types,
-                   result_types):
-  """Shardy's rule: only the batch dim may be sharded; the kernel gradient
-  reduces over it."""
-  del out_dtype, mesh, operand_types, result_types
-  n = len(geometry[0])
-  x = " ".join(f"x{i}" for i in range(n))
-  y = " ".join(f"y{i}" for i in range(n))
-  k = " ".join(f"k{i}" for i in range(n))
-  rule = {_FORWARD: f"b {x} c, {k} c o -> b {y} o",
-          _BACKWARD_DATA: f"b {y} o, {k} c o -> b {x} c",
-          _BACKWARD_WEIGHTS: f"b {x} c, b {y} o -> {k} c o"}[target]
-  # Shardy wants the factors in the order they first appear in the rule.
-  order = list(dict.fromkeys(rule.replace(",", " ").replace("->", " ").split()))
-  factors = {"need_replication_factors": tuple(f for f in order if f != "b")}
-  if target == _BACKWARD_WEIGHTS:
-    factors["reduction_factors"] = ("b",)
-  return rule, factors
-
-
-_call.def_partition(partition=_partition,
-                    infer_sharding_from_operands=_infer_sharding,
-                    sharding_rule=_sharding_rule)
-
-
-@functools.lru_cache(maxsize=None)
-def _pass(target: str, geometry: Geometry, out_dtype: str):
-  """One pass as a function of its two operands that vmap can batch.
-
-  (custom_partitioning has no batching rule.) Members vmapped over the
-  activations with a shared kernel fold into the batch: one call. Anything
-  else (per-member kernels, or the kernel gradient, which must stay per
-  member) runs the members one after another with lax.map.
-  """
-
-  @custom_batching.custom_vmap
-  def run(a, b):
-    return _call(target, geometry, out_dtype, a, b)
-
-  @run.def_vmap
-  def _rule(axis_size, in_batched, a, b):
-    a_batched, b_batched = in_batched
-    if a_batched and not b_batched and target != _BACKWARD_WEIGHTS:
-      out = run(a.reshape(axis_size * a.shape[1], *a.shape[2:]), b)
-      return out.reshape(axis_size, a.shape[1], *out.shape[1:]), True
-    if not a_batched:
-      a = jnp.broadcast_to(a, (axis_size, *a.shape))
-    if not b_batched:
-      b = jnp.broadcast_to(b, (axis_size, *b.shape))
-    return lax.map(lambda ab: run(*ab), (a, b)), True
-
-  return run
-
-
 def _xla_pass(target: str, geometry: Geometry, a, b):
   """The same pass as XLA's convolution (or its transpose), in the operands'
   dtype: what runs where onednn_verify rejects oneDNN's primitive on this
@@ -255,30 +93,11 @@ def _xla_pass(target: str, geometry: Geometry, a, b):
   return jax.linear_transpose(lambda w: conv(a, w), w)(b)[0]
 
 
-def _verified_dtype(target: str, compute: str, out_dtype: str) -> str:
-  """onednn_verify's dtype of a pass that multiplies in `compute` and
-  returns `out_dtype`."""
-  if compute != out_dtype and target == _BACKWARD_WEIGHTS:
-    return onednn_verify.MIXED
-  return compute
-
-
-def _bfloat16_runs(geometry: Geometry, channels) -> bool:
-  """Whether oneDNN runs all three passes of this float32 convolution in
-  bfloat16 here (else it runs in float32, every pass: bfloat16 was
-  allowed, not asked for at any cost)."""
-  return all(onednn_verify.rejection(
-      target, geometry, channels,
-      _verified_dtype(target, "bfloat16", "float32"),
-      instead="the convolution runs in float32") is None
-             for target in (_FORWARD, _BACKWARD_DATA, _BACKWARD_WEIGHTS))
-
-
 def _checked_pass(target: str, geometry: Geometry, compute: str, a, b):
   """The pass on a and b cast to `compute`, its result in the wider of their
   dtypes: oneDNN's where onednn_verify accepts it on this CPU, else XLA's."""
   out_dtype = jnp.dtype(jnp.result_type(a, b)).name
-  dtype = _verified_dtype(target, compute, out_dtype)
+  dtype = onednn_bfloat16.verified_dtype(target, compute, out_dtype)
   channels = ((a.shape[-1], b.shape[-1]) if target == _BACKWARD_WEIGHTS
               else (b.shape[-2], b.shape[-1]))
   a, b = a.astype(compute), b.astype(compute)
@@ -289,7 +108,8 @@ def _checked_pass(target: str, geometry: Geometry, compute: str, a, b):
     # AMD EPYC Zen 5, 32x32, 64->64: forward 22 vs 11 ms, input gradient
     # 19 vs 12 ms). The kernel gradient, summed over the whole batch in
     # float32 anyway, is returned in float32 at no cost.
-    return _pass(target, geometry, _pass_result(dtype))(a, b).astype(
+    return onednn_calls.pass_call(target, geometry, _pass_result(dtype))(
+        a, b).astype(
         out_dtype)
   return _xla_pass(target, geometry, a, b).astype(out_dtype)
 
@@ -395,9 +215,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   Same arguments, result and gradients (up to float summation order).
   float32 convolutions multiply in bfloat16 with float32 sums where
   `precision`, or JAX's default matmul precision when it is None, asks for
-  bfloat16 (`bfloat16_requested`), oneDNN has bf16 instructions on this CPU
-  (`bfloat16_native`) and accepts all three bfloat16 passes of this
-  geometry (onednn_verify); the forward and input-gradient results are
+  bfloat16, oneDNN has bf16 instructions on this CPU and accepts all three
+  bfloat16 passes of this geometry (onednn_bfloat16.py); the forward and input-gradient results are
   rounded to bfloat16 once, the kernel gradient is not. Otherwise they run
   in float32, as XLA:CPU does whatever the precision. Convolutions
   oneDNN does not take (`supported`) or a machine without oneDNN
@@ -428,8 +247,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   if all(k == 1 for k in window) and any(s > 1 for s in strides):
     lhs, geometry = _subsampled(lhs, geometry)
   compute = jnp.dtype(dtype).name
-  if (compute == "float32" and bfloat16_requested(precision)
-      and bfloat16_native() and _bfloat16_runs(geometry, rhs.shape[-2:])):
+  if (compute == "float32" and onednn_bfloat16.bfloat16_requested(precision)
+      and onednn_bfloat16.bfloat16_native()
+      and onednn_bfloat16.runs_in_bfloat16(geometry, rhs.shape[-2:])):
     compute = "bfloat16"
   y = _forward(lhs, rhs.astype(dtype), geometry, compute)
   if preferred_element_type is not None:

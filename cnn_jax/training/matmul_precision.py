@@ -32,15 +32,17 @@ import functools
 
 import jax
 
-from cnn_jax.conv import onednn
+from cnn_jax.conv import onednn_bfloat16
 from cnn_jax.conv import onednn_build
 from cnn_jax.runs import writers
 
 SETTINGS = ("", "float32", "tensorfloat32", "bfloat16")
 
 
-def check(setting) -> str:
-  """`setting` if it is one of SETTINGS, else a ValueError naming the key."""
+def setting_of(config) -> str:
+  """config.train.matmul_precision (absent: ''), or a ValueError naming the
+  key if it is not one of SETTINGS."""
+  setting = config.get("train", {}).get("matmul_precision", "")
   if setting not in SETTINGS:
     raise ValueError(
         f"config.train.matmul_precision={setting!r} is not one of: "
@@ -48,10 +50,9 @@ def check(setting) -> str:
   return setting
 
 
-def scope(config):
-  """A context in which JAX traces with config.train.matmul_precision
-  (absent or '': JAX's own setting, left as it is)."""
-  setting = check(config.get("train", {}).get("matmul_precision", ""))
+def context(setting):
+  """A context in which JAX traces with `setting` ('' or None: JAX's own
+  setting, left as it is)."""
   if not setting:
     return contextlib.nullcontext()
   return jax.default_matmul_precision(setting)
@@ -66,7 +67,7 @@ def describe(setting: str) -> str:
     return ("matmul precision bfloat16: no oneDNN here "
             f"({onednn_build.unavailable_reason()}); convolutions stay "
             "float32")
-  if onednn.bfloat16_native():
+  if onednn_bfloat16.bfloat16_native():
     return ("matmul precision bfloat16: convolutions multiply in bfloat16 "
             f"on oneDNN ({onednn_build.cpu_isa()})")
   return (f"matmul precision bfloat16: this CPU ({onednn_build.cpu_isa()}) "
@@ -74,14 +75,15 @@ def describe(setting: str) -> str:
 
 
 def applied(run_fn):
-  """`run_fn(config, ...)` inside `scope(config)`, after a line saying what
-  the setting does here: for the functions that run a config
-  (train_and_evaluate, evaluate_checkpoint)."""
+  """`run_fn(config, ...)` traced with config.train.matmul_precision, after
+  a line saying what the setting does here: for the functions that run a
+  config (train_and_evaluate, evaluate_checkpoint)."""
 
   @functools.wraps(run_fn)
   def run(config, *args, **kwargs):
-    with scope(config):
-      line = describe(config.get("train", {}).get("matmul_precision", ""))
+    setting = setting_of(config)
+    with context(setting):
+      line = describe(setting)
       if line:
         writers.report(line)
       return run_fn(config, *args, **kwargs)

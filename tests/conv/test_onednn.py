@@ -19,6 +19,7 @@ from cnn_jax.conv import __main__ as conv_main
 from cnn_jax.conv import conv_im2col
 from cnn_jax.conv import conv_impls
 from cnn_jax.conv import onednn
+from cnn_jax.conv import onednn_bfloat16
 from cnn_jax.conv import onednn_build
 from cnn_jax.conv import onednn_verify
 from cnn_jax.models import MODELS
@@ -150,7 +151,8 @@ def test_bfloat16_matches_float32_reference():
   hlo, errors = _bfloat16_vjp_error()
   assert max(errors) < 0.02, errors
   uses_onednn = "cnn_onednn_conv" in hlo
-  assert uses_onednn == (onednn_build.cpu_isa() in onednn.BFLOAT16_ISAS), (
+  assert uses_onednn == (
+      onednn_build.cpu_isa() in onednn_bfloat16.BFLOAT16_ISAS), (
       onednn_build.cpu_isa(), uses_onednn)
 
 

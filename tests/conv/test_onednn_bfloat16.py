@@ -1,8 +1,8 @@
 """Float32 convolutions multiplied in bfloat16 on oneDNN: JAX's matmul
 precision 'bfloat16' (cnn_jax/conv/onednn.py, training/matmul_precision.py).
 
-Where oneDNN has bf16 instructions (onednn.bfloat16_native()) the passes
-take bfloat16-rounded operands and sum in float32; the forward and input
+Where oneDNN has bf16 instructions (onednn_bfloat16.bfloat16_native()) the
+passes take bfloat16-rounded operands and sum in float32; the forward and input
 gradient results are rounded to bfloat16 once, the kernel gradient is not.
 Elsewhere (an AVX2 CPU, or ONEDNN_MAX_CPU_ISA=AVX2) the same program runs
 in float32, bitwise as without the setting.
@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from cnn_jax.conv import onednn
+from cnn_jax.conv import onednn_bfloat16
 from cnn_jax.conv import onednn_build
 from cnn_jax.conv import onednn_verify
 from tests.conftest import run_on_cpu_devices
@@ -89,7 +90,7 @@ def test_float32_convolution_multiplies_in_bfloat16_where_the_cpu_can(
     hlo = run.lower(x, k, g).as_text()
   chex.assert_type(mixed, jnp.float32)
   chex.assert_equal_shape([mixed[0], y32])
-  if not onednn.bfloat16_native():
+  if not onednn_bfloat16.bfloat16_native():
     # No bf16 instructions: float32, exactly as without the setting.
     chex.assert_trees_all_equal(mixed, plain)
     return
@@ -118,10 +119,10 @@ def test_float32_convolution_multiplies_in_bfloat16_where_the_cpu_can(
     ("BF16_BF16_F32", True), (lax.DotAlgorithmPreset.BF16_BF16_F32, True),
     (lax.DotAlgorithmPreset.F32_F32_F32, False)])
 def test_bfloat16_requested_reads_precision_as_jax_does(precision, wanted):
-  assert onednn.bfloat16_requested(precision) == wanted
+  assert onednn_bfloat16.bfloat16_requested(precision) == wanted
   with jax.default_matmul_precision("bfloat16"):
     # An explicit precision wins over JAX's default; None takes it.
-    assert onednn.bfloat16_requested(precision) == (
+    assert onednn_bfloat16.bfloat16_requested(precision) == (
         True if precision is None else wanted)
 
 
@@ -136,7 +137,7 @@ def test_explicit_precision_on_the_call_is_honoured():
     # HIGHEST on the call overrides JAX's default.
     highest = jax.jit(functools.partial(conv, precision="highest"))(x, k)
   chex.assert_trees_all_equal(highest, full)
-  if onednn.bfloat16_native():
+  if onednn_bfloat16.bfloat16_native():
     assert float(jnp.abs(fast - full).max()) > 1e-4
   else:
     chex.assert_trees_all_equal(fast, full)
@@ -154,7 +155,7 @@ def test_a_rejected_bfloat16_pass_runs_in_float32(fresh_verdicts, monkeypatch):
     return real(target, geometry, a, b, result_shape, dtype)
 
   monkeypatch.setattr(onednn_verify, "run", no_bfloat16)
-  monkeypatch.setattr(onednn, "bfloat16_native", lambda: True)
+  monkeypatch.setattr(onednn_bfloat16, "bfloat16_native", lambda: True)
   x, k = _rand(5, (2, 9, 9, 8)), _rand(6, (3, 3, 8, 16))
   ours = _case(x.shape, k.shape, (1, 1), "SAME", (1, 1),
                onednn.conv_general_dilated)
@@ -201,7 +202,7 @@ def test_second_order_and_vmap_in_bfloat16():
 _WITHOUT_BF16 = r"""
 import json
 import jax, jax.numpy as jnp, numpy as np
-from cnn_jax.conv import onednn, onednn_build
+from cnn_jax.conv import onednn, onednn_bfloat16, onednn_build
 x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 9, 9, 8)), jnp.float32)
 k = jnp.asarray(np.random.default_rng(1).normal(size=(3, 3, 8, 8)), jnp.float32)
 def f(x, k):
@@ -213,7 +214,7 @@ with jax.default_matmul_precision("bfloat16"):
   mixed = jax.jit(f)(x, k)
   hlo = jax.jit(f).lower(x, k).as_text()
 print(json.dumps({"isa": onednn_build.cpu_isa(),
-                  "native": onednn.bfloat16_native(),
+                  "native": onednn_bfloat16.bfloat16_native(),
                   "custom_calls": hlo.count("cnn_onednn_conv"),
                   "bf16": "bf16" in hlo,
                   "equal": all(bool((a == b).all())

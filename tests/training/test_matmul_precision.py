@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from cnn_jax.conv import onednn
+from cnn_jax.conv import onednn_bfloat16
 from cnn_jax.runs import checkpoint
 from cnn_jax.training import matmul_precision
 from cnn_jax.training import preemption
@@ -49,7 +49,7 @@ def test_the_run_says_what_bfloat16_does_on_this_cpu(capsys):
 
   run(tiny_run.config("unused", {"train.matmul_precision": "bfloat16"}))
   line = capsys.readouterr().out.strip()
-  if onednn.bfloat16_native():
+  if onednn_bfloat16.bfloat16_native():
     assert line.startswith("matmul precision bfloat16: convolutions "
                            "multiply in bfloat16 on oneDNN (avx512_core"), line
   else:  # an AVX2 CPU, or ONEDNN_MAX_CPU_ISA=AVX2
@@ -82,7 +82,7 @@ def test_a_bfloat16_run_trains_and_differs_only_where_the_cpu_has_bf16(runs):
     finals[setting] = jax.tree.leaves(state["params"])
   differences = [float(np.abs(a - b).max())
                  for a, b in zip(finals[""], finals["bfloat16"])]
-  if onednn.bfloat16_native():
+  if onednn_bfloat16.bfloat16_native():
     assert max(differences) > 1e-6, differences
     # Rounding, not another training: within a few percent of the weights.
     scale = max(float(np.abs(a).max()) for a in finals[""])
