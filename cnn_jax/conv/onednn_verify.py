@@ -4,20 +4,26 @@ run it.
 Why: oneDNN picks a different kernel per CPU (AVX2, AVX-512, AMX), and not
 every one is right or exists. oneDNN 3.2's AVX2 kernel for the kernel
 gradient of a 1x1 stride-2 convolution with fewer than 8 input channels
-returns wrong values when it runs on more than one thread, and without bf16
-instructions no bfloat16 primitive can be created at all (issue 17). A
-wrong gradient trains silently; a creation failure would stop the run.
+returns wrong values when it runs on more than one thread (a race: not in
+every run), and without bf16 instructions no bfloat16 primitive can be
+created at all (issue 17). A wrong gradient trains silently; a creation
+failure would stop the run.
 
 So before onednn.py puts a pass (forward, input gradient, kernel gradient) of
-a convolution into a program, `rejection()` runs that pass once on a tiny
-batch (the geometry with its batch size left out: channels, spatial sizes,
-window, strides, padding, dilation, dtype) through the library's C entry
-point, and compares it with a NumPy reference on three seeded random
-draws. The verdict is kept in memory and in a JSON file beside the compiled
-library, keyed by the instruction set oneDNN dispatches to and its thread
-count, so each machine pays for a check once (a few milliseconds each). A
-pass that disagrees or cannot be created is logged in one line and runs as
-XLA's convolution instead.
+a convolution into a program, `rejection()` runs that pass on a small batch
+(the geometry with its batch size left out: channels, spatial sizes, window,
+strides, padding, dilation, dtype) through the library's C entry point,
+twice on each of three seeded random draws, and compares it with a NumPy
+reference. The batch holds ~16k input pixels: the AVX2 fault is a race
+between threads that a batch of two examples shows only in 5% of runs. The
+verdict is kept in memory and in a JSON file beside the compiled library,
+keyed by the instruction set oneDNN dispatches to and its thread count, so
+each machine pays for a check once (milliseconds to a few tenths of a
+second each). A pass that disagrees or cannot be created is logged in one
+line and runs as XLA's convolution instead; so does one whose check killed
+the process (oneDNN 3.2's AVX2 strided 1x1 kernel gradient crashes or hangs
+on 64x64 maps): a marker naming the process is filed before each check, and
+a rerun that finds its process dead rejects the pass.
 
   python -m cnn_jax.conv   # lists the ISA and every verdict
 """
@@ -27,6 +33,7 @@ import fcntl
 import json
 import os
 import pathlib
+import socket
 import threading
 from typing import Dict, Optional, Tuple
 
@@ -53,9 +60,14 @@ _DTYPE_CODES = {"float32": 0, "bfloat16": 1, MIXED: 2}
 # inputs, so only the order of float32 sums differs. Wrong kernels are off
 # by 0.1-1.
 _TOLERANCE = {"float32": 1e-4, "bfloat16": 3e-2, MIXED: 1e-4}
-# Two examples (the AVX2 fault shows at any batch size), one for large
-# maps, where the reference dominates the check's cost.
-_CHECK_BATCH, _LARGE_MAP_BATCH, _LARGE_MAP = 2, 1, 64 * 64
+# The check's batch: as many examples as make about _CHECK_PIXELS input
+# pixels, run twice per draw. The AVX2 fault is a race between threads: it
+# shows in 5% of runs of a batch of two 8x8 maps, 98-100% from about 16k
+# pixels on (AMD EPYC [avx2 avx512_bf16 avx512f], 2 threads), so a tiny batch
+# would let it through by chance. Wide layers, whose NumPy reference would
+# dominate, get fewer examples (_CHECK_MACS multiply-adds, but two examples).
+_CHECK_PIXELS, _CHECK_MACS, _CHECK_MAX_BATCH = 16384, 2**27, 64
+_RUNS_PER_DRAW = 2
 _CHECK_SEEDS = (0, 1, 2)
 
 # geometry: (in_sizes, window, strides, pads, dilations), as in onednn.py.
@@ -105,6 +117,10 @@ def rejection(target: str, geometry: Geometry, channels: Tuple[int, int],
   with _lock:
     _load_verdicts()
     if key not in _verdicts:
+      # Filed before the check runs: if oneDNN kills the process (a kernel
+      # can crash as well as be wrong), the rerun finds the marker of a dead
+      # process and runs XLA's convolution instead of crashing again.
+      _store(key, _checking_marker())
       _verdicts[key] = check(target, geometry, channels, dtype)
       _store(key, _verdicts[key])
     reason = _verdicts[key]
@@ -135,8 +151,43 @@ def _load_verdicts():
   if _loaded_from == path:
     return
   _verdicts.clear()
-  _verdicts.update(_read(path))
+  for key, value in _read(path).items():
+    if value is None or not value.startswith(_CHECKING):
+      _verdicts[key] = value
+    elif _died(value):
+      _verdicts[key] = (f"its check crashed the process running it "
+                        f"({value[len(_CHECKING):]})")
+      _store(key, _verdicts[key])
+    # else: being checked by a live process (or one on another host that
+    # shares this file): this process checks it too.
   _loaded_from = path
+
+
+# The value of a verdict whose check is running: "<_CHECKING>pid N on HOST".
+_CHECKING = "being checked by "
+
+
+def _checking_marker() -> str:
+  return f"{_CHECKING}pid {os.getpid()} on {socket.gethostname()}"
+
+
+def _died(marker: str) -> bool:
+  """Whether the process a checking marker names has ended (only a process
+  on this host can be seen to have)."""
+  try:
+    _, pid, _, host = marker[len(_CHECKING):].split(" ", 3)
+    pid = int(pid)
+  except ValueError:
+    return True  # damaged: treated as a check that did not finish
+  if host != socket.gethostname():
+    return False
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return True
+  except PermissionError:
+    pass  # another user's live process
+  return False
 
 
 def _read(path: pathlib.Path) -> Dict[str, Optional[str]]:
@@ -258,13 +309,22 @@ def run(target: str, geometry: Geometry, a: np.ndarray, b: np.ndarray,
   return result
 
 
+def check_batch(geometry: Geometry, channels: Tuple[int, int]) -> int:
+  """How many examples the check runs: enough pixels to show races, within
+  a bound on the reference's work."""
+  pixels = int(np.prod(geometry[0]))
+  macs = pixels * int(np.prod(geometry[1])) * channels[0] * channels[1]
+  by_work = max(2, _CHECK_MACS // macs)
+  return max(1, min(_CHECK_MAX_BATCH, _CHECK_PIXELS // pixels, by_work))
+
+
 def check(target: str, geometry: Geometry, channels: Tuple[int, int],
           dtype: str) -> Optional[str]:
-  """Runs the pass on a tiny batch of three seeded random draws: None if it
-  matches the reference, else what went wrong."""
+  """Runs the pass twice on each of three seeded random draws of a small
+  batch (check_batch): None if every run matches the reference, else what
+  went wrong."""
   np_dtype = numpy_dtypes(dtype)[0]
-  batch = (_LARGE_MAP_BATCH if np.prod(geometry[0]) >= _LARGE_MAP
-           else _CHECK_BATCH)
+  batch = check_batch(geometry, channels)
   x, w, y = _operand_shapes(target, geometry, channels, batch)
   operands, result = {onednn_build.FORWARD: ((x, w), y),
                       onednn_build.BACKWARD_DATA: ((y, w), x),
@@ -273,16 +333,15 @@ def check(target: str, geometry: Geometry, channels: Tuple[int, int],
   for seed in _CHECK_SEEDS:
     rng = np.random.default_rng(seed)
     a, b = (rng.standard_normal(s).astype(np_dtype) for s in operands)
-    try:
-      actual = run(target, geometry, a, b, result, dtype)
-    except RuntimeError as e:
-      return f"cannot create its {PASS_NAMES[target]} ({e})"
     expected = reference(target, geometry, a, b)
     scale = max(float(np.abs(expected).max()), 1e-30)
-    error = float(np.abs(actual.astype(np.float32) - expected).max()) / scale
-    if not np.isfinite(error):
-      error = float("inf")
-    worst = max(worst, error)
+    for _ in range(_RUNS_PER_DRAW):
+      try:
+        actual = run(target, geometry, a, b, result, dtype)
+      except RuntimeError as e:
+        return f"cannot create its {PASS_NAMES[target]} ({e})"
+      error = float(np.abs(actual.astype(np.float32) - expected).max()) / scale
+      worst = max(worst, error if np.isfinite(error) else float("inf"))
   if worst > _TOLERANCE[dtype]:
     return (f"{PASS_NAMES[target]} disagrees with the reference (largest "
             f"error {worst:.3g} of the largest value)")

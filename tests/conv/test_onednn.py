@@ -287,6 +287,65 @@ def test_verdicts_are_checked_once_per_machine(fresh_verdicts, monkeypatch):
     _grads_and_hlo((2, 9, 9, 3), (3, 3, 3, 11))
 
 
+_CRASHING_CHECK = r"""
+import os, pathlib, signal, sys
+import jax, jax.numpy as jnp
+from jax import lax
+from cnn_jax.conv import onednn, onednn_build, onednn_verify
+onednn_verify.verdict_file = lambda: pathlib.Path(sys.argv[1])
+real = onednn_verify.run
+def crash_in_the_kernel_gradient(target, *args):
+  if target == onednn_build.BACKWARD_WEIGHTS:
+    os.kill(os.getpid(), signal.SIGSEGV)
+  return real(target, *args)
+onednn_verify.run = crash_in_the_kernel_gradient
+x, k = jnp.ones((2, 9, 9, 3)), jnp.ones((3, 3, 3, 13))
+jax.grad(lambda x, k: jnp.sum(onednn.conv_general_dilated(
+    x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))),
+    (0, 1))(x, k)
+"""
+
+
+def test_a_check_that_crashes_the_process_is_a_rejection_on_rerun(
+    fresh_verdicts):
+  """oneDNN can kill the process it runs in; the rerun must not crash again
+  (nor trust the pass): the marker filed before the check names a dead
+  process, so that pass runs on XLA and the others on oneDNN."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  crashed = subprocess.run(
+      [sys.executable, "-c", _CRASHING_CHECK, str(fresh_verdicts)], cwd=REPO,
+      env=env, capture_output=True, text=True, timeout=300, check=False)
+  assert crashed.returncode == -11, crashed.stderr[-3000:]
+  stored = json.loads(fresh_verdicts.read_text())
+  markers = [v for k, v in stored.items() if k.startswith("kernel gradient")]
+  assert len(markers) == 1, stored
+  assert markers[0].startswith("being checked by pid "), stored
+  assert [v for k, v in stored.items() if k.startswith("forward")] == [None]
+
+  hlo = _grads_and_hlo((2, 9, 9, 3), (3, 3, 3, 13))
+  assert "cnn_onednn_conv_fwd" in hlo and "cnn_onednn_conv_bwd_data" in hlo
+  assert "cnn_onednn_conv_bwd_weights" not in hlo
+  verdict = next(v for k, v in onednn_verify.verdicts().items()
+                 if k.startswith("kernel gradient"))
+  assert verdict.startswith("its check crashed the process running it (pid")
+  # Filed for the next process too, in place of the marker.
+  assert json.loads(fresh_verdicts.read_text())[next(
+      k for k in stored if k.startswith("kernel gradient"))] == verdict
+
+
+def test_a_check_under_way_in_a_live_process_is_no_verdict(fresh_verdicts):
+  """Another live process's marker (here this process's own) means "not
+  known yet": this process checks the pass itself and uses it."""
+  geometry = ((9, 9), (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1))
+  key = onednn_verify.class_key(onednn_build.FORWARD, geometry, (3, 5),
+                                "float32")
+  fresh_verdicts.write_text(json.dumps(
+      {key: onednn_verify._checking_marker()}))  # pylint: disable=protected-access
+  assert onednn_verify.rejection(onednn_build.FORWARD, geometry, (3, 5),
+                                 "float32") is None
+  assert json.loads(fresh_verdicts.read_text()) == {key: None}
+
+
 @pytest.mark.parametrize("target", list(onednn_verify.PASSES))
 @pytest.mark.parametrize("x_shape,k_shape,strides,padding,dilation",
                          _CASES[:6:2] + _CASES[8:9])
