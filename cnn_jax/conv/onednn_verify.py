@@ -68,6 +68,10 @@ _TOLERANCE = {"float32": 1e-4, "bfloat16": 3e-2, MIXED: 1e-4}
 # dominate, get fewer examples (_CHECK_MACS multiply-adds, but two examples).
 _CHECK_PIXELS, _CHECK_MACS, _CHECK_MAX_BATCH = 16384, 2**27, 64
 _RUNS_PER_DRAW = 2
+# Part of the verdict file's name: verdicts of an older, weaker check (v1:
+# two examples, one run per draw) are not trusted; the passes are checked
+# again.
+_CHECK_VERSION = 2
 _CHECK_SEEDS = (0, 1, 2)
 
 # geometry: (in_sizes, window, strides, pads, dilations), as in onednn.py.
@@ -91,7 +95,8 @@ def verdict_file() -> pathlib.Path:
   """Where this build's verdicts for this ISA and thread count live."""
   library = onednn_build.library_path()
   return library.with_name(
-      f"{library.stem}.verdicts-{onednn_build.cpu_isa()}-t{threads()}.json")
+      f"{library.stem}.verdicts-v{_CHECK_VERSION}-{onednn_build.cpu_isa()}"
+      f"-t{threads()}.json")
 
 
 def class_key(target: str, geometry: Geometry, channels: Tuple[int, int],
