@@ -13,14 +13,15 @@ and exits with status 143, as a preempted run:
         programs were compiled again: 0 when everything came from the cache).
 `import launch` alone is timed too: the part no cache can shorten.
 
-steps_per_call (--spc 1,6,6:1,...): configs/mnist_fast.py's train call of N
+steps_per_call (--spc 1,6,6:full,39,...): configs/mnist_fast.py's train call of N
 steps compiled and run in this process: compile time, time per step (wall
 and CPU), and compile + the config's steps. On the CPU a call of N steps is
-one unrolled program (training/train.py), so N multiplies the train
-program's compile time; N:1 is a lax.scan loop instead, N:2 unrolls 2.
+a lax.scan loop (training/train.py), as N or N:1; N:2 unrolls it by 2,
+N:full into one loop-free program (the CPU's default until session 11),
+whose compile time grows with N.
 
   python experiments/bench_startup.py                # startup only, ~2 min
-  python experiments/bench_startup.py --spc 1,2,3,6,6:1,6:2,12  # + steps_per_call
+  python experiments/bench_startup.py --spc 1,6,6:full,39 --rounds 5  # + steps_per_call
   python experiments/bench_startup.py --configs configs/mnist.py --spc ""
 
 The last line is one JSON object with the headline figures.
@@ -135,9 +136,15 @@ def startup(configs, scratch):
   return results
 
 
-def steps_per_call_study(values):
-  """{(N, unroll): (compile CPU-s, compile s, step CPU-ms, step ms)} of
-  configs/mnist_fast.py's train call, compiled and timed in this process."""
+def _unroll_label(n, unroll):
+  return "-" if n == 1 else ("full" if unroll is True else str(unroll))
+
+
+def steps_per_call_study(values, rounds=3):
+  """{(N, unroll label): (compile s, compile CPU-s, step s, step CPU-s)} of
+  configs/mnist_fast.py's train call, compiled in this process, then timed
+  in `rounds` rounds that alternate the variants (the machine's speed
+  drifts; each variant's median round counts)."""
   import functools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -156,12 +163,7 @@ def steps_per_call_study(values):
   rng = np.random.default_rng(0)
   batch = config.data.batch_size
   total = config.train.num_epochs * run.steps_per_epoch
-  results = {}
-  print(f"\nconfigs/mnist_fast.py train call (batch {batch}), compiled and "
-        f"run in one process; 'run' = compile + {total} steps")
-  print("| steps_per_call | unroll | compile s (CPU-s) | step ms (CPU-ms) | "
-        "run s (CPU-s) |")
-  print("|---|---|---|---|---|")
+  variants = {}  # (n, label) -> [compiled, state, batches, compile times]
   for n, unroll in values:
     group = {"image": rng.integers(0, 256, (n, batch, 28, 28, 1), np.uint8),
              "label": rng.integers(0, 10, (n, batch)).astype(np.int32)}
@@ -177,15 +179,32 @@ def steps_per_call_study(values):
     compile_s = (time.perf_counter() - wall, time.process_time() - cpu)
     current, metrics = compiled(current, group)
     jax.block_until_ready(metrics)
-    calls = max(2, 24 // n)
-    wall, cpu = time.perf_counter(), time.process_time()
-    for _ in range(calls):
-      current, metrics = compiled(current, group)
-    jax.block_until_ready(metrics)
-    step_s = ((time.perf_counter() - wall) / (calls * n),
-              (time.process_time() - cpu) / (calls * n))
-    results[(n, unroll)] = (*compile_s, *step_s)
-    print(f"| {n} | {unroll if n > 1 else '-'} | {compile_s[0]:.1f} ({compile_s[1]:.1f}) | "
+    variants[(n, _unroll_label(n, unroll))] = [compiled, current, group,
+                                               compile_s]
+  times = {key: [] for key in variants}
+  for _ in range(rounds):
+    for key, variant in variants.items():
+      compiled, current, group, _ = variant
+      n = key[0]
+      calls = max(2, 24 // n)
+      wall, cpu = time.perf_counter(), time.process_time()
+      for _ in range(calls):
+        current, metrics = compiled(current, group)
+      jax.block_until_ready(metrics)
+      variant[1] = current
+      times[key].append(((time.perf_counter() - wall) / (calls * n),
+                         (time.process_time() - cpu) / (calls * n)))
+  print(f"\nconfigs/mnist_fast.py train call (batch {batch}), compiled and "
+        f"run in one process ({rounds} alternated rounds, median); 'run' = "
+        f"compile + {total} steps")
+  print("| steps_per_call | unroll | compile s (CPU-s) | step ms (CPU-ms) | "
+        "run s (CPU-s) |")
+  print("|---|---|---|---|---|")
+  results = {}
+  for key, (_, _, _, compile_s) in variants.items():
+    step_s = sorted(times[key])[len(times[key]) // 2]
+    results[key] = (*compile_s, *step_s)
+    print(f"| {key[0]} | {key[1]} | {compile_s[0]:.1f} ({compile_s[1]:.1f}) | "
           f"{1e3 * step_s[0]:.0f} ({1e3 * step_s[1]:.0f}) | "
           f"{compile_s[0] + total * step_s[0]:.0f} "
           f"({compile_s[1] + total * step_s[1]:.0f}) |", flush=True)
@@ -198,9 +217,11 @@ def main():
                       "configs/mnist_fast.py")
   parser.add_argument("--spc", default="",
                       help="comma-separated steps_per_call values N[:unroll] "
-                      "(unroll: full, the CPU default, or scan's unroll "
-                      "count) whose compile and step time to measure for "
+                      "(unroll: scan's unroll count, 1 as runs use it, or "
+                      "full: no loop) whose compile and step time to measure for "
                       "configs/mnist_fast.py ('' skips)")
+  parser.add_argument("--rounds", type=int, default=3,
+                      help="alternated timing rounds of the --spc variants")
   args = parser.parse_args()
   load_before = os.getloadavg()[0]
   print(f"cpu: {machine.cpu_description()}, {len(os.sched_getaffinity(0))} logical cores; "
@@ -217,10 +238,10 @@ def main():
     values = []
     for item in args.spc.split(","):
       n, _, unroll = item.partition(":")
-      values.append((int(n), True if unroll in ("", "full") else int(unroll)))
-    for (n, unroll), (cw, cc, sw, sc) in steps_per_call_study(values).items():
-      key = (f"spc{n}" if n == 1 else
-             f"spc{n}_unroll{'full' if unroll is True else unroll}")
+      values.append((int(n), True if unroll == "full" else int(unroll or 1)))
+    for (n, label), (cw, cc, sw, sc) in steps_per_call_study(
+        values, args.rounds).items():
+      key = f"spc{n}" if n == 1 else f"spc{n}_unroll{label}"
       headline[f"{key}_compile_s"] = round(cw, 2)
       headline[f"{key}_compile_cpu_s"] = round(cc, 2)
       headline[f"{key}_step_ms"] = round(1e3 * sw, 1)

@@ -150,17 +150,19 @@ def _compiled_steps(run):
   # Calls end at epoch ends, so the last call of an epoch runs
   # steps_per_epoch % N steps: one more compiled shape, rather than padding
   # and masking steps, which would still cost their compute.
-  # XLA:CPU runs a step inside a while loop about 1.6x slower than the same
-  # step compiled alone (MNIST CNN, batch 256: ~920 vs ~1,500 img/s), so on
-  # CPU the scan is unrolled into one loop-free program (compiles longer).
-  unroll = True if jax.default_backend() == "cpu" else 1
+  # The scan stays a loop on every backend. (Earlier XLA:CPU versions ran a
+  # step inside a while loop ~1.6x slower, so the CPU unrolled it; now the
+  # loop is the faster one and compiles in a fraction of the time: MNIST
+  # CNN, batch 256, 6 steps per call, bfloat16 matmuls: 28 vs 32 ms a step,
+  # 0.8 vs 2.1 s to compile; AMD EPYC [avx2 avx512_bf16 avx512f],
+  # `experiments/bench_startup.py --configs "" --spc 6:full,6,18,39`.)
   # Data parallel over run.mesh: the state replicated, each batch split
   # along 'data' (XLA all-reduces the gradients and BatchNorm's batch
   # statistics, so the step is the one-device step on the global batch).
   replicated = mesh_lib.replicated(run.mesh)
   train_call = jax.jit(
       step_fn if run.steps_per_call == 1
-      else multistep.make_multi_step(step_fn, unroll),
+      else multistep.make_multi_step(step_fn),
       in_shardings=(replicated, _batch_sharding(run)),
       out_shardings=(replicated, replicated), donate_argnums=0)
   eval_fn = jax.jit(functools.partial(steps.eval_step, mean=run.mean,
