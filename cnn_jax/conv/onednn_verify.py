@@ -126,7 +126,11 @@ def rejection(target: str, geometry: Geometry, channels: Tuple[int, int],
       # can crash as well as be wrong), the rerun finds the marker of a dead
       # process and runs XLA's convolution instead of crashing again.
       _store(key, _checking_marker())
-      _verdicts[key] = check(target, geometry, channels, dtype)
+      try:
+        _verdicts[key] = check(target, geometry, channels, dtype)
+      except BaseException:  # interrupted (Ctrl-C): no verdict either way
+        _store(key, None, forget=True)
+        raise
       _store(key, _verdicts[key])
     reason = _verdicts[key]
     # One line per kind of failure and pass (a bfloat16 model on a CPU
@@ -204,15 +208,20 @@ def _read(path: pathlib.Path) -> Dict[str, Optional[str]]:
           if isinstance(k, str) and (v is None or isinstance(v, str))}
 
 
-def _store(key: str, reason: Optional[str]):
-  """Adds one verdict to the file (other processes may add theirs at the
-  same time: merged under a lock, written by atomic rename)."""
+def _store(key: str, reason: Optional[str], forget: bool = False):
+  """Adds one verdict to the file, or with `forget` removes this process's
+  checking marker of `key` (other processes may add theirs at the same
+  time: merged under a lock, written by atomic rename)."""
   path = verdict_file()
   try:
     with open(path.with_suffix(".lock"), "a") as lock:
       fcntl.flock(lock, fcntl.LOCK_EX)
       stored = _read(path)
-      stored[key] = reason
+      if forget:  # only this process's marker, not another's verdict
+        if stored.get(key) == _checking_marker():
+          del stored[key]
+      else:
+        stored[key] = reason
       tmp = path.with_suffix(f".tmp{os.getpid()}")
       tmp.write_text(json.dumps(stored, indent=1, sort_keys=True))
       os.replace(tmp, path)

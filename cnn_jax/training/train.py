@@ -152,10 +152,11 @@ def _compiled_steps(run):
   # and masking steps, which would still cost their compute.
   # The scan stays a loop on every backend. (Earlier XLA:CPU versions ran a
   # step inside a while loop ~1.6x slower, so the CPU unrolled it; now the
-  # loop is the faster one and compiles in a fraction of the time: MNIST
-  # CNN, batch 256, 6 steps per call, bfloat16 matmuls: 28 vs 32 ms a step,
-  # 0.8 vs 2.1 s to compile; AMD EPYC [avx2 avx512_bf16 avx512f],
-  # `experiments/bench_startup.py --configs "" --spc 6:full,6,18,39`.)
+  # loop steps as fast or faster and compiles in about a second whatever N
+  # is: MNIST CNN, batch 256, bf16 matmuls, 29 ms a step as a 6-step loop,
+  # 28 as a 39-step loop, 32 unrolled (1.4, 1.3, 3.4 s to compile); float32
+  # 42, 39, 39 ms. AMD EPYC [avx2 avx512_bf16 avx512f], `python
+  # experiments/bench_startup.py --configs "" --spc 6:full,6,39 --rounds 5`.)
   # Data parallel over run.mesh: the state replicated, each batch split
   # along 'data' (XLA all-reduces the gradients and BatchNorm's batch
   # statistics, so the step is the one-device step on the global batch).

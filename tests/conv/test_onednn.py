@@ -346,6 +346,19 @@ def test_a_check_under_way_in_a_live_process_is_no_verdict(fresh_verdicts):
   assert json.loads(fresh_verdicts.read_text()) == {key: None}
 
 
+def test_an_interrupted_check_leaves_no_verdict(fresh_verdicts, monkeypatch):
+  """Ctrl-C during a check is not a crash of oneDNN: the marker goes, and
+  the next process checks the pass again."""
+  def interrupted(*args):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(onednn_verify, "check", interrupted)
+  geometry = ((9, 9), (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1))
+  with pytest.raises(KeyboardInterrupt):
+    onednn_verify.rejection(onednn_build.FORWARD, geometry, (3, 5), "float32")
+  assert json.loads(fresh_verdicts.read_text()) == {}
+
+
 @pytest.mark.parametrize("target", list(onednn_verify.PASSES))
 @pytest.mark.parametrize("x_shape,k_shape,strides,padding,dilation",
                          _CASES[:6:2] + _CASES[8:9])
