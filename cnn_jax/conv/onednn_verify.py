@@ -14,7 +14,7 @@ a convolution into a program, `rejection()` runs that pass on a small batch
 (the geometry with its batch size left out: channels, spatial sizes, window,
 strides, padding, dilation, dtype) through the library's C entry point,
 twice on each of three seeded random draws, and compares it with a NumPy
-reference. The batch holds ~16k input pixels: the AVX2 fault is a race
+reference. The batch holds ~8k input pixels: the AVX2 fault is a race
 between threads that a batch of two examples shows only in 5% of runs. The
 verdict is kept in memory and in a JSON file beside the compiled library,
 keyed by the instruction set oneDNN dispatches to and its thread count, so
@@ -61,12 +61,18 @@ _DTYPE_CODES = {"float32": 0, "bfloat16": 1, MIXED: 2}
 # by 0.1-1.
 _TOLERANCE = {"float32": 1e-4, "bfloat16": 3e-2, MIXED: 1e-4}
 # The check's batch: as many examples as make about _CHECK_PIXELS input
-# pixels, run twice per draw. The AVX2 fault is a race between threads: it
-# shows in 5% of runs of a batch of two 8x8 maps, 98-100% from about 16k
-# pixels on (AMD EPYC [avx2 avx512_bf16 avx512f], 2 threads), so a tiny batch
-# would let it through by chance. Wide layers, whose NumPy reference would
-# dominate, get fewer examples (_CHECK_MACS multiply-adds, but two examples).
-_CHECK_PIXELS, _CHECK_MACS, _CHECK_MAX_BATCH = 16384, 2**27, 64
+# pixels (at most 64), run twice per draw. The AVX2 fault is a race between
+# threads: in a run of two 8x8 examples it shows 5% of the time, of 16 such
+# examples 98%, of 64 100%; 16x16 maps: 16 examples 75%, 64 examples 98%
+# (AMD EPYC [avx2 avx512_bf16 avx512f], 2 threads), so a tiny batch would
+# let it through by chance. Wide layers, whose NumPy reference would
+# dominate, get fewer examples (_CHECK_MACS multiply-adds, but two
+# examples). 150 checks of the test suite's geometries take 7.0 s under
+# ONEDNN_MAX_CPU_ISA=AVX2 (10.4 s with 16k pixels, 2**27 multiply-adds and
+# normal draws), once per machine; the AVX2 rerun of .ci/run with no
+# verdicts yet took 125 s against 117 s with the two-example check.
+_CHECK_PIXELS, _CHECK_MACS, _CHECK_MAX_BATCH = 8192, 2**25, 64
+_CHECK_ELEMENTS = 2**19  # per operand, also at most (drawing them costs)
 _RUNS_PER_DRAW = 2
 # Part of the verdict file's name: verdicts of an older, weaker check (v1:
 # two examples, one run per draw) are not trusted; the passes are checked
@@ -328,7 +334,8 @@ def check_batch(geometry: Geometry, channels: Tuple[int, int]) -> int:
   a bound on the reference's work."""
   pixels = int(np.prod(geometry[0]))
   macs = pixels * int(np.prod(geometry[1])) * channels[0] * channels[1]
-  by_work = max(2, _CHECK_MACS // macs)
+  by_work = max(2, min(_CHECK_MACS // macs,
+                       _CHECK_ELEMENTS // (pixels * max(channels))))
   return max(1, min(_CHECK_MAX_BATCH, _CHECK_PIXELS // pixels, by_work))
 
 
@@ -346,7 +353,10 @@ def check(target: str, geometry: Geometry, channels: Tuple[int, int],
   worst = 0.0
   for seed in _CHECK_SEEDS:
     rng = np.random.default_rng(seed)
-    a, b = (rng.standard_normal(s).astype(np_dtype) for s in operands)
+    # Uniform in [-1, 1): 3x faster to draw than normal values in float32
+    # (the draws dominated the check's cost), as good at showing a fault.
+    a, b = ((2 * rng.random(s, np.float32) - 1).astype(np_dtype, copy=False)
+            for s in operands)
     expected = reference(target, geometry, a, b)
     scale = max(float(np.abs(expected).max()), 1e-30)
     for _ in range(_RUNS_PER_DRAW):
