@@ -135,7 +135,7 @@ def rejection(target: str, geometry: Geometry, channels: Tuple[int, int],
       try:
         _verdicts[key] = check(target, geometry, channels, dtype)
       except BaseException:  # interrupted (Ctrl-C): no verdict either way
-        _store(key, None, forget=True)
+        _forget_marker(key)
         raise
       _store(key, _verdicts[key])
     reason = _verdicts[key]
@@ -214,20 +214,31 @@ def _read(path: pathlib.Path) -> Dict[str, Optional[str]]:
           if isinstance(k, str) and (v is None or isinstance(v, str))}
 
 
-def _store(key: str, reason: Optional[str], forget: bool = False):
-  """Adds one verdict to the file, or with `forget` removes this process's
-  checking marker of `key` (other processes may add theirs at the same
-  time: merged under a lock, written by atomic rename)."""
+def _store(key: str, reason: Optional[str]):
+  """Adds one verdict (or a checking marker) to the file."""
+  def add(stored):
+    stored[key] = reason
+  _edit_file(add)
+
+
+def _forget_marker(key: str):
+  """Removes this process's checking marker of `key` from the file (not
+  another process's verdict filed since)."""
+  def forget(stored):
+    if stored.get(key) == _checking_marker():
+      del stored[key]
+  _edit_file(forget)
+
+
+def _edit_file(edit):
+  """Applies `edit` to the stored verdicts (other processes may edit at the
+  same time: merged under a lock, written by atomic rename)."""
   path = verdict_file()
   try:
     with open(path.with_suffix(".lock"), "a") as lock:
       fcntl.flock(lock, fcntl.LOCK_EX)
       stored = _read(path)
-      if forget:  # only this process's marker, not another's verdict
-        if stored.get(key) == _checking_marker():
-          del stored[key]
-      else:
-        stored[key] = reason
+      edit(stored)
       tmp = path.with_suffix(f".tmp{os.getpid()}")
       tmp.write_text(json.dumps(stored, indent=1, sort_keys=True))
       os.replace(tmp, path)

@@ -290,7 +290,6 @@ def test_verdicts_are_checked_once_per_machine(fresh_verdicts, monkeypatch):
 _CRASHING_CHECK = r"""
 import os, pathlib, signal, sys
 import jax, jax.numpy as jnp
-from jax import lax
 from cnn_jax.conv import onednn, onednn_build, onednn_verify
 onednn_verify.verdict_file = lambda: pathlib.Path(sys.argv[1])
 real = onednn_verify.run
