@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from cnn_jax import ops
 from cnn_jax.conv import conv_impls
 
 
@@ -37,6 +38,42 @@ class Conv(nn.Conv):
       object.__setattr__(self, "conv_general_dilated",
                          conv_impls.conv_fn(self.conv_impl))
     super().__post_init__()
+
+class ConvReluMaxPool(nn.Module):
+  """Conv (with bias, 'SAME') -> ReLU -> `ops.max_pool(window)`, computed as
+  conv -> max-pool -> bias -> ReLU.
+
+  The parameters are those of a `Conv` with this module's name (kernel
+  [*kernel_size, C_in, features] and bias [features], same initialisers and
+  the same random draws), so checkpoints and pretrained weights do not
+  change. Adding a channel's bias and the ReLU are monotone, in floating
+  point too (rounding is monotone), so both commute with the max and the
+  output is the same, bit for bit. Pooling first runs the bias, the ReLU
+  and their gradients on window-size times fewer elements, and the
+  max-pool's gradient, now the only full-size elementwise pass of the
+  backward, is written once, in the convolution's compute dtype. (Which
+  element of a window gets the gradient differs only where adding the bias
+  rounds two different maxima to one value: the textbook order then picks
+  the first, this one the larger.)
+  """
+
+  features: int
+  kernel_size: Sequence[int]
+  window: Union[int, Sequence[int]] = 2
+  dtype: Any = jnp.float32
+  conv_impl: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x):
+    conv = Conv(self.features, self.kernel_size, padding="SAME",
+                use_bias=False, dtype=self.dtype, conv_impl=self.conv_impl)
+    nn.share_scope(self, conv)  # kernel and bias side by side, as in Conv
+    y = ops.max_pool(conv(x), self.window)
+    # Created after the kernel, as nn.Conv does: the same initial values.
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,),
+                      jnp.float32)
+    return nn.relu(y + bias.astype(y.dtype))
+
 
 # torch's BatchNorm defaults: its momentum=0.1 weights the new batch, flax's
 # momentum weights the old running average, hence 0.9. (torch updates the

@@ -60,6 +60,12 @@ class SimpleCNN(nn.Module):
           f"SimpleCNN expects images [B, H, W, C], got shape {x.shape}")
     x = x.astype(self.dtype)
     for i, width in enumerate(self.features):
+      if self.pool and not self.use_batchnorm:
+        # The same layers in the order that runs faster (layers.py).
+        x = layers.ConvReluMaxPool(width, (self.kernel_size,) * 2, 2,
+                                   dtype=self.dtype, conv_impl=self.conv_impl,
+                                   name=f"conv{i + 1}")(x)
+        continue
       x = layers.Conv(width, (self.kernel_size,) * 2, padding="SAME",
                       use_bias=not self.use_batchnorm, dtype=self.dtype,
                       conv_impl=self.conv_impl, name=f"conv{i + 1}")(x)

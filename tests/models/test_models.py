@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cnn_jax import ops
 from cnn_jax.models import MODELS
 from cnn_jax.models import __main__ as models_cli
 from cnn_jax.models import layers
@@ -233,7 +234,7 @@ def test_batch_norm_updates_statistics_only_in_training():
 
 @pytest.mark.parametrize("name", ["alexnet", "vgg11_bn", "resnet50",
                                   "densenet121", "unet", "resnet1d", "r3d18",
-                                  "c3d_small", "lenet5"])
+                                  "c3d_small", "lenet5", "simple_cnn"])
 def test_every_convolution_goes_through_layers_conv(name, monkeypatch):
   """A faster `layers.Conv` must reach every conv of every model."""
   called_from = set()
@@ -363,3 +364,60 @@ def test_cli_rejects_a_bad_input_shape(capsys):
   with pytest.raises(SystemExit):
     models_cli.main(["lenet5", "--input_shape", "28,28"])
   assert "LeNet5 expects images" in capsys.readouterr().err
+
+
+class _TextbookConvReluPool(layers.nn.Module):
+  """conv -> bias -> ReLU -> max-pool in that order: the reference."""
+  dtype: object = jnp.float32
+  conv_impl: object = None
+
+  @layers.nn.compact
+  def __call__(self, x):
+    x = layers.Conv(8, (3, 3), padding="SAME", dtype=self.dtype,
+                    conv_impl=self.conv_impl, name="conv")(x)
+    return ops.max_pool(layers.nn.relu(x), 2)
+
+
+class _PoolFirst(layers.nn.Module):
+  dtype: object = jnp.float32
+  conv_impl: object = None
+
+  @layers.nn.compact
+  def __call__(self, x):
+    return layers.ConvReluMaxPool(8, (3, 3), 2, dtype=self.dtype,
+                                  conv_impl=self.conv_impl, name="conv")(x)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("conv_impl", ["xla", "auto"])
+def test_conv_relu_max_pool_is_the_textbook_order(dtype, conv_impl):
+  """Pooling before the bias and the ReLU: the same parameters from the
+  same key, the same output bit for bit, the same gradients."""
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 10, 12, 5)),
+                  jnp.float32)
+  reference = _TextbookConvReluPool(dtype, conv_impl)
+  pool_first = _PoolFirst(dtype, conv_impl)
+  params = reference.init(jax.random.key(3), x)["params"]
+  chex.assert_trees_all_equal(pool_first.init(jax.random.key(3), x)["params"],
+                              params)
+  # Biases that make the ReLU cut a good share of the maxima.
+  params = {"conv": {**params["conv"], "bias": jnp.linspace(-3.0, 1.0, 8)}}
+  out = pool_first.apply({"params": params}, x)
+  chex.assert_shape(out, (3, 5, 6, 8))
+  assert out.dtype == dtype
+  expected = reference.apply({"params": params}, x)
+  assert 0.2 < float(jnp.mean(expected == 0)) < 0.8, "too few or too many cut"
+  np.testing.assert_array_equal(np.asarray(out, np.float32),
+                                np.asarray(expected, np.float32))
+
+  def loss(model, params):
+    y = model.apply({"params": params}, x).astype(jnp.float32)
+    return jnp.sum(y * jnp.cos(y))
+
+  got = jax.grad(functools.partial(loss, pool_first))(params)
+  want = jax.grad(functools.partial(loss, reference))(params)
+  if dtype == jnp.float32:
+    chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-6)
+  else:  # bfloat16 sums over different element counts: relative to the leaf
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      assert float(jnp.max(jnp.abs(g - w))) <= 0.02 * float(jnp.max(jnp.abs(w)))
