@@ -40,35 +40,42 @@ class Conv(nn.Conv):
     super().__post_init__()
 
 class ConvReluMaxPool(nn.Module):
-  """Conv (with bias, 'SAME') -> ReLU -> `ops.max_pool(window)`, computed as
-  conv -> max-pool -> bias -> ReLU.
+  """Conv (with bias) -> ReLU -> `ops.max_pool(window, pool_stride)`,
+  computed as conv -> max-pool -> bias -> ReLU.
 
   The parameters are those of a `Conv` with this module's name (kernel
-  [*kernel_size, C_in, features] and bias [features], same initialisers and
-  the same random draws), so checkpoints and pretrained weights do not
-  change. Adding a channel's bias and the ReLU are monotone, in floating
+  [*kernel_size, C_in, features] and bias [features], the same
+  initialisers and random draws), so checkpoints and pretrained weights do
+  not change. Adding a channel's bias and the ReLU are monotone, in floating
   point too (rounding is monotone), so both commute with the max and the
   output is the same, bit for bit. Pooling first runs the bias, the ReLU
-  and their gradients on window-size times fewer elements, and the
-  max-pool's gradient, now the only full-size elementwise pass of the
-  backward, is written once, in the convolution's compute dtype. (Which
-  element of a window gets the gradient differs only where adding the bias
-  rounds two different maxima to one value: the textbook order then picks
-  the first, this one the larger.)
+  and their gradients on the pooled maps, and the max-pool's gradient, then
+  the only full-size elementwise pass of the backward, is written once, in
+  the convolution's compute dtype: the MNIST CNN's bf16 train step on a
+  2-core AMD EPYC Zen 5 went from 26.9 to 21.5 ms. (Which element of a
+  window gets the gradient differs only where adding the bias rounds two
+  different maxima to one value: the textbook order then picks the first,
+  this one the larger.)
   """
 
   features: int
   kernel_size: Sequence[int]
   window: Union[int, Sequence[int]] = 2
+  pool_stride: Optional[Union[int, Sequence[int]]] = None  # None: window
+  strides: Union[int, Sequence[int]] = 1
+  padding: Any = "SAME"
+  kernel_init: Callable = nn.linear.default_kernel_init
   dtype: Any = jnp.float32
   conv_impl: Optional[str] = None
 
   @nn.compact
   def __call__(self, x):
-    conv = Conv(self.features, self.kernel_size, padding="SAME",
-                use_bias=False, dtype=self.dtype, conv_impl=self.conv_impl)
+    conv = Conv(self.features, self.kernel_size, self.strides,
+                padding=self.padding, use_bias=False,
+                kernel_init=self.kernel_init, dtype=self.dtype,
+                conv_impl=self.conv_impl)
     nn.share_scope(self, conv)  # kernel and bias side by side, as in Conv
-    y = ops.max_pool(conv(x), self.window)
+    y = ops.max_pool(conv(x), self.window, self.pool_stride)
     # Created after the kernel, as nn.Conv does: the same initial values.
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,),
                       jnp.float32)

@@ -44,7 +44,16 @@ class VGG(nn.Module):
     x = x.astype(self.dtype)
     index = 0  # position in torchvision's `features` nn.Sequential
     for num_convs, width in zip(self.stage_sizes, STAGE_WIDTHS):
-      for _ in range(num_convs):
+      for i in range(num_convs):
+        if i == num_convs - 1 and not self.batch_norm:
+          # The stage's last conv, ReLU and pool, in the order that runs
+          # faster (the same layers: layers.ConvReluMaxPool).
+          x = layers.ConvReluMaxPool(
+              width, (3, 3), 2, padding=((1, 1), (1, 1)),
+              kernel_init=layers.he_normal_fan_out, dtype=self.dtype,
+              name=f"features_{index}")(x)
+          index += 3  # conv, ReLU, pool
+          continue
         x = layers.Conv(width, (3, 3), padding=((1, 1), (1, 1)),
                         kernel_init=layers.he_normal_fan_out,
                         dtype=self.dtype, name=f"features_{index}")(x)
@@ -54,8 +63,9 @@ class VGG(nn.Module):
                                name=f"features_{index + 1}")(x)
         x = nn.relu(x)
         index += 3 if self.batch_norm else 2
-      x = ops.max_pool(x, 2)
-      index += 1
+      if self.batch_norm:
+        x = ops.max_pool(x, 2)
+        index += 1
     x = layers.adaptive_avg_pool(x, (7, 7))
     x = x.reshape((x.shape[0], -1))
     dense = functools.partial(

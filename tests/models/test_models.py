@@ -256,6 +256,19 @@ def test_every_convolution_goes_through_layers_conv(name, monkeypatch):
   assert conv_kernels and conv_kernels == called_from
 
 
+def test_pooled_convolutions_keep_their_parameters():
+  """The models whose conv -> ReLU -> pool runs as ConvReluMaxPool keep
+  torchvision's parameter names and shapes (checkpoints, imported weights)
+  and nn.Conv's initial values."""
+  x = jnp.zeros((1, 64, 64, 3))
+  params = MODELS["alexnet"](num_classes=NUM_CLASSES).init(RNGS, x)["params"]
+  chex.assert_shape([params["features_0"]["kernel"], params["features_0"]["bias"],
+                     params["features_3"]["kernel"]],
+                    [(11, 11, 3, 64), (64,), (5, 5, 64, 192)])
+  params = MODELS["vgg11"](num_classes=NUM_CLASSES).init(RNGS, x)["params"]
+  # VGG11: conv 0, pool 2, conv 3, pool 5, convs 6 8, pool 10, ...
+  assert {k for k in params if k.startswith("features")} == {
+      f"features_{i}" for i in (0, 3, 6, 8, 11, 13, 16, 18)}
 def test_transposed_conv_is_torch_conv_transpose_k2_s2():
   """y[b, 2i + a, 2j + c, o] = sum_k x[b, i, j, k] W[k, o, a, c] + bias[o]."""
   x = np.random.default_rng(0).normal(size=(2, 3, 4, 5)).astype(np.float32)
@@ -366,46 +379,60 @@ def test_cli_rejects_a_bad_input_shape(capsys):
   assert "LeNet5 expects images" in capsys.readouterr().err
 
 
+# (kernel, conv strides, padding, pool window, pool stride, input shape)
+_CONV_POOL_CASES = [
+    ((3, 3), 1, "SAME", 2, None, (3, 10, 12, 5)),      # the MNIST CNN's
+    ((3, 3), 1, ((1, 1), (1, 1)), 2, None, (2, 9, 7, 3)),  # VGG's, odd sizes
+    ((5, 5), 2, ((2, 2), (2, 2)), 3, 2, (2, 17, 15, 3)),   # AlexNet's kind
+]
+
+
 class _TextbookConvReluPool(layers.nn.Module):
   """conv -> bias -> ReLU -> max-pool in that order: the reference."""
+  case: tuple
   dtype: object = jnp.float32
   conv_impl: object = None
 
   @layers.nn.compact
   def __call__(self, x):
-    x = layers.Conv(8, (3, 3), padding="SAME", dtype=self.dtype,
+    kernel, strides, padding, window, pool_stride, _ = self.case
+    x = layers.Conv(8, kernel, strides, padding=padding, dtype=self.dtype,
                     conv_impl=self.conv_impl, name="conv")(x)
-    return ops.max_pool(layers.nn.relu(x), 2)
+    return ops.max_pool(layers.nn.relu(x), window, pool_stride)
 
 
 class _PoolFirst(layers.nn.Module):
+  case: tuple
   dtype: object = jnp.float32
   conv_impl: object = None
 
   @layers.nn.compact
   def __call__(self, x):
-    return layers.ConvReluMaxPool(8, (3, 3), 2, dtype=self.dtype,
+    kernel, strides, padding, window, pool_stride, _ = self.case
+    return layers.ConvReluMaxPool(8, kernel, window, pool_stride, strides,
+                                  padding, dtype=self.dtype,
                                   conv_impl=self.conv_impl, name="conv")(x)
 
 
+@pytest.mark.parametrize("case", _CONV_POOL_CASES)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("conv_impl", ["xla", "auto"])
-def test_conv_relu_max_pool_is_the_textbook_order(dtype, conv_impl):
+def test_conv_relu_max_pool_is_the_textbook_order(case, dtype, conv_impl):
   """Pooling before the bias and the ReLU: the same parameters from the
   same key, the same output bit for bit, the same gradients."""
-  x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 10, 12, 5)),
+  x = jnp.asarray(np.random.default_rng(0).normal(size=case[-1]),
                   jnp.float32)
-  reference = _TextbookConvReluPool(dtype, conv_impl)
-  pool_first = _PoolFirst(dtype, conv_impl)
+  reference = _TextbookConvReluPool(case, dtype, conv_impl)
+  pool_first = _PoolFirst(case, dtype, conv_impl)
   params = reference.init(jax.random.key(3), x)["params"]
   chex.assert_trees_all_equal(pool_first.init(jax.random.key(3), x)["params"],
                               params)
   # Biases that make the ReLU cut a good share of the maxima.
   params = {"conv": {**params["conv"], "bias": jnp.linspace(-3.0, 1.0, 8)}}
   out = pool_first.apply({"params": params}, x)
-  chex.assert_shape(out, (3, 5, 6, 8))
-  assert out.dtype == dtype
   expected = reference.apply({"params": params}, x)
+  chex.assert_equal_shape([out, expected])
+  assert out.dtype == dtype
   assert 0.2 < float(jnp.mean(expected == 0)) < 0.8, "too few or too many cut"
   np.testing.assert_array_equal(np.asarray(out, np.float32),
                                 np.asarray(expected, np.float32))
