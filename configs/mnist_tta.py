@@ -28,7 +28,10 @@ on CPUs without bf16 instructions): 99.57% mean (99.59, 99.60, 99.52),
 autocast(bfloat16), both with memory kept (README, Time to accuracy).
 With 39 steps per call as a lax.scan loop (configs/mnist_fast.py): the same
 accuracies, 99.4% after 36.7 s, 0.49x PyTorch float32 and 0.66x PyTorch
-under autocast(bfloat16).
+under autocast(bfloat16). With the CNN's pooling moved before its bias and
+ReLU (models/layers.py ConvReluMaxPool, the same function): 99.54% mean,
+99.4% after 35.7 s, 0.65x PyTorch under autocast(bfloat16); an epoch in
+5.9 s, 0.55x PyTorch's 10.9 s.
 """
 
 from configs import mnist_fast

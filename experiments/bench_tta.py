@@ -27,10 +27,12 @@ another (seeds interleaved, so a change in the machine's load hits all):
 Each evaluates all 10,000 test images after every epoch; the time of an
 epoch's evaluation is counted from the process's first statement. The
 table gives, per run, the first time it reached 99.4% and 99.5% test
-accuracy ('-': not reached), with the CPU (lscpu's model name and the
-instruction sets that matter) in every row, then the means over seeds and
-cnn_jax's time to 99.4% over each PyTorch run's (the headline: over the
-fastest PyTorch run of the same recipe).
+accuracy ('-': not reached) and its seconds per epoch after the first
+(its pace: training plus evaluation, no start-up, whichever epoch first
+crosses a target), with the CPU (lscpu's model name and the instruction
+sets that matter) in every row, then the means over seeds, cnn_jax's time
+to 99.4% over each PyTorch run's (the headline: over the fastest PyTorch
+run of the same recipe) and its pace over theirs.
 
   python experiments/bench_tta.py                  # 3 seeds: ~45-70 min, 2 idle cores
   python experiments/bench_tta.py --quick          # 1 seed, 2 epochs, eager
@@ -305,6 +307,15 @@ def first_reaching(curve, target):
   return next((t for _, accuracy, t in curve if accuracy >= target), None)
 
 
+def epoch_seconds(curve):
+  """Seconds per epoch after the first (training plus that epoch's
+  evaluation; no start-up or compilation): the pace, free of which epoch
+  first reaches a target. None for a one-epoch run."""
+  if len(curve) < 2:
+    return None
+  return (curve[-1][2] - curve[0][2]) / (curve[-1][0] - curve[0][0])
+
+
 def show(seconds):
   return "-" if seconds is None else f"{seconds:.1f} s"
 
@@ -395,8 +406,8 @@ def main():
                                          ("own", "eager", "float32"), env)
   curves = {name: {} for name in contenders}
   print("\n| run | seed | CPU | epochs | final test acc | to 99.4% | "
-        "to 99.5% | last eval at |")
-  print("|---|---|---|---|---|---|---|---|")
+        "to 99.5% | last eval at | s per epoch after the first |")
+  print("|---|---|---|---|---|---|---|---|---|")
   with tempfile.TemporaryDirectory() as scratch:
     for seed in seeds:
       for name, (_, torch_run, run_env) in contenders.items():
@@ -421,11 +432,13 @@ def main():
         print(f"| {name} | {seed} | {cpu} | {len(curve)} | "
               f"{curve[-1][1]:.4f} | {show(first_reaching(curve, 0.994))} | "
               f"{show(first_reaching(curve, 0.995))} | "
-              f"{curve[-1][2]:.1f} s |", flush=True)
+              f"{curve[-1][2]:.1f} s | {show(epoch_seconds(curve))} |",
+              flush=True)
   headline = {}
   print("\n| run | CPU | seeds | mean final acc | mean to 99.4% | "
-        "mean to 99.5% | cnn_jax's time to 99.4% over this run's |")
-  print("|---|---|---|---|---|---|---|")
+        "mean to 99.5% | cnn_jax's time to 99.4% over this run's | "
+        "mean s per epoch | cnn_jax's over this run's |")
+  print("|---|---|---|---|---|---|---|---|---|")
   means = {}
   for name, by_seed in curves.items():
     finals = [c[-1][1] for c in by_seed.values()]
@@ -434,6 +447,8 @@ def main():
       times = [first_reaching(c, target) for c in by_seed.values()]
       # A mean only when every seed got there.
       row[target] = (None if None in times else float(np.mean(times)))
+    paces = [epoch_seconds(c) for c in by_seed.values()]
+    row["epoch"] = None if None in paces else float(np.mean(paces))
     means[name] = row
   ours = means["cnn_jax"][0.994]
   torch_same = [row[0.994] for name, row in means.items()
@@ -442,14 +457,20 @@ def main():
     key = contenders[name][0]
     ratio = (None if ours is None or row[0.994] is None
              else round(ours / row[0.994], 2))
+    pace = (None if means["cnn_jax"]["epoch"] is None or row["epoch"] is None
+            else round(means["cnn_jax"]["epoch"] / row["epoch"], 2))
     print(f"| {name} | {cpu} | {len(curves[name])} | {row['final']:.4f} | "
           f"{show(row[0.994])} | {show(row[0.995])} | "
-          f"{'-' if ratio is None else f'{ratio:.2f}'} |")
+          f"{'-' if ratio is None else f'{ratio:.2f}'} | "
+          f"{show(row['epoch'])} | {'-' if pace is None else f'{pace:.2f}'} |")
+    headline[f"{key}_epoch_s"] = row["epoch"] and round(row["epoch"], 2)
     headline[f"{key}_final_acc"] = round(row["final"], 4)
     headline[f"{key}_to_99.4_s"] = row[0.994] and round(row[0.994], 1)
     headline[f"{key}_to_99.5_s"] = row[0.995] and round(row[0.995], 1)
     if name.startswith("torch same") and ratio is not None:
       headline[f"ratio_to_99.4_vs_{key}"] = ratio
+    if name.startswith("torch same") and pace is not None:
+      headline[f"epoch_ratio_vs_{key}"] = pace
   if torch_same and ours is not None:  # against the fastest PyTorch run
     headline["ratio_to_99.4_vs_torch_same"] = round(ours / min(torch_same), 2)
   headline.update(recipe=args.recipe, seeds=seeds, cpu=cpu,

@@ -57,3 +57,15 @@ def test_twin_has_the_network_size():
   model = bench_tta.torch_model({"batchnorm": False, "dropout": 0.0},
                                 flax_init=True)
   assert sum(p.numel() for p in model.parameters()) == 824_458
+
+
+def test_pace_and_first_reaching_read_the_curve():
+  # (epoch, test accuracy, seconds since the process started)
+  curve = [(1, 0.990, 12.0), (2, 0.9941, 17.5), (3, 0.9938, 22.0),
+           (4, 0.9952, 28.0)]
+  # Start-up and the first epoch (compiles) are not the pace.
+  assert bench_tta.epoch_seconds(curve) == pytest.approx(16.0 / 3)
+  assert bench_tta.epoch_seconds(curve[:1]) is None
+  assert bench_tta.first_reaching(curve, 0.994) == 17.5
+  assert bench_tta.first_reaching(curve, 0.995) == 28.0
+  assert bench_tta.first_reaching(curve, 0.996) is None

@@ -54,13 +54,22 @@ def _path(module):
 def _run_probed(model, variables, images, layer, delta=None):
   """(logits, activation of `layer`, every module path seen), in eval mode;
   with `delta`, the layer's output is replaced by output + delta."""
-  found, seen = [], []
+  found, seen, open_calls = [], [], []
 
   def interceptor(next_fun, args, kwargs, context):
-    out = next_fun(*args, **kwargs)
     if context.method_name != "__call__":
-      return out
+      return next_fun(*args, **kwargs)
     path = _path(context.module)
+    # A module sharing its parent's scope (layers.ConvReluMaxPool's conv)
+    # has the parent's path: the outermost call is the layer of that name.
+    nested = path in open_calls
+    open_calls.append(path)
+    try:
+      out = next_fun(*args, **kwargs)
+    finally:
+      open_calls.pop()
+    if nested:
+      return out
     seen.append(path)
     if path == layer:
       found.append(out)

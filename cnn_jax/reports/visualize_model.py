@@ -109,8 +109,10 @@ def intermediates(apply_fn, variables, images, train=False):
   """{module path: output} of every module call, e.g. {'conv1': [B, H, W, C]}.
 
   Uses flax's `capture_intermediates`: outputs of modules only (a function
-  such as `nn.relu` or `ops.max_pool` applied between modules is not a
-  module, so 'conv1' is the convolution's output before its activation).
+  such as `nn.relu` applied between modules is not a module, so a plain
+  `Conv`'s output is taken before its activation; a `ConvReluMaxPool`,
+  e.g. the simple CNN's 'conv1', gives its pooled, rectified output: its
+  inner conv shares its path and returns first).
 
   Args:
     apply_fn: a Linen module's `apply` (e.g. `state.apply_fn`).
@@ -126,7 +128,7 @@ def intermediates(apply_fn, variables, images, train=False):
   def visit(tree, prefix):
     for key, value in tree.items():
       if key == "__call__":
-        flat[prefix] = value[0]
+        flat[prefix] = value[-1]  # the outermost call of a shared path
       elif isinstance(value, Mapping):
         visit(value, f"{prefix}/{key}" if prefix else key)
 

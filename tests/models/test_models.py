@@ -387,31 +387,24 @@ _CONV_POOL_CASES = [
 ]
 
 
-class _TextbookConvReluPool(layers.nn.Module):
-  """conv -> bias -> ReLU -> max-pool in that order: the reference."""
+class _ConvReluPool(layers.nn.Module):
+  """One conv -> ReLU -> max-pool named 'conv': ConvReluMaxPool (pool_first)
+  or the reference, conv -> bias -> ReLU -> max-pool in that order."""
   case: tuple
+  pool_first: bool
   dtype: object = jnp.float32
   conv_impl: object = None
 
   @layers.nn.compact
   def __call__(self, x):
     kernel, strides, padding, window, pool_stride, _ = self.case
+    if self.pool_first:
+      return layers.ConvReluMaxPool(8, kernel, window, pool_stride, strides,
+                                    padding, dtype=self.dtype,
+                                    conv_impl=self.conv_impl, name="conv")(x)
     x = layers.Conv(8, kernel, strides, padding=padding, dtype=self.dtype,
                     conv_impl=self.conv_impl, name="conv")(x)
     return ops.max_pool(layers.nn.relu(x), window, pool_stride)
-
-
-class _PoolFirst(layers.nn.Module):
-  case: tuple
-  dtype: object = jnp.float32
-  conv_impl: object = None
-
-  @layers.nn.compact
-  def __call__(self, x):
-    kernel, strides, padding, window, pool_stride, _ = self.case
-    return layers.ConvReluMaxPool(8, kernel, window, pool_stride, strides,
-                                  padding, dtype=self.dtype,
-                                  conv_impl=self.conv_impl, name="conv")(x)
 
 
 @pytest.mark.parametrize("case", _CONV_POOL_CASES)
@@ -422,8 +415,8 @@ def test_conv_relu_max_pool_is_the_textbook_order(case, dtype, conv_impl):
   same key, the same output bit for bit, the same gradients."""
   x = jnp.asarray(np.random.default_rng(0).normal(size=case[-1]),
                   jnp.float32)
-  reference = _TextbookConvReluPool(case, dtype, conv_impl)
-  pool_first = _PoolFirst(case, dtype, conv_impl)
+  reference = _ConvReluPool(case, False, dtype, conv_impl)
+  pool_first = _ConvReluPool(case, True, dtype, conv_impl)
   params = reference.init(jax.random.key(3), x)["params"]
   chex.assert_trees_all_equal(pool_first.init(jax.random.key(3), x)["params"],
                               params)

@@ -145,7 +145,10 @@ def test_feature_maps_of_a_chosen_layer(restored, tmp_path):
   assert {"conv1", "conv2", "dense1", "head"} <= set(outputs)
   maps = visualize_model.feature_maps(run.state.apply_fn, run.variables,
                                       run.normalize(image[None])[0], "conv2")
-  assert maps.shape == (14, 14, 16)  # conv2 runs on the pooled 14x14 maps
+  # conv2 (conv -> ReLU -> pool, layers.ConvReluMaxPool) on the pooled
+  # 14x14 maps gives 7x7 rectified maps.
+  assert maps.shape == (7, 7, 16)
+  assert float(np.min(maps)) >= 0.0
   # 16 maps on a 4x4 grid: (1.5 * 4 + 3.5) x (1.5 * 4 + 1) inches.
   _check_png(visualize_model.plot_feature_maps(maps, tmp_path / "maps.png",
                                                image, "conv2"), (950, 700))
