@@ -39,6 +39,7 @@ class Conv(nn.Conv):
                          conv_impls.conv_fn(self.conv_impl))
     super().__post_init__()
 
+
 class ConvReluMaxPool(nn.Module):
   """Conv (with bias) -> ReLU -> `ops.max_pool(window, pool_stride)`,
   computed as conv -> max-pool -> bias -> ReLU.

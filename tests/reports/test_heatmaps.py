@@ -151,6 +151,33 @@ def test_unknown_layer_lists_the_modules(gap_net):
       "conv0", "norm5"]
 
 
+def test_a_block_whose_conv_shares_its_path_is_one_layer():
+  """The simple CNN's 'conv2' is a ConvReluMaxPool whose inner conv has the
+  same path: capture and Grad-CAM take the block's output (pooled,
+  rectified), and the gradient is the logit's at that output."""
+  model = MODELS["simple_cnn"](num_classes=3, features=(4, 6), hidden=8)
+  images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 1)),
+                       jnp.float32)
+  variables = model.init(jax.random.key(0), images)
+  assert heatmaps.spatial_layers(model, variables, images) == ["conv1",
+                                                               "conv2"]
+  _, block = heatmaps.capture(model, variables, images, "conv2")
+  assert block.shape == (2, 2, 2, 6) and float(jnp.min(block)) >= 0.0
+  activation, gradient = heatmaps.layer_gradient(
+      model, variables, images, "conv2", jnp.array([0, 2]))
+  np.testing.assert_array_equal(activation, block)
+  # The head sees the block's output flattened: d logit / d block, directly.
+  params = variables["params"]
+
+  def logits_from_block(b):
+    x = b.reshape((b.shape[0], -1))
+    x = nn.relu(x @ params["dense1"]["kernel"] + params["dense1"]["bias"])
+    return x @ params["head"]["kernel"] + params["head"]["bias"]
+  expected = jax.vmap(lambda b, c: jax.grad(
+      lambda b: logits_from_block(b[None])[0, c])(b))(block, jnp.array([0, 2]))
+  np.testing.assert_allclose(gradient, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_mask_overlay_paints_only_labelled_pixels():
   image = np.full((4, 4, 1), 128, np.uint8)
   mask = np.zeros((4, 4), np.int32)
