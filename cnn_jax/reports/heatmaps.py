@@ -51,25 +51,25 @@ def _path(module):
   return "/".join(module.path)
 
 
+def shares_parent_scope(module) -> bool:
+  """Whether `module` works inside its parent's scope (nn.share_scope, as
+  layers.ConvReluMaxPool's conv): it has the parent's path and is a part of
+  that layer, not a layer of its own."""
+  parent = module.parent
+  return isinstance(parent, nn.Module) and parent.scope is module.scope
+
+
 def _run_probed(model, variables, images, layer, delta=None):
   """(logits, activation of `layer`, every module path seen), in eval mode;
   with `delta`, the layer's output is replaced by output + delta."""
-  found, seen, open_calls = [], [], []
+  found, seen = [], []
 
   def interceptor(next_fun, args, kwargs, context):
-    if context.method_name != "__call__":
-      return next_fun(*args, **kwargs)
-    path = _path(context.module)
-    # A module sharing its parent's scope (layers.ConvReluMaxPool's conv)
-    # has the parent's path: the outermost call is the layer of that name.
-    nested = path in open_calls
-    open_calls.append(path)
-    try:
-      out = next_fun(*args, **kwargs)
-    finally:
-      open_calls.pop()
-    if nested:
+    out = next_fun(*args, **kwargs)
+    if (context.method_name != "__call__"
+        or shares_parent_scope(context.module)):
       return out
+    path = _path(context.module)
     seen.append(path)
     if path == layer:
       found.append(out)
@@ -96,7 +96,8 @@ def spatial_layers(model, variables, images):
 
   def interceptor(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
-    if (context.method_name == "__call__" and hasattr(out, "ndim")
+    if (context.method_name == "__call__"
+        and not shares_parent_scope(context.module) and hasattr(out, "ndim")
         and out.ndim == 4 and out.shape[1] > 1 and out.shape[2] > 1):
       paths.append(_path(context.module))
     return out

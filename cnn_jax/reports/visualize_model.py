@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
+from cnn_jax.reports import heatmaps
 from cnn_jax.reports import plotting
 # pyplot after plotting, which selects the Agg backend (no display needed).
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -105,14 +106,20 @@ def plot_filters(kernel, path, title=None):
   return plotting.save_figure(fig, path)
 
 
+def _a_layer(module, method_name) -> bool:
+  return (method_name == "__call__"
+          and not heatmaps.shares_parent_scope(module))
+
+
 def intermediates(apply_fn, variables, images, train=False):
   """{module path: output} of every module call, e.g. {'conv1': [B, H, W, C]}.
 
   Uses flax's `capture_intermediates`: outputs of modules only (a function
   such as `nn.relu` applied between modules is not a module, so a plain
   `Conv`'s output is taken before its activation; a `ConvReluMaxPool`,
-  e.g. the simple CNN's 'conv1', gives its pooled, rectified output: its
-  inner conv shares its path and returns first).
+  e.g. the simple CNN's 'conv1', gives its pooled, rectified output, not
+  that of the conv inside it, which shares its path:
+  heatmaps.shares_parent_scope).
 
   Args:
     apply_fn: a Linen module's `apply` (e.g. `state.apply_fn`).
@@ -121,14 +128,14 @@ def intermediates(apply_fn, variables, images, train=False):
   """
   # One compiled call (eagerly, every layer would compile on its own).
   _, state = jax.jit(lambda v, x: apply_fn(
-      v, x, train=train, capture_intermediates=True,
+      v, x, train=train, capture_intermediates=_a_layer,
       mutable=["intermediates"]))(variables, jnp.asarray(images))
   flat = {}
 
   def visit(tree, prefix):
     for key, value in tree.items():
       if key == "__call__":
-        flat[prefix] = value[-1]  # the outermost call of a shared path
+        flat[prefix] = value[0]
       elif isinstance(value, Mapping):
         visit(value, f"{prefix}/{key}" if prefix else key)
 
