@@ -320,6 +320,15 @@ def show(seconds):
   return "-" if seconds is None else f"{seconds:.1f} s"
 
 
+def ratio(ours, theirs):
+  """ours / theirs to two decimals, or None where either is missing."""
+  return None if ours is None or theirs is None else round(ours / theirs, 2)
+
+
+def show_ratio(value):
+  return "-" if value is None else f"{value:.2f}"
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--seeds", type=int, default=3,
@@ -455,24 +464,22 @@ def main():
                 if name.startswith("torch same") and row[0.994] is not None]
   for name, row in means.items():
     key = contenders[name][0]
-    ratio = (None if ours is None or row[0.994] is None
-             else round(ours / row[0.994], 2))
-    pace = (None if means["cnn_jax"]["epoch"] is None or row["epoch"] is None
-            else round(means["cnn_jax"]["epoch"] / row["epoch"], 2))
+    to_target = ratio(ours, row[0.994])
+    pace = ratio(means["cnn_jax"]["epoch"], row["epoch"])
     print(f"| {name} | {cpu} | {len(curves[name])} | {row['final']:.4f} | "
           f"{show(row[0.994])} | {show(row[0.995])} | "
-          f"{'-' if ratio is None else f'{ratio:.2f}'} | "
-          f"{show(row['epoch'])} | {'-' if pace is None else f'{pace:.2f}'} |")
+          f"{show_ratio(to_target)} | {show(row['epoch'])} | "
+          f"{show_ratio(pace)} |")
     headline[f"{key}_epoch_s"] = row["epoch"] and round(row["epoch"], 2)
     headline[f"{key}_final_acc"] = round(row["final"], 4)
     headline[f"{key}_to_99.4_s"] = row[0.994] and round(row[0.994], 1)
     headline[f"{key}_to_99.5_s"] = row[0.995] and round(row[0.995], 1)
-    if name.startswith("torch same") and ratio is not None:
-      headline[f"ratio_to_99.4_vs_{key}"] = ratio
+    if name.startswith("torch same") and to_target is not None:
+      headline[f"ratio_to_99.4_vs_{key}"] = to_target
     if name.startswith("torch same") and pace is not None:
       headline[f"epoch_ratio_vs_{key}"] = pace
   if torch_same and ours is not None:  # against the fastest PyTorch run
-    headline["ratio_to_99.4_vs_torch_same"] = round(ours / min(torch_same), 2)
+    headline["ratio_to_99.4_vs_torch_same"] = ratio(ours, min(torch_same))
   headline.update(recipe=args.recipe, seeds=seeds, cpu=cpu,
                   load_avg=[round(load_before[0], 1),
                             round(os.getloadavg()[0], 1)],

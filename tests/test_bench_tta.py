@@ -69,3 +69,5 @@ def test_pace_and_first_reaching_read_the_curve():
   assert bench_tta.first_reaching(curve, 0.994) == 17.5
   assert bench_tta.first_reaching(curve, 0.995) == 28.0
   assert bench_tta.first_reaching(curve, 0.996) is None
+  assert bench_tta.ratio(36.7, 55.7) == 0.66
+  assert bench_tta.ratio(None, 55.7) is None and bench_tta.ratio(1.0, None) is None
