@@ -119,10 +119,11 @@ def _initial_values(rng, model, example_shape, tx):
   def values(rng):
     params, batch_stats = initialized(rng, model, example_shape)
     return params, batch_stats, tx.init(params)
-  # Traced (abstract_train_state's eval_shape): a nested jit, which takes
-  # no compiler options, and nothing is compiled anyway.
-  options = (None if isinstance(rng, jax.core.Tracer)
-             else init_compiler_options())
+  # Traced (abstract_train_state's eval_shape, whose rng may be concrete):
+  # a nested jit, which takes no compiler options, and nothing is compiled
+  # anyway. An array made now is a tracer exactly then.
+  traced = isinstance(jnp.zeros(()), jax.core.Tracer)
+  options = None if traced else init_compiler_options()
   return jax.jit(values, compiler_options=options)(rng)
 
 
