@@ -144,7 +144,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None,
                          feature_group_count=1, batch_group_count=1,
                          precision=None, preferred_element_type=None, *,
-                         impl: Optional[str] = None):
+                         impl: Optional[str] = None,
+                         keep_bfloat16: bool = False):
   """`lax.conv_general_dilated` with a choice of implementation.
 
   Same arguments, result and gradients as `lax.conv_general_dilated` (up to
@@ -154,6 +155,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   `layers.Conv` hands to `flax.linen.Conv`, so parameters keep nn.Conv's
   layout whichever implementation runs. Negative padding is a crop of the
   input first (negative_padding.py: XLA:CPU gets some of it wrong).
+  `keep_bfloat16`: where oneDNN multiplies a float32 convolution in
+  bfloat16, its result stays bfloat16 (onednn.conv_general_dilated).
   """
   lhs = jnp.asarray(lhs)
   rhs = jnp.asarray(rhs)
@@ -173,18 +176,20 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                                     **kwargs)
   if chosen == "onednn":
     return onednn.conv_general_dilated(lhs, rhs, window_strides, padding,
-                                       **kwargs)
+                                       keep_bfloat16=keep_bfloat16, **kwargs)
   return conv_im2col.conv_general_dilated(lhs, rhs, window_strides, padding,
                                           mode=chosen, **kwargs)
 
 
 @functools.lru_cache(maxsize=None)
-def conv_fn(impl: Optional[str] = None):
-  """`conv_general_dilated` with `impl` bound: a drop-in for
-  `lax.conv_general_dilated` (flax.linen.Conv's `conv_general_dilated`).
+def conv_fn(impl: Optional[str] = None, keep_bfloat16: bool = False):
+  """`conv_general_dilated` with `impl` (and `keep_bfloat16`) bound: a
+  drop-in for `lax.conv_general_dilated` (flax.linen.Conv's
+  `conv_general_dilated`).
 
-  Cached, so modules built with the same `impl` compare equal.
+  Cached, so modules built with the same arguments compare equal.
   """
   if impl is not None:
     check_conv_impl(impl)
-  return functools.partial(conv_general_dilated, impl=impl)
+  return functools.partial(conv_general_dilated, impl=impl,
+                           keep_bfloat16=keep_bfloat16)

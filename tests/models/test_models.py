@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 from cnn_jax import ops
+from cnn_jax.conv import conv_impls
+from cnn_jax.conv import onednn_bfloat16
 from cnn_jax.models import MODELS
 from cnn_jax.models import __main__ as models_cli
 from cnn_jax.models import layers
@@ -405,6 +407,39 @@ class _ConvReluPool(layers.nn.Module):
     x = layers.Conv(8, kernel, strides, padding=padding, dtype=self.dtype,
                     conv_impl=self.conv_impl, name="conv")(x)
     return ops.max_pool(layers.nn.relu(x), window, pool_stride)
+
+
+@pytest.mark.parametrize("case", _CONV_POOL_CASES[:2])
+def test_a_convolution_multiplied_in_bfloat16_is_pooled_in_bfloat16(case):
+  """float32 model, bfloat16 matmuls (config.train.matmul_precision): where
+  oneDNN multiplies the convolution in bfloat16 it hands the pool its
+  bfloat16 result; the block's output is still the textbook order's, bit
+  for bit, and its gradients agree to float32 rounding."""
+  x = jnp.asarray(np.random.default_rng(0).normal(size=case[-1]),
+                  jnp.float32)
+  bf16_convs = onednn_bfloat16.bfloat16_native()
+  with jax.default_matmul_precision("bfloat16"):
+    kernel = jnp.ones((*case[0], x.shape[-1], 8))
+    y = conv_impls.conv_fn("auto", keep_bfloat16=True)(
+        x, kernel, (case[1],) * 2, case[2],
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    assert y.dtype == (jnp.bfloat16 if bf16_convs else jnp.float32)
+    reference = _ConvReluPool(case, False, jnp.float32, "auto")
+    pool_first = _ConvReluPool(case, True, jnp.float32, "auto")
+    params = reference.init(jax.random.key(3), x)["params"]
+    params = {"conv": {**params["conv"], "bias": jnp.linspace(-3.0, 1.0, 8)}}
+    out = jax.jit(pool_first.apply)({"params": params}, x)
+    expected = jax.jit(reference.apply)({"params": params}, x)
+    assert out.dtype == jnp.float32
+    np.testing.assert_array_equal(out, expected)
+
+    def loss(model, params):
+      y = model.apply({"params": params}, x)
+      return jnp.sum(y * jnp.cos(y))
+
+    got = jax.jit(jax.grad(functools.partial(loss, pool_first)))(params)
+    want = jax.jit(jax.grad(functools.partial(loss, reference)))(params)
+  chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("case", _CONV_POOL_CASES)
