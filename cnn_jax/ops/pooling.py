@@ -146,8 +146,8 @@ def max_pool(x: jax.Array, window: IntOrSeq, stride: Optional[IntOrSeq] = None,
   does, so tied maxima get the same gradient on either path. On an AVX-512
   CPU, float32 and bfloat16 [B, H, W, C] maps pool in native kernels
   instead (conv/max_pool_native.py: one pass each way, the window's index
-  kept as a uint8; the MNIST CNN's bfloat16 train step ~20% faster on a
-  2-core AMD EPYC Zen 4), with the same values and gradients.
+  kept as a uint8; the MNIST CNN's bfloat16 train step 35.6 -> 32.0 ms on
+  a 2-core AMD EPYC Zen 4), with the same values and gradients.
 
   Args:
     x: `[B, *spatial, C]`, 1 to 3 spatial dims.
