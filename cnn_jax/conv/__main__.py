@@ -1,10 +1,12 @@
-"""`python -m cnn_jax.conv`: builds the oneDNN convolutions if needed, says
-whether conv_impl 'auto' uses them here, the ISA oneDNN dispatches to, and
-the verdict on each convolution checked on this machine so far
+"""`python -m cnn_jax.conv`: builds the native kernels if needed, says
+whether conv_impl 'auto' uses the oneDNN convolutions here, the ISA oneDNN
+dispatches to, whether ops.max_pool runs its native kernels, and the
+verdict on each convolution checked on this machine so far
 (onednn_verify)."""
 
 import sys
 
+from cnn_jax.conv import max_pool_native
 from cnn_jax.conv import onednn_build
 from cnn_jax.conv import onednn_verify
 
@@ -20,6 +22,11 @@ def main():
   print(f"oneDNN dispatches to {onednn_build.cpu_isa()} with "
         f"{onednn_verify.threads()} threads; verdicts in "
         f"{onednn_verify.verdict_file()}")
+  if max_pool_native.cpu_supported():
+    print("max-pooling: native kernels (ops.max_pool's 2-D tiling windows, "
+          "float32 and bfloat16)")
+  else:
+    print("max-pooling: XLA's fusions (the native kernels need AVX-512)")
   verdicts = onednn_verify.verdicts()
   if not verdicts:
     print("no convolution checked yet (each is checked on first use)")

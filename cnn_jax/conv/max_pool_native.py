@@ -37,18 +37,23 @@ _DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 MAX_WINDOW_ELEMENTS = 255
 
 
+def cpu_supported() -> bool:
+  """Whether this CPU runs the kernels: the native library built and
+  AVX-512 (oneDNN's avx512_core or newer, after ONEDNN_MAX_CPU_ISA). They
+  are AVX-512 code; elsewhere XLA's fusions are the faster path."""
+  return (onednn_build.available()
+          and onednn_build.cpu_isa().startswith("avx512_core"))
+
+
 def usable(x, window: Tuple[int, ...]) -> bool:
-  """Whether `max_pool(x, window)` runs here: the CPU backend with the
-  native library built, an AVX-512 CPU (oneDNN's avx512_core or newer,
-  after ONEDNN_MAX_CPU_ISA: the kernels are AVX-512 code; elsewhere XLA's
-  fusions are the faster path), x [B, H, W, C] float32 or bfloat16, a
-  window that fits."""
+  """Whether `max_pool(x, window)` runs here: the CPU backend on a CPU that
+  runs the kernels (`cpu_supported`), x [B, H, W, C] float32 or bfloat16,
+  a window that fits."""
   return (jax.default_backend() == "cpu" and x.ndim == 4
           and jnp.dtype(x.dtype) in _DTYPES and len(window) == 2
           and 1 <= int(np.prod(window)) < MAX_WINDOW_ELEMENTS
           and all(1 <= w <= n for w, n in zip(window, x.shape[1:3]))
-          and onednn_build.available()
-          and onednn_build.cpu_isa().startswith("avx512_core"))
+          and cpu_supported())
 
 
 def _attributes(window):
