@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnn_jax.conv import onednn_build
+from cnn_jax.conv import onednn_calls
 
 _DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 # The index is a uint8: windows up to 255 elements (255 marks a NaN window).
@@ -61,6 +62,7 @@ def _attributes(window):
 
 
 def _pooled_shape(shape, window):
+  # The spatial sizes are multiples of the window (max_pool crops).
   return (shape[0], shape[1] // window[0], shape[2] // window[1], shape[3])
 
 
@@ -83,9 +85,8 @@ def _local_backward(window, g, index):
 # Every operand and result is per example: split along the batch (dim 0),
 # never gathered onto one device.
 def _by_batch(mesh, arg_shapes):
-  spec = getattr(arg_shapes[0].sharding, "spec", None)
-  batch = spec[0] if spec else None
-  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(batch))
+  return jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec(onednn_calls.batch_axes(arg_shapes)))
 
 
 def _per_example(local, results: int, rule: str):
@@ -107,11 +108,7 @@ def _per_example(local, results: int, rule: str):
 
   def sharding_rule(window, mesh, operand_types, result_types):
     del window, mesh, operand_types, result_types
-    # Shardy's rule: only the batch factor may be sharded.
-    factors = list(dict.fromkeys(
-        rule.replace(",", " ").replace("->", " ").split()))
-    return rule, {"need_replication_factors":
-                  tuple(f for f in factors if f != "b")}
+    return onednn_calls.batch_only_rule(rule)
 
   call.def_partition(partition=partition, infer_sharding_from_operands=infer,
                      sharding_rule=sharding_rule)
@@ -171,8 +168,7 @@ def _pool(x, window):
 
 
 def _pool_fwd(x, window):
-  pooled, index = _pooled_and_index(x, window)
-  return pooled, index
+  return _pooled_and_index(x, window)  # (pooled, the residual index)
 
 
 def _pick(x, index, window):

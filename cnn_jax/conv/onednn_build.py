@@ -127,7 +127,7 @@ def _compile(root: pathlib.Path) -> pathlib.Path:
       raise Unavailable(f"compiling {_NATIVE}'s kernels failed "
                         f"({' '.join(command)}):\n{result.stderr[-2000:]}")
     os.replace(out, target)
-  logging.info("Compiled oneDNN convolutions to %s in %.1f s", target,
+  logging.info("Compiled the native kernels to %s in %.1f s", target,
                time.perf_counter() - start)
   return target
 

@@ -61,8 +61,9 @@ _call = custom_partitioning.custom_partitioning(_local_call,
                                                 static_argnums=(0, 1, 2))
 
 
-def _batch_axes(arg_shapes):
-  """The mesh axes the batch (dim 0 of the first operand) is sharded over."""
+def batch_axes(arg_shapes):
+  """The mesh axes the batch (dim 0 of the first operand) is sharded over
+  (also max_pool_native's partitioning)."""
   sharding = arg_shapes[0].sharding
   spec = getattr(sharding, "spec", None)
   return spec[0] if spec else None
@@ -80,12 +81,12 @@ def _shardings(target, mesh, batch):
 def _infer_sharding(target, geometry, out_dtype, mesh, arg_shapes,
                     result_shape):
   del geometry, out_dtype, result_shape
-  return _shardings(target, mesh, _batch_axes(arg_shapes))[0]
+  return _shardings(target, mesh, batch_axes(arg_shapes))[0]
 
 
 def _partition(target, geometry, out_dtype, mesh, arg_shapes, result_shape):
   del result_shape
-  batch = _batch_axes(arg_shapes)
+  batch = batch_axes(arg_shapes)
   result_sharding, arg_shardings = _shardings(target, mesh, batch)
 
   def lower(a, b):
@@ -109,10 +110,17 @@ def _sharding_rule(target, geometry, out_dtype, mesh, operand_types,
   rule = {FORWARD: f"b {x} c, {k} c o -> b {y} o",
           BACKWARD_DATA: f"b {y} o, {k} c o -> b {x} c",
           BACKWARD_WEIGHTS: f"b {x} c, b {y} o -> {k} c o"}[target]
+  return batch_only_rule(rule, reduced=target == BACKWARD_WEIGHTS)
+
+
+def batch_only_rule(rule: str, reduced: bool = False):
+  """Shardy's (rule, factors) for a custom call whose only shardable factor
+  is the batch `b` (also max_pool_native's): every other factor needs
+  replication; `reduced`: the result sums over `b`."""
   # Shardy wants the factors in the order they first appear in the rule.
   order = list(dict.fromkeys(rule.replace(",", " ").replace("->", " ").split()))
   factors = {"need_replication_factors": tuple(f for f in order if f != "b")}
-  if target == BACKWARD_WEIGHTS:
+  if reduced:
     factors["reduction_factors"] = ("b",)
   return rule, factors
 

