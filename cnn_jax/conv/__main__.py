@@ -1,12 +1,14 @@
 """`python -m cnn_jax.conv`: builds the native kernels if needed, says
 whether conv_impl 'auto' uses the oneDNN convolutions here, the ISA oneDNN
-dispatches to, whether ops.max_pool runs its native kernels, and the
+dispatches to, whether ops.max_pool runs its native kernels, whether dense
+layers under bfloat16 matmul precision multiply on oneDNN, and the
 verdict on each convolution checked on this machine so far
 (onednn_verify)."""
 
 import sys
 
 from cnn_jax.conv import max_pool_native
+from cnn_jax.conv import onednn_bfloat16
 from cnn_jax.conv import onednn_build
 from cnn_jax.conv import onednn_verify
 
@@ -27,6 +29,12 @@ def main():
           "float32 and bfloat16)")
   else:
     print("max-pooling: XLA's fusions (the native kernels need AVX-512)")
+  if onednn_bfloat16.bfloat16_native():
+    print("dense layers (bfloat16 matmul precision or dtype): oneDNN's "
+          "bfloat16 matmul (layers.Dense, onednn_dense.py)")
+  else:
+    print("dense layers: XLA's dots (oneDNN's bfloat16 matmul needs bf16 "
+          "instructions)")
   verdicts = onednn_verify.verdicts()
   if not verdicts:
     print("no convolution checked yet (each is checked on first use)")

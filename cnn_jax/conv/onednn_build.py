@@ -35,17 +35,22 @@ from absl import logging
 import jax
 
 _NATIVE = pathlib.Path(__file__).parent / "native"
-_SOURCES = (_NATIVE / "onednn_conv.cc", _NATIVE / "max_pool.cc")
+_SOURCES = (_NATIVE / "onednn_conv.cc", _NATIVE / "onednn_matmul.cc",
+            _NATIVE / "max_pool.cc")
+# Read by the sources (part of the build key, not compiled on their own).
+_HEADERS = (_NATIVE / "onednn_runtime.h",)
 # XLA target name -> the symbol native/*.cc export for it.
 FORWARD = "cnn_onednn_conv_fwd"
 BACKWARD_DATA = "cnn_onednn_conv_bwd_data"
 BACKWARD_WEIGHTS = "cnn_onednn_conv_bwd_weights"
+MATMUL = "cnn_onednn_matmul"
 MAX_POOL_FORWARD = "cnn_max_pool_fwd"
 MAX_POOL_BACKWARD = "cnn_max_pool_bwd"
 _SYMBOLS = {
     FORWARD: "CnnOnednnConvForward",
     BACKWARD_DATA: "CnnOnednnConvBackwardData",
     BACKWARD_WEIGHTS: "CnnOnednnConvBackwardWeights",
+    MATMUL: "CnnOnednnMatmul",
     MAX_POOL_FORWARD: "CnnMaxPoolForward",
     MAX_POOL_BACKWARD: "CnnMaxPoolBackward",
 }
@@ -102,7 +107,7 @@ def _compile(root: pathlib.Path) -> pathlib.Path:
   library = _library(root)
   ffi_include = pathlib.Path(jax.ffi.include_dir())
   key = hashlib.sha256(b"\0".join([
-      *(source.read_bytes() for source in _SOURCES),
+      *(source.read_bytes() for source in _SOURCES + _HEADERS),
       jax.lib.__version__.encode(), str(library.resolve()).encode(),
       str(library.stat().st_size).encode(), compiler.encode()])).hexdigest()
   target = cache_dir() / "native" / f"cnn_jax_native-{key[:16]}.so"

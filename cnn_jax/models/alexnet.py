@@ -49,9 +49,9 @@ class AlexNet(nn.Module):
     x = layers.adaptive_avg_pool(x, (6, 6))
     x = x.reshape((x.shape[0], -1))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.relu(nn.Dense(4096, dtype=self.dtype, name="classifier_1")(x))
+    x = nn.relu(layers.Dense(4096, dtype=self.dtype, name="classifier_1")(x))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.relu(nn.Dense(4096, dtype=self.dtype, name="classifier_4")(x))
-    x = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier_6")(x)
+    x = nn.relu(layers.Dense(4096, dtype=self.dtype, name="classifier_4")(x))
+    x = layers.Dense(self.num_classes, dtype=self.dtype, name="classifier_6")(x)
     # Logits in float32 so losses stay accurate under bfloat16 compute.
     return x.astype(jnp.float32)

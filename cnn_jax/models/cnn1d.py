@@ -34,7 +34,7 @@ class FCN1D(nn.Module):
       x = layers.ConvBNAct(width, kernel, dtype=self.dtype,
                            name=f"conv_bn_relu{i + 1}")(x, train)
     x = ops.global_avg_pool(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
+    x = layers.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
     # Logits in float32 so losses stay accurate under bfloat16 compute.
     return x.astype(jnp.float32)
 
@@ -77,6 +77,6 @@ class ResNet1D(nn.Module):
       x = ResidualBlock1D(width, dtype=self.dtype,
                           name=f"block{i + 1}")(x, train)
     x = ops.global_avg_pool(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
+    x = layers.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
     # Logits in float32 so losses stay accurate under bfloat16 compute.
     return x.astype(jnp.float32)

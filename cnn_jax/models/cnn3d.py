@@ -52,7 +52,7 @@ class R3D(nn.Module):
         x = resnet.BasicBlock(64 * 2**i, strides, dtype=self.dtype,
                               name=f"layer{i + 1}_{j}")(x, train)
     x = ops.global_avg_pool(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
+    x = layers.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
     # Logits in float32 so losses stay accurate under bfloat16 compute.
     return x.astype(jnp.float32)
 
@@ -85,6 +85,6 @@ class C3DSmall(nn.Module):
       x = ops.max_pool(x, (1, 2, 2) if i == 0 else (2, 2, 2))
     x = ops.global_avg_pool(x)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
+    x = layers.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
     # Logits in float32 so losses stay accurate under bfloat16 compute.
     return x.astype(jnp.float32)

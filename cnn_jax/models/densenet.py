@@ -120,7 +120,7 @@ class DenseNet(nn.Module):
                        name=f"transition{i + 1}")(x, train)
     x = nn.relu(bn(name="norm5")(x))
     x = ops.global_avg_pool(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype,
+    x = layers.Dense(self.num_classes, dtype=self.dtype,
                  bias_init=nn.initializers.zeros, name="classifier")(x)
     # Logits in float32 so losses stay accurate under bfloat16 compute.
     return x.astype(jnp.float32)

@@ -19,6 +19,7 @@ import numpy as np
 
 from cnn_jax import ops
 from cnn_jax.conv import conv_impls
+from cnn_jax.conv import onednn_dense
 
 
 class Conv(nn.Conv):
@@ -37,6 +38,20 @@ class Conv(nn.Conv):
         self.conv_general_dilated_cls is None):
       object.__setattr__(self, "conv_general_dilated",
                          conv_impls.conv_fn(self.conv_impl))
+    super().__post_init__()
+
+
+class Dense(nn.Dense):
+  """`flax.linen.Dense` whose product runs `onednn_dense.dot_general`: on
+  the CPU, under bfloat16 matmul precision or for bfloat16 layers, oneDNN's
+  bfloat16 matmul where this CPU has bf16 instructions; XLA's dot
+  elsewhere. Same fields, parameters (kernel [C_in, features], bias) and
+  initial values as nn.Dense. An explicitly passed `dot_general` still
+  wins."""
+
+  def __post_init__(self):
+    if self.dot_general is None and self.dot_general_cls is None:
+      object.__setattr__(self, "dot_general", onednn_dense.dot_general)
     super().__post_init__()
 
 

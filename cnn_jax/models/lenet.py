@@ -43,7 +43,7 @@ class LeNet5(nn.Module):
     x = self.activation(layers.Conv(120, (5, 5), padding="VALID",
                                     dtype=self.dtype, name="c5")(x))
     x = x.reshape((x.shape[0], -1))
-    x = self.activation(nn.Dense(84, dtype=self.dtype, name="f6")(x))
-    x = nn.Dense(self.num_classes, dtype=self.dtype, name="output")(x)
+    x = self.activation(layers.Dense(84, dtype=self.dtype, name="f6")(x))
+    x = layers.Dense(self.num_classes, dtype=self.dtype, name="output")(x)
     # Logits in float32 so losses stay accurate under bfloat16 compute.
     return x.astype(jnp.float32)

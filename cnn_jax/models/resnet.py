@@ -133,7 +133,7 @@ class ResNet(nn.Module):
         x = self.block_cls(64 * 2**i, strides, dtype=self.dtype,
                            name=f"layer{i + 1}_{j}")(x, train)
     x = ops.global_avg_pool(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
+    x = layers.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
     # Logits in float32 so losses stay accurate under bfloat16 compute.
     return x.astype(jnp.float32)
 

@@ -76,9 +76,9 @@ class SimpleCNN(nn.Module):
       if self.pool:
         x = ops.max_pool(x, 2)
     x = x.reshape((x.shape[0], -1))
-    x = nn.Dense(self.hidden, dtype=self.dtype, name="dense1")(x)
+    x = layers.Dense(self.hidden, dtype=self.dtype, name="dense1")(x)
     x = nn.relu(x)
     x = Dropout(self.dropout_rate)(x, deterministic=not train)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
+    x = layers.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
     # Logits in float32 so losses stay accurate under bfloat16 compute.
     return x.astype(jnp.float32)

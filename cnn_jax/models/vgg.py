@@ -69,7 +69,7 @@ class VGG(nn.Module):
     x = layers.adaptive_avg_pool(x, (7, 7))
     x = x.reshape((x.shape[0], -1))
     dense = functools.partial(
-        nn.Dense, dtype=self.dtype,
+        layers.Dense, dtype=self.dtype,
         kernel_init=nn.initializers.normal(0.01))  # as torchvision
     x = nn.relu(dense(4096, name="classifier_0")(x))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

@@ -1,5 +1,5 @@
-"""config.train.matmul_precision: the precision a run's convolutions (and,
-off the CPU, matrix multiplies) multiply float32 values in.
+"""config.train.matmul_precision: the precision a run's convolutions and dense
+layers (and, off the CPU, all matrix multiplies) multiply float32 values in.
 
 Why: on CPUs with bf16 dot-product instructions (AVX-512-BF16: AMD Zen 4/5,
 Intel Cooper Lake; AMX: Sapphire Rapids and later) oneDNN's bfloat16
@@ -9,8 +9,9 @@ is mostly convolutions. Computing a whole model in bfloat16
 bfloat16 elementwise work (bias, ReLU, pooling, BatchNorm) in float32 with
 conversions around every op, which made the MNIST CNN 0.72x its float32
 step. 'bfloat16' here instead keeps parameters, activations and everything
-elementwise in float32 and rounds only the convolutions' operands to
-bfloat16, with float32 sums (conv/onednn.py): JAX's own meaning of
+elementwise in float32 and rounds only the operands of the convolutions
+(conv/onednn.py) and of the large dense layers (conv/onednn_dense.py) to
+bfloat16, with float32 sums: JAX's own meaning of
 `jax.default_matmul_precision('bfloat16')`, the TPU's default.
 
   ''              JAX's setting (jax_default_matmul_precision, e.g. from the
@@ -18,8 +19,8 @@ bfloat16, with float32 sums (conv/onednn.py): JAX's own meaning of
                   XLA's default, full float32 on the CPU.
   'float32'       full float32 everywhere.
   'tensorfloat32' TF32 on GPUs that have it; float32 on the CPU.
-  'bfloat16'      bfloat16 operands, float32 sums: oneDNN's convolutions on
-                  CPUs with bf16 instructions (elsewhere on the CPU, float32:
+  'bfloat16'      bfloat16 operands, float32 sums: oneDNN's convolutions and
+                  matmuls on CPUs with bf16 instructions (elsewhere on the CPU, float32:
                   never a slower path), XLA's on GPU/TPU.
 
 Applied around the whole run (training, evaluation, sweeps and searches
@@ -68,8 +69,8 @@ def describe(setting: str) -> str:
             f"({onednn_build.unavailable_reason()}); convolutions stay "
             "float32")
   if onednn_bfloat16.bfloat16_native():
-    return ("matmul precision bfloat16: convolutions multiply in bfloat16 "
-            f"on oneDNN ({onednn_build.cpu_isa()})")
+    return ("matmul precision bfloat16: convolutions and dense layers "
+            f"multiply in bfloat16 on oneDNN ({onednn_build.cpu_isa()})")
   return (f"matmul precision bfloat16: this CPU ({onednn_build.cpu_isa()}) "
           "has no bf16 instructions; convolutions stay float32")
 

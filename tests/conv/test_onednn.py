@@ -586,3 +586,6 @@ def test_command_line_status(capsys):
   assert "oneDNN convolutions ready" in out
   # Which max-pooling runs here, native kernels or XLA's fusions.
   assert "max-pooling: " in out
+  # Whether dense layers multiply on oneDNN in bfloat16 here.
+  assert ("dense layers (bfloat16 matmul precision or dtype): oneDNN's"
+          in out) == onednn_bfloat16.bfloat16_native(), out

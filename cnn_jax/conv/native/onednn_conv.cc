@@ -45,6 +45,7 @@
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
+#include "onednn_runtime.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -56,27 +57,11 @@ using Tag = memory::format_tag;
 using Dims = memory::dims;
 
 enum class Pass { kForward, kBackwardData, kBackwardWeights };
+using cnn_onednn::kWeights;
 
-dnnl::engine& Engine() {
-  static dnnl::engine* engine = new dnnl::engine(dnnl::engine::kind::cpu, 0);
-  return *engine;
-}
-
-dnnl::stream& Stream() {
-  thread_local dnnl::stream stream(Engine());
-  return stream;
-}
-
-// Per-thread buffers, kept between calls: the primitive's scratch memory
-// and its copy of the weights in oneDNN's layout. Fresh allocations of
-// megabytes each call would page-fault on every step.
-enum Slot { kScratch = 0, kWeights = 1 };
-void* Buffer(Slot slot, size_t bytes) {
-  thread_local std::vector<uint8_t> buffers[2];
-  std::vector<uint8_t>& buffer = buffers[slot];
-  if (buffer.size() < bytes) buffer.resize(bytes);
-  return buffer.data();
-}
+using cnn_onednn::Buffer;
+using cnn_onednn::Engine;
+using cnn_onednn::Stream;
 
 // Everything that defines one convolution, in oneDNN's terms.
 struct Geometry {
@@ -275,9 +260,7 @@ ffi::Error Run(const Geometry& g, Pass pass, void* activation, void* weights,
         c.weight_reorder.execute(stream, user_weights, prim_weights);
       }
     }
-    memory scratch(memory::desc({static_cast<int64_t>(c.scratch_bytes)},
-                                memory::data_type::u8, Tag::a),
-                   Engine(), Buffer(kScratch, c.scratch_bytes));
+    memory scratch = cnn_onednn::Scratchpad(c.scratch_bytes);
     memory src(g.Src(pass), Engine(), activation);  // x or dx
     memory dst(g.Dst(pass), Engine(), other);       // y or dy
     if (pass == Pass::kForward) {
