@@ -21,7 +21,7 @@ compiled, measured in the same run), plus images per CPU-second
 
 --bf16 adds two JAX forms of bfloat16: the model computing in bfloat16
 ('bf16': config.model.dtype) and the float32 model whose convolutions
-multiply in bfloat16 ('bf16 matmuls': config.train.matmul_precision, JAX's
+and dense layers multiply in bfloat16 ('bf16 matmuls': config.train.matmul_precision, JAX's
 default_matmul_precision('bfloat16'); oneDNN's bf16 kernels where the CPU
 has bf16 instructions), against PyTorch under torch.autocast(bfloat16).
 

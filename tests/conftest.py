@@ -22,6 +22,21 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
 
+def require_native_kernels():
+  """Skips the calling test where the native kernels (oneDNN convolutions,
+  matmuls, max-pool) cannot be built here (CNN_JAX_ONEDNN=0, or a platform
+  setup.cfg installs no oneDNN on); fails it with the reason on Linux
+  x86-64, where setup.cfg installs oneDNN and a missing build is a bug."""
+  from cnn_jax.conv import onednn_build  # pylint: disable=import-outside-toplevel
+  reason = onednn_build.unavailable_reason()
+  if reason is None:
+    return
+  if (sys.platform.startswith("linux") and os.uname().machine == "x86_64"
+      and "CNN_JAX_ONEDNN=0" not in reason):
+    pytest.fail(f"native kernels unavailable: {reason}")
+  pytest.skip(reason)
+
+
 def run_on_cpu_devices(code, devices, timeout=600):
   """Runs Python `code` in a subprocess whose JAX has `devices` CPU devices
   (the count is fixed when JAX starts) and returns its stdout; fails the

@@ -4,7 +4,6 @@ ops.max_pool's XLA path: the same values and gradients, bit for bit."""
 import functools
 import json
 import os
-import platform
 import subprocess
 import sys
 
@@ -18,18 +17,13 @@ from cnn_jax.conv import max_pool_native
 from cnn_jax.conv import onednn_build
 from cnn_jax.ops import pooling
 from tests.conftest import REPO
+from tests.conftest import require_native_kernels
 from tests.conftest import run_on_cpu_devices
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _needs_the_library():
-  reason = onednn_build.unavailable_reason()
-  if reason is not None:
-    # setup.cfg installs oneDNN on Linux x86-64: a missing build is a failure.
-    if (platform.system() == "Linux" and platform.machine() == "x86_64"
-        and "CNN_JAX_ONEDNN=0" not in reason):
-      pytest.fail(f"native kernels unavailable: {reason}")
-    pytest.skip(reason)
+  require_native_kernels()
   if not max_pool_native.cpu_supported():
     pytest.skip(f"the kernels are AVX-512 code; oneDNN's ISA here is "
                 f"{onednn_build.cpu_isa()}")

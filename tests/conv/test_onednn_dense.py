@@ -4,7 +4,6 @@ against NumPy references that round the same operands to bfloat16."""
 import functools
 import json
 import os
-import platform
 import subprocess
 import sys
 
@@ -21,6 +20,7 @@ from cnn_jax.conv import onednn_build
 from cnn_jax.conv import onednn_dense
 from cnn_jax.models import layers
 from tests.conftest import REPO
+from tests.conftest import require_native_kernels
 from tests.conftest import run_on_cpu_devices
 
 _DENSE = (((1,), (0,)), ((), ()))  # x [M, K] . w [K, N]
@@ -28,12 +28,7 @@ _DENSE = (((1,), (0,)), ((), ()))  # x [M, K] . w [K, N]
 
 @pytest.fixture(scope="module", autouse=True)
 def _needs_bf16_instructions():
-  reason = onednn_build.unavailable_reason()
-  if reason is not None:
-    if (platform.system() == "Linux" and platform.machine() == "x86_64"
-        and "CNN_JAX_ONEDNN=0" not in reason):
-      pytest.fail(f"native kernels unavailable: {reason}")
-    pytest.skip(reason)
+  require_native_kernels()
   if not onednn_bfloat16.bfloat16_native():
     pytest.skip(f"no bf16 instructions for oneDNN here "
                 f"({onednn_build.cpu_isa()})")

@@ -50,8 +50,9 @@ def test_the_run_says_what_bfloat16_does_on_this_cpu(capsys):
   run(tiny_run.config("unused", {"train.matmul_precision": "bfloat16"}))
   line = capsys.readouterr().out.strip()
   if onednn_bfloat16.bfloat16_native():
-    assert line.startswith("matmul precision bfloat16: convolutions "
-                           "multiply in bfloat16 on oneDNN (avx512_core"), line
+    assert line.startswith("matmul precision bfloat16: convolutions and "
+                           "dense layers multiply in bfloat16 on oneDNN "
+                           "(avx512_core"), line
   else:  # an AVX2 CPU, or ONEDNN_MAX_CPU_ISA=AVX2
     assert "no bf16 instructions; convolutions stay float32" in line, line
   run(tiny_run.config("unused"))  # '' (the default): nothing to say
