@@ -17,8 +17,9 @@ another (seeds interleaved, so a change in the machine's load hits all):
                   (freed memory kept: training/cpu_malloc.py; eager
                   PyTorch page-faults on every step's activations
                   without it, as XLA:CPU does) (--torch_malloc); for a
-                  recipe whose convolutions (and dense layers) multiply in bfloat16
-                  (config.train.matmul_precision='bfloat16', the default
+                  recipe whose convolutions (and dense layers) multiply
+                  in bfloat16 (config.train.matmul_precision='bfloat16',
+                  the default
                   recipe's), each under torch.autocast(bfloat16) and in
                   float32 (--torch_precision);
   torch own:      PyTorch's own recipe for the task: the network with
