@@ -19,9 +19,8 @@ another (seeds interleaved, so a change in the machine's load hits all):
                   without it, as XLA:CPU does) (--torch_malloc); for a
                   recipe whose convolutions (and dense layers) multiply
                   in bfloat16 (config.train.matmul_precision='bfloat16',
-                  the default
-                  recipe's), each under torch.autocast(bfloat16) and in
-                  float32 (--torch_precision);
+                  the default recipe's), each under torch.autocast(bfloat16)
+                  and in float32 (--torch_precision);
   torch own:      PyTorch's own recipe for the task: the network with
                   BatchNorm, AdamW with torch's OneCycleLR (max_lr 3e-3),
                   batch 128, 4 epochs (a standard recipe, not tuned here).
