@@ -117,11 +117,19 @@ def batch_only_rule(rule: str, reduced: bool = False):
   """Shardy's (rule, factors) for a custom call whose only shardable factor
   is the batch `b` (also max_pool_native's): every other factor needs
   replication; `reduced`: the result sums over `b`."""
+  return split_rule(rule, ("b",), ("b",) if reduced else ())
+
+
+def split_rule(rule: str, splittable, reduced=()):
+  """Shardy's (rule, factors) where only the factors in `splittable` may be
+  sharded (every other one needs replication) and the result sums over
+  those in `reduced` (also onednn_dense's)."""
   # Shardy wants the factors in the order they first appear in the rule.
   order = list(dict.fromkeys(rule.replace(",", " ").replace("->", " ").split()))
-  factors = {"need_replication_factors": tuple(f for f in order if f != "b")}
+  factors = {"need_replication_factors": tuple(
+      f for f in order if f not in splittable)}
   if reduced:
-    factors["reduction_factors"] = ("b",)
+    factors["reduction_factors"] = tuple(reduced)
   return rule, factors
 
 

@@ -40,6 +40,7 @@ import numpy as np
 
 from cnn_jax.conv import onednn_bfloat16
 from cnn_jax.conv import onednn_build
+from cnn_jax.conv import onednn_calls
 
 # Below this many flops a product stays in XLA: a custom call's fixed cost
 # (and the casts) outweigh the gain on a small head (256x256 by 256x10).
@@ -119,13 +120,17 @@ def _spec(labels: str, axes):
 
 
 def _split_axes(role, mesh, arg_shapes):
-  """The mesh axes splitting s and m, read off the first operand (whose
-  dims are [s,] m, ...)."""
-  a = arg_shapes[0]
-  spec = getattr(a.sharding, "spec", None) or ()
-  spec = tuple(spec) + (None,) * (len(a.shape) - len(spec))
-  labels = _factors(role, a.shape, arg_shapes[1].shape)[0].split()
-  return {f: s for f, s in zip(labels, spec) if f in ("s", "m")}
+  """The mesh axes splitting s and m, as the operands arrive (the first
+  operand's, which has m, unless only the second has s)."""
+  del mesh
+  labels = _factors(role, arg_shapes[0].shape, arg_shapes[1].shape)
+  axes = {}
+  for operand, names in zip(arg_shapes, labels):
+    spec = tuple(getattr(operand.sharding, "spec", None) or ())
+    for name, axis in zip(names.split(), spec):
+      if name in ("s", "m") and axis is not None:
+        axes.setdefault(name, axis)
+  return axes
 
 
 def _shardings(role, mesh, arg_shapes):
@@ -160,14 +165,9 @@ def _sharding_rule(role, out_dtype, mesh, operand_types, result_types):
   over m."""
   del out_dtype, mesh, result_types
   a, b, c = _factors(role, operand_types[0].shape, operand_types[1].shape)
-  rule = f"{a}, {b} -> {c}"
-  order = list(dict.fromkeys(rule.replace(",", " ").replace("->", " ")
-                             .split()))
-  factors = {"need_replication_factors": tuple(
-      f for f in order if f not in ("s", "m"))}
-  if role == KERNEL_GRADIENT:
-    factors["reduction_factors"] = ("m",)
-  return rule, factors
+  return onednn_calls.split_rule(
+      f"{a}, {b} -> {c}", ("s", "m"),
+      ("m",) if role == KERNEL_GRADIENT else ())
 
 
 _product_call = custom_partitioning.custom_partitioning(
