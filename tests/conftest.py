@@ -37,17 +37,25 @@ def require_native_kernels():
   pytest.skip(reason)
 
 
-def run_on_cpu_devices(code, devices, timeout=600):
-  """Runs Python `code` in a subprocess whose JAX has `devices` CPU devices
-  (the count is fixed when JAX starts) and returns its stdout; fails the
-  test with the end of its stderr if it exits non-zero."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+def run_python(code, timeout=600, **environment):
+  """Runs Python `code` in a subprocess on JAX's CPU backend, with these
+  extra environment variables (read when JAX or oneDNN starts, e.g.
+  ONEDNN_MAX_CPU_ISA="AVX2"), and returns its stdout; fails the test with
+  the end of its stderr if it exits non-zero."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO, **environment)
   result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout,
                           check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   return result.stdout
+
+
+def run_on_cpu_devices(code, devices, timeout=600):
+  """`run_python` in a subprocess whose JAX has `devices` CPU devices (the
+  count is fixed when JAX starts)."""
+  return run_python(
+      code, timeout,
+      XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
 
 
 def write_idx(path, array):

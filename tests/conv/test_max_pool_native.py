@@ -3,9 +3,6 @@ ops.max_pool's XLA path: the same values and gradients, bit for bit."""
 
 import functools
 import json
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,8 +13,8 @@ from cnn_jax import ops
 from cnn_jax.conv import max_pool_native
 from cnn_jax.conv import onednn_build
 from cnn_jax.ops import pooling
-from tests.conftest import REPO
 from tests.conftest import require_native_kernels
+from tests.conftest import run_python
 from tests.conftest import run_on_cpu_devices
 
 
@@ -173,14 +170,9 @@ def test_an_avx2_cpu_keeps_the_xla_path():
           "print(onednn_build.cpu_isa(), max_pool_native.cpu_supported(),"
           " max_pool_native.usable(x, (2, 2)),"
           " onednn_build.MAX_POOL_FORWARD in hlo)\n")
-  env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", PYTHONPATH=REPO,
-             JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300,
-                          check=False)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert result.stdout.split() == ["avx2", "False", "False", "False"], (
-      result.stdout)
+  stdout = run_python(code, timeout=300, ONEDNN_MAX_CPU_ISA="AVX2")
+  assert stdout.split() == ["avx2", "False", "False", "False"], (
+      stdout)
 
 
 def test_second_order_gradients_match_the_xla_paths():

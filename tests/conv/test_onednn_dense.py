@@ -3,9 +3,6 @@ against NumPy references that round the same operands to bfloat16."""
 
 import functools
 import json
-import os
-import subprocess
-import sys
 
 import chex
 import flax.linen as nn
@@ -19,8 +16,8 @@ from cnn_jax.conv import onednn_bfloat16
 from cnn_jax.conv import onednn_build
 from cnn_jax.conv import onednn_dense
 from cnn_jax.models import layers
-from tests.conftest import REPO
 from tests.conftest import require_native_kernels
+from tests.conftest import run_python
 from tests.conftest import run_on_cpu_devices
 
 _DENSE = (((1,), (0,)), ((), ()))  # x [M, K] . w [K, N]
@@ -243,14 +240,9 @@ def test_without_bf16_instructions_xla_multiplies():
           "  reason = onednn_dense.unusable_reason(x.shape, w.shape, dn, "
           "jnp.float32)\n"
           "print(onednn_build.MATMUL in hlo, '|', reason)\n")
-  env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", PYTHONPATH=REPO,
-             JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300,
-                          check=False)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert result.stdout.strip() == (
-      "False | oneDNN has no bf16 instructions here (avx2)"), result.stdout
+  stdout = run_python(code, timeout=300, ONEDNN_MAX_CPU_ISA="AVX2")
+  assert stdout.strip() == (
+      "False | oneDNN has no bf16 instructions here (avx2)"), stdout
 
 
 def test_the_custom_call_names_bad_shapes():
