@@ -1,7 +1,8 @@
 """Builds and loads cnn_jax's native CPU kernels as XLA:CPU custom calls:
 the oneDNN convolutions (native/onednn_conv.cc; cnn_jax/conv/onednn.py is
-the JAX side) and the max-pooling kernels (native/max_pool.cc;
-cnn_jax/conv/max_pool_native.py), one library.
+the JAX side), the oneDNN matmul (native/onednn_matmul.cc;
+cnn_jax/conv/onednn_dense.py) and the max-pooling kernels
+(native/max_pool.cc; cnn_jax/conv/max_pool_native.py), one library.
 
 Requirements, checked on first use (`unavailable_reason()` says which one is
 missing; conv_impl 'auto' then keeps XLA's convolutions):
