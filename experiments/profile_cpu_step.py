@@ -78,11 +78,14 @@ def _kinds(hlo_text):
   entry = hlo_text[hlo_text.index("\nENTRY"):]
   kinds = {}
   for line in entry.splitlines():
-    match = re.match(r"\s*(?:ROOT )?%(\S+) = (\S+?)(?:\{[^ ]*)? ([\w-]+)\(",
-                     line)
+    # The result shape: one array, or a tuple (several results).
+    match = re.match(
+        r"\s*(?:ROOT )?%(\S+) = (\([^)]*\)|\S+?)(?:\{[^ ]*)? ([\w-]+)\(",
+        line)
     if not match:
       continue
     name, shape, op = match.groups()
+    shape = re.sub(r"\{[^}]*\}", "", shape)  # without layouts
     target = re.search(r'custom_call_target="([^"]+)"', line)
     if target:
       kind = target.group(1).replace("cnn_onednn_conv_", "oneDNN conv ")

@@ -47,6 +47,8 @@ BACKWARD_WEIGHTS = "cnn_onednn_conv_bwd_weights"
 MATMUL = "cnn_onednn_matmul"
 MAX_POOL_FORWARD = "cnn_max_pool_fwd"
 MAX_POOL_BACKWARD = "cnn_max_pool_bwd"
+MAX_POOL_BIAS_RELU = "cnn_max_pool_bias_relu"
+MAX_POOL_BIAS_RELU_BACKWARD = "cnn_max_pool_bias_relu_bwd"
 _SYMBOLS = {
     FORWARD: "CnnOnednnConvForward",
     BACKWARD_DATA: "CnnOnednnConvBackwardData",
@@ -54,6 +56,8 @@ _SYMBOLS = {
     MATMUL: "CnnOnednnMatmul",
     MAX_POOL_FORWARD: "CnnMaxPoolForward",
     MAX_POOL_BACKWARD: "CnnMaxPoolBackward",
+    MAX_POOL_BIAS_RELU: "CnnMaxPoolBiasRelu",
+    MAX_POOL_BIAS_RELU_BACKWARD: "CnnMaxPoolBiasReluBackward",
 }
 
 

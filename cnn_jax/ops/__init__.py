@@ -6,7 +6,8 @@ and flax's `[*window, C_in, C_out]` kernels.
                   strides, dilation and output sizes
   correlation.py  cross_correlation / convolution (batched, multi-channel)
                   and correlate / convolve (a plain signal)
-  pooling.py      max_pool / avg_pool and their global versions
+  pooling.py      max_pool / avg_pool and their global versions, and
+                  max_pool_bias_relu (a conv block's pool, bias and ReLU)
 
 Use them as `from cnn_jax import ops; ops.max_pool(x, 2)`. This package
 imports only cnn_jax.conv (how a convolution runs), nothing above it.
@@ -23,9 +24,10 @@ from cnn_jax.ops.pooling import avg_pool
 from cnn_jax.ops.pooling import global_avg_pool
 from cnn_jax.ops.pooling import global_max_pool
 from cnn_jax.ops.pooling import max_pool
+from cnn_jax.ops.pooling import max_pool_bias_relu
 
 __all__ = [
     "IntOrSeq", "Padding", "avg_pool", "convolution", "convolve",
     "correlate", "cross_correlation", "global_avg_pool", "global_max_pool",
-    "max_pool", "output_size",
+    "max_pool", "max_pool_bias_relu", "output_size",
 ]

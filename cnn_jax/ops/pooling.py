@@ -233,6 +233,33 @@ def global_avg_pool(x: jax.Array) -> jax.Array:
   return jnp.mean(x, axis=axes)
 
 
+def max_pool_bias_relu(x: jax.Array, bias: jax.Array, window: IntOrSeq,
+                       stride: Optional[IntOrSeq] = None,
+                       padding: Padding = "valid") -> jax.Array:
+  """relu(max_pool(x) + bias): a conv block's pool, bias and ReLU, pooling
+  first (layers.ConvReluMaxPool).
+
+  The bias [C] is added in float32 and the result rounded to x's dtype
+  (for a bfloat16 x, a convolution multiplied in bfloat16, one rounding of
+  the float32 sums). On an AVX-512 CPU, 2-D tiling windows run as one
+  native pass each way (conv/max_pool_native.py: the bias and ReLU inside
+  the pool's kernel, the ReLU's zeros marked in the pool's index, so the
+  backward pass writes x's gradient and sums the bias's in one pass),
+  elsewhere as max_pool and XLA's elementwise ops: the same values and
+  gradients.
+  """
+  x = jnp.asarray(x)
+  window, strides, pads = _pool_geometry(x, window, stride, padding,
+                                         "max_pool_bias_relu")
+  if bias.shape != (x.shape[-1],):
+    raise ValueError(f"max_pool_bias_relu: bias of shape {bias.shape} for "
+                     f"x of shape {x.shape} ({x.shape[-1]} channels)")
+  if _is_tiling(window, strides, pads) and max_pool_native.usable(x, window):
+    return max_pool_native.max_pool_bias_relu(x, bias, window)
+  y = max_pool(x, window, stride, padding).astype(jnp.float32)
+  return jax.nn.relu(y + bias.astype(jnp.float32)).astype(x.dtype)
+
+
 def global_max_pool(x: jax.Array) -> jax.Array:
   """Max over all spatial positions: `[B, *spatial, C]` -> `[B, C]`."""
   x, axes = _check_global(x, "global_max_pool")
