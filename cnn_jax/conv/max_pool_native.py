@@ -111,31 +111,41 @@ def _local_backward_bias_relu(window, g, index):
 
 
 # Every operand and result is per example: split along the batch (dim 0),
-# never gathered onto one device.
+# never gathered onto one device (but those `per_example` is told are
+# shared).
 def _by_batch(mesh, arg_shapes):
   return jax.sharding.NamedSharding(
       mesh, jax.sharding.PartitionSpec(onednn_calls.batch_axes(arg_shapes)))
 
 
-def _per_example(local, results: int, rule: str):
-  """custom_partitioning of `local(window, *operands)`: each device runs it
-  on its shard of the batch."""
+def per_example(local, results: int, rule: str, shared=()):
+  """custom_partitioning of `local(static, *operands)`: each device runs it
+  on its shard of the batch (dim 0 of every operand and result), with the
+  operands at the indices in `shared` (e.g. a kernel) whole on every
+  device. Also conv_pool_native's."""
   call = custom_partitioning.custom_partitioning(local, static_argnums=(0,))
 
-  def infer(window, mesh, arg_shapes, result_shape):
-    del window, result_shape
+  def operand_shardings(mesh, arg_shapes):
+    replicated = jax.sharding.NamedSharding(mesh,
+                                            jax.sharding.PartitionSpec())
+    by_batch = _by_batch(mesh, arg_shapes)
+    return tuple(replicated if i in shared else by_batch
+                 for i in range(len(arg_shapes)))
+
+  def infer(static, mesh, arg_shapes, result_shape):
+    del static, result_shape
     sharding = _by_batch(mesh, arg_shapes)
     return (sharding,) * results if results > 1 else sharding
 
-  def partition(window, mesh, arg_shapes, result_shape):
+  def partition(static, mesh, arg_shapes, result_shape):
     del result_shape
     sharding = _by_batch(mesh, arg_shapes)
     result = (sharding,) * results if results > 1 else sharding
-    return (mesh, functools.partial(local, window), result,
-            (sharding,) * len(arg_shapes))
+    return (mesh, functools.partial(local, static), result,
+            operand_shardings(mesh, arg_shapes))
 
-  def sharding_rule(window, mesh, operand_types, result_types):
-    del window, mesh, operand_types, result_types
+  def sharding_rule(static, mesh, operand_types, result_types):
+    del static, mesh, operand_types, result_types
     return onednn_calls.batch_only_rule(rule)
 
   call.def_partition(partition=partition, infer_sharding_from_operands=infer,
@@ -143,13 +153,13 @@ def _per_example(local, results: int, rule: str):
   return call
 
 
-_forward_call = _per_example(_local_forward, 2,
+_forward_call = per_example(_local_forward, 2,
                              "b h w c -> b i j c, b i j c")
-_backward_call = _per_example(_local_backward, 1,
+_backward_call = per_example(_local_backward, 1,
                               "b i j c, b i j c -> b h w c")
-_bias_relu_call = _per_example(_local_bias_relu, 2,
+_bias_relu_call = per_example(_local_bias_relu, 2,
                                "b h w c, b c -> b i j c, b i j c")
-_backward_bias_relu_call = _per_example(_local_backward_bias_relu, 2,
+_backward_bias_relu_call = per_example(_local_backward_bias_relu, 2,
                                         "b i j c, b i j c -> b h w c, b i c")
 
 
@@ -158,9 +168,10 @@ def _fold(a, axis_size):
   return a.reshape(axis_size * a.shape[1], *a.shape[2:])
 
 
-def _members_in_the_batch(call):
+def members_in_the_batch(call):
   """`call(*operands)` (per-example operands and results) made vmappable:
-  the members fold into the batch, one call for all of them."""
+  the members fold into the batch, one call for all of them (also
+  conv_pool_native's)."""
 
   @custom_batching.custom_vmap
   def run(*operands):
@@ -182,27 +193,27 @@ def _members_in_the_batch(call):
 @functools.lru_cache(maxsize=None)
 def _forward(window):
   """x -> (pooled, index), vmappable."""
-  return _members_in_the_batch(functools.partial(_forward_call, window))
+  return members_in_the_batch(functools.partial(_forward_call, window))
 
 
 @functools.lru_cache(maxsize=None)
 def _backward(window):
   """(g, index) -> dx, vmappable."""
-  return _members_in_the_batch(functools.partial(_backward_call, window))
+  return members_in_the_batch(functools.partial(_backward_call, window))
 
 
 @functools.lru_cache(maxsize=None)
 def _forward_bias_relu(window):
   """(x, bias rows [B, C] float32) -> (relu(pooled + bias), index),
   vmappable."""
-  return _members_in_the_batch(functools.partial(_bias_relu_call, window))
+  return members_in_the_batch(functools.partial(_bias_relu_call, window))
 
 
 @functools.lru_cache(maxsize=None)
 def _backward_bias_relu(window):
   """(g, index) -> (dx, the bias gradient's per-row sums [B, H', C]),
   vmappable."""
-  return _members_in_the_batch(
+  return members_in_the_batch(
       functools.partial(_backward_bias_relu_call, window))
 
 

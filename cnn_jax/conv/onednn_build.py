@@ -37,7 +37,7 @@ import jax
 
 _NATIVE = pathlib.Path(__file__).parent / "native"
 _SOURCES = (_NATIVE / "onednn_conv.cc", _NATIVE / "onednn_matmul.cc",
-            _NATIVE / "max_pool.cc")
+            _NATIVE / "max_pool.cc", _NATIVE / "conv_pool.cc")
 # Read by the sources (part of the build key, not compiled on their own).
 _HEADERS = (_NATIVE / "onednn_runtime.h",)
 # XLA target name -> the symbol native/*.cc export for it.
@@ -49,6 +49,8 @@ MAX_POOL_FORWARD = "cnn_max_pool_fwd"
 MAX_POOL_BACKWARD = "cnn_max_pool_bwd"
 MAX_POOL_BIAS_RELU = "cnn_max_pool_bias_relu"
 MAX_POOL_BIAS_RELU_BACKWARD = "cnn_max_pool_bias_relu_bwd"
+CONV_MAX_POOL_FORWARD = "cnn_conv_max_pool_fwd"
+CONV_MAX_POOL_BACKWARD = "cnn_conv_max_pool_bwd"
 _SYMBOLS = {
     FORWARD: "CnnOnednnConvForward",
     BACKWARD_DATA: "CnnOnednnConvBackwardData",
@@ -58,6 +60,8 @@ _SYMBOLS = {
     MAX_POOL_BACKWARD: "CnnMaxPoolBackward",
     MAX_POOL_BIAS_RELU: "CnnMaxPoolBiasRelu",
     MAX_POOL_BIAS_RELU_BACKWARD: "CnnMaxPoolBiasReluBackward",
+    CONV_MAX_POOL_FORWARD: "CnnConvMaxPoolForward",
+    CONV_MAX_POOL_BACKWARD: "CnnConvMaxPoolBackward",
 }
 
 

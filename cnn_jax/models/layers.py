@@ -19,6 +19,8 @@ import numpy as np
 
 from cnn_jax import ops
 from cnn_jax.conv import conv_impls
+from cnn_jax.conv import conv_pool_native
+from cnn_jax.conv import onednn_bfloat16
 from cnn_jax.conv import onednn_dense
 
 
@@ -92,6 +94,21 @@ class ConvReluMaxPool(nn.Module):
 
   @nn.compact
   def __call__(self, x):
+    kernel_size = tuple(self.kernel_size)
+    kernel_shape = (*kernel_size, x.shape[-1], self.features)
+    if self._first_block_natively(x, kernel_shape):
+      # The whole block in one native pass each way (a first layer's few
+      # input channels: conv/conv_pool_native.py); the same parameters,
+      # created in the same order with the same initialisers.
+      kernel = self.param("kernel", self.kernel_init, kernel_shape,
+                          jnp.float32)
+      bias = self.param("bias", nn.initializers.zeros_init(),
+                        (self.features,), jnp.float32)
+      multiplies_in_bfloat16 = (onednn_bfloat16.bfloat16_requested()
+                                and onednn_bfloat16.bfloat16_native())
+      return conv_pool_native.conv_max_pool_bias_relu(
+          x, kernel, bias,
+          jnp.bfloat16 if multiplies_in_bfloat16 else jnp.float32)
     # A convolution that oneDNN multiplies in bfloat16 hands the max-pool
     # its bfloat16 result (conv_impls.conv_fn's keep_bfloat16): the pool
     # reads half the bytes and writes its gradient in bfloat16, where the
@@ -115,6 +132,20 @@ class ConvReluMaxPool(nn.Module):
     y = ops.max_pool_bias_relu(y, bias.astype(dtype), self.window,
                                self.pool_stride)
     return y if y.dtype == jnp.bfloat16 else y.astype(dtype)
+
+  def _first_block_natively(self, x, kernel_shape) -> bool:
+    """Whether conv_pool_native runs this block: a float32 block whose
+    convolution would run on oneDNN (conv_impl 'auto' or 'onednn' on the
+    CPU) and whose shapes its kernels take."""
+    if self.dtype != jnp.float32 or jnp.dtype(x.dtype) != jnp.float32:
+      return False
+    if not conv_pool_native.usable(x.shape, kernel_shape, self.strides,
+                                   self.padding, self.window,
+                                   self.pool_stride, jnp.float32):
+      return False
+    return conv_impls.resolve_conv_impl(
+        self.conv_impl, x.shape, kernel_shape,
+        ("NHWC", "HWIO", "NHWC")) == "onednn"
 
 
 # torch's BatchNorm defaults: its momentum=0.1 weights the new batch, flax's

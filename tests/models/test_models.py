@@ -16,7 +16,9 @@ import pytest
 
 from cnn_jax import ops
 from cnn_jax.conv import conv_impls
+from cnn_jax.conv import conv_pool_native
 from cnn_jax.conv import onednn_bfloat16
+from cnn_jax.conv import onednn_build
 from cnn_jax.models import MODELS
 from cnn_jax.models import __main__ as models_cli
 from cnn_jax.models import layers
@@ -238,8 +240,11 @@ def test_batch_norm_updates_statistics_only_in_training():
                                   "densenet121", "unet", "resnet1d", "r3d18",
                                   "c3d_small", "lenet5", "simple_cnn"])
 def test_every_convolution_goes_through_layers_conv(name, monkeypatch):
-  """A faster `layers.Conv` must reach every conv of every model."""
+  """A faster `layers.Conv` must reach every conv of every model (but a
+  first conv block that runs as one native kernel, conv_pool_native, which
+  test_a_first_conv_block_runs_natively_with_the_same_function covers)."""
   called_from = set()
+  monkeypatch.setattr(conv_pool_native, "usable", lambda *args: False)
 
   class RecordingConv(layers.Conv):
 
@@ -480,3 +485,59 @@ def test_conv_relu_max_pool_is_the_textbook_order(case, dtype, conv_impl):
   else:  # bfloat16 sums over different element counts: relative to the leaf
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
       assert float(jnp.max(jnp.abs(g - w))) <= 0.02 * float(jnp.max(jnp.abs(w)))
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_a_first_conv_block_runs_natively_with_the_same_function(precision):
+  """The MNIST CNN's conv1 block (1 -> 32 channels, 3x3, pool 2) as one
+  native kernel on AVX-512 CPUs (conv_pool_native): the parameters of the
+  textbook order from the same key, its output (rounded to bfloat16 under
+  bfloat16 matmul precision, as the next product reads it) and its
+  gradients."""
+  if not conv_pool_native.usable((2, 12, 10, 1), (3, 3, 1, 32), 1, "SAME", 2,
+                                 None, jnp.float32):
+    pytest.skip("no native conv-pool kernels here (AVX-512 CPUs)")
+  case = ((3, 3), 1, "SAME", 2, None, (4, 12, 10, 1))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=case[-1]),
+                  jnp.float32)
+
+  class Block(layers.nn.Module):
+    pool_first: bool
+
+    @layers.nn.compact
+    def __call__(self, x):
+      if self.pool_first:
+        return layers.ConvReluMaxPool(32, (3, 3), 2, name="conv")(x)
+      x = layers.Conv(32, (3, 3), padding="SAME", conv_impl="xla",
+                      precision="highest", name="conv")(x)
+      return ops.max_pool(layers.nn.relu(x), 2)
+
+  params = Block(False).init(jax.random.key(3), x)["params"]
+  chex.assert_trees_all_equal(Block(True).init(jax.random.key(3), x)["params"],
+                              params)
+  params = {"conv": {**params["conv"], "bias": jnp.linspace(-0.5, 0.2, 32)}}
+  native, reference = Block(True), Block(False)
+  out_dtype = (jnp.bfloat16 if precision == "bfloat16"
+               and onednn_bfloat16.bfloat16_native() else jnp.float32)
+  with jax.default_matmul_precision(precision):
+    hlo = jax.jit(native.apply).lower({"params": params}, x).as_text()
+    assert onednn_build.CONV_MAX_POOL_FORWARD in hlo
+    out = jax.jit(native.apply)({"params": params}, x)
+    expected = jax.jit(reference.apply)({"params": params}, x)
+    assert out.dtype == out_dtype
+    np.testing.assert_allclose(np.asarray(out, np.float32),
+                               np.asarray(expected.astype(out_dtype),
+                                          np.float32), rtol=1e-2, atol=1e-5)
+    exact = np.mean(np.asarray(out, np.float32) == np.asarray(
+        expected.astype(out_dtype), np.float32))
+    assert exact > 0.99, exact  # float32 sums in another order: rarely 1 ulp
+
+    def loss(model, params):
+      y = model.apply({"params": params}, x).astype(out_dtype)
+      y = y.astype(jnp.float32)
+      return jnp.sum(y * jnp.cos(y))
+
+    got = jax.jit(jax.grad(functools.partial(loss, native)))(params)
+    want = jax.jit(jax.grad(functools.partial(loss, reference)))(params)
+  tolerance = 1e-5 if out_dtype == jnp.float32 else 2e-2
+  chex.assert_trees_all_close(got, want, rtol=tolerance, atol=tolerance)
