@@ -1,6 +1,7 @@
 """`python -m cnn_jax.conv`: builds the native kernels if needed, says
 whether conv_impl 'auto' uses the oneDNN convolutions here, the ISA oneDNN
-dispatches to, whether ops.max_pool runs its native kernels, whether dense
+dispatches to, whether ops.max_pool (and the first conv blocks) run
+native kernels, whether dense
 layers under bfloat16 matmul precision multiply on oneDNN, and the
 verdict on each convolution checked on this machine so far
 (onednn_verify)."""
@@ -26,7 +27,11 @@ def main():
         f"{onednn_verify.verdict_file()}")
   if max_pool_native.cpu_supported():
     print("max-pooling: native kernels (ops.max_pool's 2-D tiling windows, "
-          "float32 and bfloat16)")
+          "float32 and bfloat16; with the bias and ReLU after it, "
+          "ops.max_pool_bias_relu)")
+    print("first conv blocks (3x3 or 5x5 conv of 1 or 3 channels -> 2x2 "
+          "max-pool -> bias -> ReLU): one native kernel each way "
+          "(conv_pool_native.py)")
   else:
     print("max-pooling: XLA's fusions (the native kernels need AVX-512)")
   if onednn_bfloat16.bfloat16_native():

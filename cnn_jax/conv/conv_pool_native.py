@@ -17,7 +17,10 @@ where the ReLU zeroes it); the backward reads the pooled gradient and the
 index and writes each example's kernel and bias gradient sums (XLA adds
 the examples: the same sums in the same order on any number of threads).
 The input gradient (for a first layer never used, so XLA drops it) is
-XLA's: the pool's scatter and the convolution's transpose.
+XLA's: the pool's scatter and the convolution's transpose. In the same
+profile the block then took 1.1 ms forward and 1.0 ms backward, and the
+step 0.84x its time before (median of 5 alternated pairs of processes,
+14 calls of 39 steps each).
 
 `conv_max_pool_bias_relu(x, kernel, bias, dtype)` is the differentiable
 op: reverse mode through the custom calls, and derivatives of any order
