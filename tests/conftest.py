@@ -2,6 +2,7 @@
 and the tiny run that the resume and fault tests compare (tests/tiny_run.py)."""
 
 import gzip
+import json
 import os
 import subprocess
 import sys
@@ -56,6 +57,27 @@ def run_on_cpu_devices(code, devices, timeout=600):
   return run_python(
       code, timeout,
       XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+
+
+_MESH_PRELUDE = """
+import json
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+mesh = jax.make_mesh(({devices},), ("data",),
+                     axis_types=(jax.sharding.AxisType.Auto,))
+by_batch, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+"""
+
+
+def data_parallel_report(body, devices=4, timeout=300):
+  """Runs `body` in a subprocess with `devices` CPU devices, after a
+  prelude that imports json, jax, jnp, np, NamedSharding and P and makes
+  `mesh` (one 'data' axis over the devices) and the shardings `by_batch`
+  and `replicated`; `body` sets `report`, a JSON-able dict, returned."""
+  code = (_MESH_PRELUDE.format(devices=devices) + body
+          + "\nprint(json.dumps(report))\n")
+  stdout = run_on_cpu_devices(code, devices, timeout)
+  return json.loads(stdout.strip().splitlines()[-1])
 
 
 def write_idx(path, array):

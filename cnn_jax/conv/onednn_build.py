@@ -39,7 +39,7 @@ _NATIVE = pathlib.Path(__file__).parent / "native"
 _SOURCES = (_NATIVE / "onednn_conv.cc", _NATIVE / "onednn_matmul.cc",
             _NATIVE / "max_pool.cc", _NATIVE / "conv_pool.cc")
 # Read by the sources (part of the build key, not compiled on their own).
-_HEADERS = (_NATIVE / "onednn_runtime.h",)
+_HEADERS = (_NATIVE / "onednn_runtime.h", _NATIVE / "avx512_lanes.h")
 # XLA target name -> the symbol native/*.cc export for it.
 FORWARD = "cnn_onednn_conv_fwd"
 BACKWARD_DATA = "cnn_onednn_conv_bwd_data"

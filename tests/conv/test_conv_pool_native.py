@@ -4,7 +4,6 @@ from XLA's ops: values and gradients to float32 rounding, derivatives of
 second order, vmap and data parallelism."""
 
 import functools
-import json
 
 import jax
 from jax import lax
@@ -16,8 +15,8 @@ from cnn_jax import ops
 from cnn_jax.conv import conv_pool_native
 from cnn_jax.conv import max_pool_native
 from cnn_jax.conv import onednn_build
+from tests.conftest import data_parallel_report
 from tests.conftest import require_native_kernels
-from tests.conftest import run_on_cpu_devices
 from tests.conftest import run_python
 
 
@@ -156,11 +155,7 @@ def test_second_order_gradients_match_the_xla_block():
 
 
 _DATA_PARALLEL = r"""
-import json
-import jax, jax.numpy as jnp, numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 from cnn_jax.conv import conv_pool_native
-mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 rng = np.random.default_rng(0)
 x = rng.normal(size=(8, 6, 6, 1)).astype(np.float32)
 kernel = (rng.normal(size=(3, 3, 1, 16)) * 0.4).astype(np.float32)
@@ -171,25 +166,23 @@ def grads(kernel, bias, x):
       lambda k, b: jnp.sum(jnp.tanh(block(x, k, b)) * 3.0),
       argnums=(0, 1))(kernel, bias)
 step = jax.jit(grads)
-replicated = NamedSharding(mesh, P())
 args = (jax.device_put(kernel, replicated), jax.device_put(bias, replicated),
-        jax.device_put(x, NamedSharding(mesh, P("data"))))
+        jax.device_put(x, by_batch))
 hlo = step.lower(*args).compile().as_text()
 value, (dk, db) = step(*args)
 ref_value, (ref_dk, ref_db) = jax.jit(grads)(kernel, bias, x)
-print(json.dumps({
+report = {
     "all_gather": "all-gather" in hlo,
     "local_forward": "(f32[2,3,3,16]{3,2,1,0}, u8[2,3,3,16]{3,2,1,0}) "
                      "custom-call" in hlo,
     "dk_diff": float(np.abs(np.asarray(dk) - np.asarray(ref_dk)).max()),
     "db_diff": float(np.abs(np.asarray(db) - np.asarray(ref_db)).max()),
-    "value_diff": float(abs(value - ref_value))}))
+    "value_diff": float(abs(value - ref_value))}
 """
 
 
 def test_data_parallel_runs_each_devices_shard_and_sums_the_gradients():
-  stdout = run_on_cpu_devices(_DATA_PARALLEL, devices=4, timeout=300)
-  result = json.loads(stdout.strip().splitlines()[-1])
+  result = data_parallel_report(_DATA_PARALLEL)
   assert not result["all_gather"], result
   assert result["local_forward"], result
   assert result["dk_diff"] < 1e-5 and result["db_diff"] < 1e-5, result

@@ -4,7 +4,6 @@ same ops: the same values and x-gradients bit for bit, the bias gradient
 to float32 rounding (its sums run in another order)."""
 
 import functools
-import json
 
 import jax
 import jax.numpy as jnp
@@ -14,8 +13,8 @@ import pytest
 from cnn_jax import ops
 from cnn_jax.conv import max_pool_native
 from cnn_jax.conv import onednn_build
+from tests.conftest import data_parallel_report
 from tests.conftest import require_native_kernels
-from tests.conftest import run_on_cpu_devices
 from tests.conftest import run_python
 from tests.conv.test_max_pool_native import _input
 from tests.conv.test_max_pool_native import _xla_max_pool
@@ -155,11 +154,7 @@ def test_second_order_gradients_match_the_xla_composite():
 
 
 _DATA_PARALLEL = r"""
-import json
-import jax, jax.numpy as jnp, numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 from cnn_jax.conv import max_pool_native
-mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 rng = np.random.default_rng(0)
 x = rng.normal(size=(8, 6, 6, 5)).astype(np.float32)
 bias = (rng.normal(size=5) * 0.5).astype(np.float32)
@@ -168,25 +163,23 @@ def grads(x, b):
   return jax.value_and_grad(lambda x, b: jnp.sum(jnp.tanh(block(x, b)) * 3.0),
                             argnums=(0, 1))(x, b)
 step = jax.jit(grads)
-xs = jax.device_put(x, NamedSharding(mesh, P("data")))
-bs = jax.device_put(bias, NamedSharding(mesh, P()))
-hlo = step.lower(xs, bs).compile().as_text()
-value, (dx, db) = step(xs, bs)
+args = (jax.device_put(x, by_batch), jax.device_put(bias, replicated))
+hlo = step.lower(*args).compile().as_text()
+value, (dx, db) = step(*args)
 ref_value, (ref_dx, ref_db) = jax.jit(grads)(x, bias)
-print(json.dumps({
+report = {
     "all_gather": "all-gather" in hlo,
     "local_forward": "(f32[2,3,3,5]{3,2,1,0}, u8[2,3,3,5]{3,2,1,0}) "
                      "custom-call" in hlo,
     "dx_spec": list(dx.sharding.spec),
     "dx_diff": float(np.abs(np.asarray(dx) - np.asarray(ref_dx)).max()),
     "db_diff": float(np.abs(np.asarray(db) - np.asarray(ref_db)).max()),
-    "value_diff": float(abs(value - ref_value))}))
+    "value_diff": float(abs(value - ref_value))}
 """
 
 
 def test_data_parallel_runs_each_devices_shard_and_sums_the_bias_gradient():
-  stdout = run_on_cpu_devices(_DATA_PARALLEL, devices=4, timeout=300)
-  result = json.loads(stdout.strip().splitlines()[-1])
+  result = data_parallel_report(_DATA_PARALLEL)
   assert not result["all_gather"], result
   assert result["local_forward"], result
   assert result["dx_spec"] == ["data"], result

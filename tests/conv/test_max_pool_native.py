@@ -2,7 +2,6 @@
 ops.max_pool's XLA path: the same values and gradients, bit for bit."""
 
 import functools
-import json
 
 import jax
 import jax.numpy as jnp
@@ -13,9 +12,9 @@ from cnn_jax import ops
 from cnn_jax.conv import max_pool_native
 from cnn_jax.conv import onednn_build
 from cnn_jax.ops import pooling
+from tests.conftest import data_parallel_report
 from tests.conftest import require_native_kernels
 from tests.conftest import run_python
-from tests.conftest import run_on_cpu_devices
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -121,12 +120,8 @@ def test_vmapped_members_fold_into_one_call():
 
 
 _DATA_PARALLEL = r"""
-import json
-import jax, jax.numpy as jnp, numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 from cnn_jax.conv import max_pool_native
 from cnn_jax.ops import pooling
-mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 x = np.random.default_rng(0).normal(size=(8, 6, 6, 5)).astype(np.float32)
 def grad(pool):
   return jax.value_and_grad(lambda x: jnp.sum(jnp.tanh(pool(x)) * 3.0))
@@ -134,23 +129,22 @@ def xla_pool(x):
   tiles, axes = pooling._tile_windows(x, (2, 2))
   return pooling._tiled_max(tiles, axes, (2, 2))
 step = jax.jit(grad(lambda x: max_pool_native.max_pool(x, (2, 2))))
-xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+xs = jax.device_put(x, by_batch)
 hlo = step.lower(xs).compile().as_text()
 value, dx = step(xs)
 ref_value, ref_dx = grad(xla_pool)(x)
-print(json.dumps({
+report = {
     "all_gather": "all-gather" in hlo,
     "local_forward": "(f32[2,3,3,5]{3,2,1,0}, u8[2,3,3,5]{3,2,1,0}) "
                      "custom-call" in hlo,
     "dx_spec": list(dx.sharding.spec),
     "dx_diff": float(np.abs(np.asarray(dx) - np.asarray(ref_dx)).max()),
-    "value_diff": float(abs(value - ref_value))}))
+    "value_diff": float(abs(value - ref_value))}
 """
 
 
 def test_data_parallel_pools_each_devices_shard_of_the_batch():
-  stdout = run_on_cpu_devices(_DATA_PARALLEL, devices=4, timeout=300)
-  result = json.loads(stdout.strip().splitlines()[-1])
+  result = data_parallel_report(_DATA_PARALLEL)
   assert not result["all_gather"], result
   assert result["local_forward"], result
   assert result["dx_spec"] == ["data"], result

@@ -13,47 +13,20 @@
 #include <cstdint>
 #include <cstring>
 #include <vector>
+
+#include "avx512_lanes.h"
 #include "xla/ffi/api/ffi.h"
 namespace ffi = xla::ffi;
 namespace {
 
+using namespace cnn_native;  // NOLINT: the kernels' vocabulary
+
+// AVX-512 code: see avx512_lanes.h.
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq")
 
-constexpr int64_t kLanes = 16;
-constexpr uint8_t kNoGradient = 255;  // max_pool.cc's, max_pool_native's
-typedef float F16 __attribute__((vector_size(64)));
-typedef int32_t I16 __attribute__((vector_size(64)));
-typedef uint32_t U16 __attribute__((vector_size(64)));
-typedef uint16_t H16 __attribute__((vector_size(32)));
-typedef uint8_t B16 __attribute__((vector_size(16)));
-
-template <typename V, typename T>
-inline V LoadVector(const T* p) {
-  V v;
-  std::memcpy(&v, p, sizeof(V));
-  return v;
-}
-template <typename V, typename T>
-inline void StoreVector(T* p, V v) {
-  std::memcpy(p, &v, sizeof(V));
-}
-
 // a * b + c in one rounding (GCC contracts nothing under -std=c++17).
 inline F16 Fma(F16 a, F16 b, F16 c) { return _mm512_fmadd_ps(a, b, c); }
-
-inline void Store(F16 v, float* p) { StoreVector(p, v); }
-inline void Store(F16 v, uint16_t* p) {  // rounded to nearest even
-  const U16 u = reinterpret_cast<U16&>(v);
-  const U16 rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-  const U16 out = v != v ? (u >> 16) | 0x40u : rounded;
-  StoreVector(p, __builtin_convertvector(out, H16));
-}
-inline F16 Load(const float* p) { return LoadVector<F16>(p); }
-inline F16 Load(const uint16_t* p) {
-  U16 u = __builtin_convertvector(LoadVector<H16>(p), U16) << 16;
-  return reinterpret_cast<F16&>(u);
-}
 
 // One example's image, zero-padded by K / 2 on every side: [Hp, Wp, CIN].
 template <int K, int CIN>
@@ -79,7 +52,7 @@ void ForwardExample(const float* padded, int64_t Wp, const float* w,
         for (int kh = 0; kh < K; ++kh)
           for (int kw = 0; kw < K; ++kw)
             for (int ci = 0; ci < CIN; ++ci) {
-              const F16 wv = Load(w + ((kh * K + kw) * CIN + ci) * C + c);
+              const F16 wv = Widen(w + ((kh * K + kw) * CIN + ci) * C + c);
               for (int p = 0; p < 4; ++p) {
                 const float xv =
                     corner[((kh + p / 2) * Wp + kw + p % 2) * CIN + ci];
@@ -93,10 +66,10 @@ void ForwardExample(const float* padded, int64_t Wp, const float* w,
         I16 first = I16{} + 4;
         for (int p = 3; p >= 0; --p)
           first = acc[p] == m ? I16{} + p : first;
-        const F16 v = m + Load(bias + c);
+        const F16 v = m + Widen(bias + c);
         const I16 live = v > 0;
         const int64_t out = (i * Wo + j) * C + c;
-        Store(live | (v != v) ? v : F16{}, y + out);  // a NaN passes the ReLU
+        NarrowRounded(live | (v != v) ? v : F16{}, y + out);  // a NaN passes the ReLU
         first = live ? first : I16{} + kNoGradient;
         StoreVector(idx + out, __builtin_convertvector(first, B16));
       }
@@ -116,7 +89,7 @@ void BackwardExample(const float* padded, int64_t Wp, const T* g,
     for (int64_t i = 0; i < Ho; ++i) {
       for (int64_t j = 0; j < Wo; ++j) {
         const int64_t at = (i * Wo + j) * C + c;
-        const F16 gv = Load(g + at);
+        const F16 gv = Widen(g + at);
         const I16 index = __builtin_convertvector(LoadVector<B16>(idx + at),
                                                   I16);
         bias_sum += index != kNoGradient ? gv : F16{};
@@ -139,46 +112,44 @@ void BackwardExample(const float* padded, int64_t Wp, const T* g,
   }
 }
 
-template <int K, int CIN, typename T>
-void Forward(const float* x, const float* w, const float* bias, T* y,
-             uint8_t* idx, int64_t B, int64_t H, int64_t W, int64_t C) {
-  const int64_t Ho = H / 2, Wo = W / 2, Wp = W + 2 * (K / 2);
+// body(b, padded) for every example b, on OpenMP threads, each with its
+// own zero-padded copy of the example's image.
+template <int K, int CIN, typename Body>
+void ForEachExample(const float* x, int64_t B, int64_t H, int64_t W,
+                    Body body) {
 #pragma omp parallel
   {
     std::vector<float> padded;
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < B; ++b) {
       Pad<K, CIN>(x + b * H * W * CIN, H, W, &padded);
-      ForwardExample<K, CIN>(padded.data(), Wp, w, bias + b * C, Ho, Wo, C,
-                             y + b * Ho * Wo * C, idx + b * Ho * Wo * C);
+      body(b, padded.data());
     }
   }
+}
+
+template <int K, int CIN, typename T>
+void Forward(const float* x, const float* w, const float* bias, T* y,
+             uint8_t* idx, int64_t B, int64_t H, int64_t W, int64_t C) {
+  const int64_t Ho = H / 2, Wo = W / 2, Wp = W + 2 * (K / 2);
+  ForEachExample<K, CIN>(x, B, H, W, [&](int64_t b, const float* padded) {
+    ForwardExample<K, CIN>(padded, Wp, w, bias + b * C, Ho, Wo, C,
+                           y + b * Ho * Wo * C, idx + b * Ho * Wo * C);
+  });
 }
 
 template <int K, int CIN, typename T>
 void Backward(const float* x, const T* g, const uint8_t* idx, float* dw,
               float* db, int64_t B, int64_t H, int64_t W, int64_t C) {
   const int64_t Ho = H / 2, Wo = W / 2, Wp = W + 2 * (K / 2);
-#pragma omp parallel
-  {
-    std::vector<float> padded;
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < B; ++b) {
-      Pad<K, CIN>(x + b * H * W * CIN, H, W, &padded);
-      BackwardExample<K, CIN>(padded.data(), Wp, g + b * Ho * Wo * C,
-                              idx + b * Ho * Wo * C, Ho, Wo, C,
-                              dw + b * K * K * CIN * C, db + b * C);
-    }
-  }
+  ForEachExample<K, CIN>(x, B, H, W, [&](int64_t b, const float* padded) {
+    BackwardExample<K, CIN>(padded, Wp, g + b * Ho * Wo * C,
+                            idx + b * Ho * Wo * C, Ho, Wo, C,
+                            dw + b * K * K * CIN * C, db + b * C);
+  });
 }
 
 #pragma GCC pop_options
-
-bool HasAvx512() {
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
-         && __builtin_cpu_supports("avx512vl")
-         && __builtin_cpu_supports("avx512dq");
-}
 
 // The (K, CIN) the kernels are compiled for.
 #define CNN_CONV_POOL_SHAPES(X) X(3, 1) X(3, 3) X(5, 1) X(5, 3)

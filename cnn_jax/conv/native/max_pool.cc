@@ -6,85 +6,17 @@
 // index marks the windows the ReLU zeroes.
 #include <cstdint>
 #include <cstring>
+
+#include "avx512_lanes.h"
 #include "xla/ffi/api/ffi.h"
 namespace ffi = xla::ffi;
 namespace {
 
-// The kernels are AVX-512 code (F, BW, VL, DQ: oneDNN's avx512_core):
-// 16 channels at a time in GCC's vector types, one register each. Compiled
-// for AVX2 or SSE2 the same source ran 10-15x slower than XLA's fusions
-// (GCC splits the 64-byte vectors and their conversions badly), so
-// max_pool_native.usable() calls them only where oneDNN dispatches to
-// avx512_core or newer, and the handlers check again.
+using namespace cnn_native;  // NOLINT: the kernels' vocabulary
+
+// AVX-512 code: see avx512_lanes.h.
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq")
-
-constexpr int64_t kLanes = 16;
-typedef float F16 __attribute__((vector_size(64)));
-typedef int32_t I16 __attribute__((vector_size(64)));
-typedef uint32_t U16 __attribute__((vector_size(64)));
-typedef uint16_t H16 __attribute__((vector_size(32)));
-typedef int16_t S16 __attribute__((vector_size(32)));
-typedef uint8_t B16 __attribute__((vector_size(16)));
-
-template <typename V, typename T>
-inline V LoadVector(const T* p) {
-  V v;
-  std::memcpy(&v, p, sizeof(V));
-  return v;
-}
-template <typename V, typename T>
-inline void StoreVector(T* p, V v) {
-  std::memcpy(p, &v, sizeof(V));
-}
-
-// float32 <-> the kernels' float vectors; bfloat16 is float32's top half.
-inline F16 Widen(const float* p) { return LoadVector<F16>(p); }
-inline F16 Widen(const uint16_t* p) {
-  U16 u = __builtin_convertvector(LoadVector<H16>(p), U16) << 16;
-  return reinterpret_cast<F16&>(u);
-}
-inline void Narrow(F16 v, float* p) { StoreVector(p, v); }
-inline void Narrow(F16 v, uint16_t* p) {
-  // v holds input elements (or NaNs): exact in bfloat16.
-  StoreVector(p, __builtin_convertvector(reinterpret_cast<U16&>(v) >> 16, H16));
-}
-
-inline float WidenOne(float v) { return v; }
-inline float WidenOne(uint16_t v) {
-  const uint32_t u = static_cast<uint32_t>(v) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-inline void NarrowOne(float v, float* p) { *p = v; }
-inline void NarrowOne(float v, uint16_t* p) {
-  uint32_t u;
-  std::memcpy(&u, &v, 4);
-  *p = static_cast<uint16_t>(u >> 16);
-}
-
-// The index of a window that passes no gradient: one the ReLU after the
-// biased pool zeroes (max_pool_native.NO_GRADIENT). A plain pool's windows
-// hold at most 254 elements, so no element has this index.
-constexpr uint8_t kNoGradient = 255;
-
-// bfloat16 rounded to nearest even (the biased pool's sums are not exact
-// in bfloat16), as XLA's convert: a NaN stays a (quiet) NaN.
-inline void NarrowRounded(F16 v, float* p) { StoreVector(p, v); }
-inline void NarrowRounded(F16 v, uint16_t* p) {
-  const U16 u = reinterpret_cast<U16&>(v);
-  const U16 rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-  const U16 out = v != v ? (u >> 16) | 0x40u : rounded;
-  StoreVector(p, __builtin_convertvector(out, H16));
-}
-inline void NarrowRoundedOne(float v, float* p) { *p = v; }
-inline void NarrowRoundedOne(float v, uint16_t* p) {
-  uint32_t u;
-  std::memcpy(&u, &v, 4);
-  *p = static_cast<uint16_t>(
-      v != v ? (u >> 16) | 0x40u : (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
 
 // 16 channels of one window: x points at its first element's channel c,
 // `step[k]` is element k's offset from there. Sets the window's max and
@@ -255,12 +187,6 @@ void Backward(const T* g, const uint8_t* idx, T* dx, float* bias_rows,
 }
 
 #pragma GCC pop_options
-
-bool HasAvx512() {
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
-         && __builtin_cpu_supports("avx512vl")
-         && __builtin_cpu_supports("avx512dq");
-}
 
 ffi::Error CheckGeometry(ffi::Span<const int64_t> x, int64_t wh, int64_t ww) {
   if (!HasAvx512())
