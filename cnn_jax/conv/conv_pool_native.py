@@ -111,14 +111,14 @@ def _forward(dtype):
 
   @run.def_vmap
   def _rule(axis_size, in_batched, x, kernel, bias_rows):
-    x, kernel, bias_rows = (
-        a if batched else jnp.broadcast_to(a, (axis_size, *a.shape))
-        for a, batched in zip((x, kernel, bias_rows), in_batched))
+    members = lambda a, batched: (
+        a if batched else jnp.broadcast_to(a, (axis_size, *a.shape)))
+    x, bias_rows = members(x, in_batched[0]), members(bias_rows, in_batched[2])
     if in_batched[1]:  # each member's own kernel: one call per member
       return jax.lax.map(lambda a: run(*a), (x, kernel, bias_rows)), (True,
                                                                       True)
     fold = lambda a: a.reshape(axis_size * a.shape[1], *a.shape[2:])
-    results = run(fold(x), kernel[0], fold(bias_rows))
+    results = run(fold(x), kernel, fold(bias_rows))
     unfold = lambda a: a.reshape(axis_size, -1, *a.shape[1:])
     return tuple(map(unfold, results)), (True, True)
 
