@@ -3,7 +3,10 @@
 The MNIST CNN (simple_cnn: conv32-pool-conv64-pool-dense256-dense10, max
 pooling, 824,458 parameters) with each of cnn_jax's convolution
 implementations (conv_impls.CONV_IMPLS) and the same network in PyTorch,
-eager and torch.compile'd (inductor), at batch 32, 128 and 512; then ResNet-18 (resnet18_cifar, 32x32x3) at batch 128.
+eager and torch.compile'd (inductor), at batch 32, 128 and 512; then
+ResNet-18 (resnet18_cifar, 32x32x3) at batch 128, with all convolutions on
+oneDNN ('onednn') and as 'auto' runs them (its wide 3x3 layers as
+Winograd's, conv/winograd.py).
 One train step = forward, softmax cross-entropy, backward, SGD with momentum
 0.9, in float32 on random data (a fixed batch: no input pipeline).
 
@@ -16,6 +19,7 @@ compiled, measured in the same run), plus images per CPU-second
 
   python experiments/bench_cpu.py            # about 3-4 minutes on 2 cores
   python experiments/bench_cpu.py --quick    # batch 128 only, no ResNet
+  python experiments/bench_cpu.py --batches '' --resnet_rounds 5  # ResNet
   python experiments/bench_cpu.py --single_core   # both pinned to one core
   python experiments/bench_cpu.py --quick --bf16  # + bfloat16 compute rows
 
@@ -273,13 +277,20 @@ def _bf16_matmul_headline(headline, results, suffix, best_torch_bf16):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--batches", default="32,128,512",
-                      help="comma-separated MNIST batch sizes")
+                      help="comma-separated MNIST batch sizes ('' skips MNIST)")
   parser.add_argument("--impls", default=",".join(
       i for i in conv_impls.CONV_IMPLS if i != "auto") + ",auto",
                       help="cnn_jax conv implementations to time")
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--window", type=float, default=0.4,
                       help="seconds per variant per round")
+  parser.add_argument("--resnet_impls", default="onednn,auto",
+                      help="cnn_jax conv implementations for ResNet-18 "
+                      "('auto' runs its wide 3x3 layers as Winograd's, "
+                      "'onednn' all on oneDNN)")
+  parser.add_argument("--resnet_rounds", type=int, default=3,
+                      help="interleaved rounds of ResNet-18, each ~3 s of "
+                      "steps per variant")
   parser.add_argument("--resnet_batch", type=int, default=128,
                       help="ResNet-18 batch size; 0 skips ResNet")
   parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
@@ -322,7 +333,7 @@ def main():
   impls = args.impls.split(",")
   modes = args.torch_modes.split(",")
   headline = {}
-  for batch in (int(b) for b in args.batches.split(",")):
+  for batch in (int(b) for b in args.batches.split(",") if b):
     runs = {}
     for impl in impls:
       runs[f"jax {impl}"] = jax_train_step("simple_cnn", impl, batch,
@@ -363,7 +374,7 @@ def main():
     batch = args.resnet_batch
     runs = {f"jax {impl}": jax_train_step("resnet18_cifar", impl, batch,
                                           (32, 32, 3))
-            for impl in ("xla", "auto")}
+            for impl in args.resnet_impls.split(",")}
     if args.bf16:
       runs["jax auto bf16 matmuls"] = jax_train_step(
           "resnet18_cifar", "auto", batch, (32, 32, 3),
@@ -373,12 +384,16 @@ def main():
       if args.bf16:
         runs.update(torch_runs(torch_resnet18_cifar, batch, (32, 32, 3),
                                modes, bfloat16=True))
-    results = measure(runs, batch, rounds=3, window_s=1.0, warmup_s=0.0)
+    results = measure(runs, batch, rounds=args.resnet_rounds, window_s=3.0,
+                      warmup_s=0.0)
     print_table("ResNet-18 (resnet18_cifar, 32x32x3) train step", results,
                 batch)
     _bf16_matmul_headline(headline, results, "_resnet18",
                           torch_anchor(results, " bf16")[1])
     headline["resnet18_jax_img_s"] = round(results["jax auto"][0], 1)
+    if "jax onednn" in results:  # Winograd's share of 'auto' (winograd.py)
+      headline["resnet18_auto_over_onednn"] = round(
+          results["jax auto"][0] / results["jax onednn"][0], 2)
     best, best_speed = torch_anchor(results)
     if best:
       for name, key in (("torch", "eager"), ("torch compile", "compile")):

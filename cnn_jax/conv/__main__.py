@@ -1,7 +1,7 @@
 """`python -m cnn_jax.conv`: builds the native kernels if needed, says
 whether conv_impl 'auto' uses the oneDNN convolutions here, the ISA oneDNN
 dispatches to, whether ops.max_pool (and the first conv blocks) run
-native kernels, whether dense
+native kernels, which convolutions run as Winograd's, whether dense
 layers under bfloat16 matmul precision multiply on oneDNN, and the
 verdict on each convolution checked on this machine so far
 (onednn_verify)."""
@@ -12,6 +12,7 @@ from cnn_jax.conv import max_pool_native
 from cnn_jax.conv import onednn_bfloat16
 from cnn_jax.conv import onednn_build
 from cnn_jax.conv import onednn_verify
+from cnn_jax.conv import winograd
 
 
 def main():
@@ -32,8 +33,14 @@ def main():
     print("first conv blocks (3x3 or 5x5 conv of 1 or 3 channels -> 2x2 "
           "max-pool -> bias -> ReLU): one native kernel each way "
           "(conv_pool_native.py)")
+    print(f"float32 3x3 stride-1 convolutions of >= "
+          f"{winograd.MIN_CHANNELS} channels on >= {winograd.MIN_SIZE}x"
+          f"{winograd.MIN_SIZE} maps, batch >= {winograd.MIN_BATCH}: "
+          "Winograd F(4x4, 3x3) under "
+          "conv_impl 'auto' and 'winograd' (winograd.py)")
   else:
     print("max-pooling: XLA's fusions (the native kernels need AVX-512)")
+    print("3x3 convolutions: oneDNN's (Winograd's transforms need AVX-512)")
   if onednn_bfloat16.bfloat16_native():
     print("dense layers (bfloat16 matmul precision or dtype): oneDNN's "
           "bfloat16 matmul (layers.Dense, onednn_dense.py)")

@@ -8,7 +8,12 @@ gradients and takes `impl`:
   'im2col': forward and both gradients as matrix multiplies, batch-chunked
             on the CPU (cnn_jax/conv/conv_im2col.py).
   'mixed':  XLA's forward and input gradient, im2col's kernel gradient.
-  'auto':   'xla' on GPU/TPU; on the CPU 'onednn' where oneDNN is
+  'winograd': on AVX-512 CPUs, float32 3x3 'SAME' stride-1 layers of
+            at least 128 channels on maps of at least 8x8, batch 128 or
+            more, as Winograd's F(4x4, 3x3) (cnn_jax/conv/winograd.py:
+            1.3-1.8x oneDNN's speed on ResNet-18's such layers); every
+            other convolution as 'onednn'.
+  'auto':   'xla' on GPU/TPU; on the CPU 'winograd' where oneDNN is
             installed and takes the convolution (the MNIST CNN's train
             step at 1.3-1.7x PyTorch's in experiments/bench_cpu.py), else the
             fastest of 'xla', 'im2col' and 'mixed' for the layer's shape
@@ -35,8 +40,9 @@ from cnn_jax.conv import conv_im2col
 from cnn_jax.conv import negative_padding
 from cnn_jax.conv import onednn
 from cnn_jax.conv import onednn_build
+from cnn_jax.conv import winograd
 
-CONV_IMPLS = ("auto", "xla", "onednn", "im2col", "mixed")
+CONV_IMPLS = ("auto", "xla", "onednn", "winograd", "im2col", "mixed")
 
 # Read when a convolution is traced, so a jitted function keeps the choice it
 # was compiled with. Set from the environment (CNN_JAX_CONV_IMPL=xla) or with
@@ -110,12 +116,15 @@ def resolve_conv_impl(impl: Optional[str], lhs_shape, rhs_shape,
                       dtype=jnp.float32,
                       backend: Optional[str] = None) -> str:
   """'xla', 'onednn', 'im2col' or 'mixed': what
-  `conv_general_dilated(..., impl=impl)` runs for these shapes.
+  `conv_general_dilated(..., impl=impl)` runs for these shapes ('onednn'
+  also where 'auto' and 'winograd' run Winograd's transforms on oneDNN's
+  CPU path: `winograd.usable` decides that from the strides and padding
+  too, in `conv_general_dilated`).
 
   `impl=None` means `default_conv_impl()`; 'im2col' and 'mixed' resolve to
-  'xla' where im2col does not apply (`conv_im2col.supported`), 'onednn' to
-  'xla' off the CPU or where oneDNN cannot run it; 'auto' picks by backend
-  (default: `jax.default_backend()`), shape and dtype.
+  'xla' where im2col does not apply (`conv_im2col.supported`), 'onednn' and
+  'winograd' to 'xla' off the CPU or where oneDNN cannot run it; 'auto'
+  picks by backend (default: `jax.default_backend()`), shape and dtype.
   """
   impl = check_conv_impl(default_conv_impl() if impl is None else impl)
   if impl == "xla":
@@ -125,12 +134,12 @@ def resolve_conv_impl(impl: Optional[str], lhs_shape, rhs_shape,
                            batch_group_count) is not None:
     return "xla"
   backend = jax.default_backend() if backend is None else backend
-  if impl in ("onednn", "auto") and backend == "cpu":
+  if impl in ("onednn", "winograd", "auto") and backend == "cpu":
     if (onednn.supported(lhs_shape, rhs_shape, dimension_numbers,
                          lhs_dilation, feature_group_count, batch_group_count,
                          dtype) is None and onednn_build.available()):
       return "onednn"
-  if impl == "onednn":
+  if impl in ("onednn", "winograd"):
     return "xla"
   if impl != "auto":
     return impl
@@ -174,6 +183,11 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   if chosen == "xla":
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding,
                                     **kwargs)
+  requested = default_conv_impl() if impl is None else impl
+  if (chosen == "onednn" and requested in ("auto", "winograd")
+      and winograd.usable(lhs.shape, rhs.shape, window_strides, padding,
+                          dtype=jnp.result_type(lhs, rhs), **kwargs)):
+    return winograd.conv(lhs, rhs)
   if chosen == "onednn":
     return onednn.conv_general_dilated(lhs, rhs, window_strides, padding,
                                        keep_bfloat16=keep_bfloat16, **kwargs)

@@ -37,7 +37,8 @@ import jax
 
 _NATIVE = pathlib.Path(__file__).parent / "native"
 _SOURCES = (_NATIVE / "onednn_conv.cc", _NATIVE / "onednn_matmul.cc",
-            _NATIVE / "max_pool.cc", _NATIVE / "conv_pool.cc")
+            _NATIVE / "max_pool.cc", _NATIVE / "conv_pool.cc",
+            _NATIVE / "winograd.cc")
 # Read by the sources (part of the build key, not compiled on their own).
 _HEADERS = (_NATIVE / "onednn_runtime.h", _NATIVE / "avx512_lanes.h")
 # XLA target name -> the symbol native/*.cc export for it.
@@ -51,6 +52,10 @@ MAX_POOL_BIAS_RELU = "cnn_max_pool_bias_relu"
 MAX_POOL_BIAS_RELU_BACKWARD = "cnn_max_pool_bias_relu_bwd"
 CONV_MAX_POOL_FORWARD = "cnn_conv_max_pool_fwd"
 CONV_MAX_POOL_BACKWARD = "cnn_conv_max_pool_bwd"
+WINOGRAD_INPUT_TILES = "cnn_winograd_input_tiles"
+WINOGRAD_INPUT_TILES_T = "cnn_winograd_input_tiles_t"
+WINOGRAD_OUTPUT_TILES = "cnn_winograd_output_tiles"
+WINOGRAD_OUTPUT_TILES_T = "cnn_winograd_output_tiles_t"
 _SYMBOLS = {
     FORWARD: "CnnOnednnConvForward",
     BACKWARD_DATA: "CnnOnednnConvBackwardData",
@@ -62,6 +67,10 @@ _SYMBOLS = {
     MAX_POOL_BIAS_RELU_BACKWARD: "CnnMaxPoolBiasReluBackward",
     CONV_MAX_POOL_FORWARD: "CnnConvMaxPoolForward",
     CONV_MAX_POOL_BACKWARD: "CnnConvMaxPoolBackward",
+    WINOGRAD_INPUT_TILES: "CnnWinogradInputTiles",
+    WINOGRAD_INPUT_TILES_T: "CnnWinogradInputTilesT",
+    WINOGRAD_OUTPUT_TILES: "CnnWinogradOutputTiles",
+    WINOGRAD_OUTPUT_TILES_T: "CnnWinogradOutputTilesT",
 }
 
 

@@ -1,0 +1,244 @@
+"""3x3 convolutions as Winograd's F(4x4, 3x3) on AVX-512 CPUs.
+
+A float32 ResNet's train step on the CPU is four fifths convolutions that
+oneDNN already runs near the machine's float32 peak, so it only gets faster
+with fewer flops. Winograd's F(4x4, 3x3) (Lavin & Gray, 2016) computes a
+3x3 'SAME' stride-1 convolution's 4x4 output tiles from 6x6 input tiles
+with 36 products per tile and channel pair where the direct convolution
+makes 144:
+
+  v = B^T d B for every 6x6 tile d of x    native/winograd.cc, [36, N, T, C]
+  U = G w G^T                              XLA, [36, C, D]
+  m = v @ U                                36 matmuls, XLA
+  y = A^T m A, each tile's 4x4 outputs     native/winograd.cc, [N, H, W, D]
+
+The transforms are linear, so the gradients are the same steps transposed
+(each transform's VJP is the other direction's native pass; the matmuls'
+are matmuls), reverse mode to any order. Values differ from the direct
+convolution by float32 rounding of the transforms (relative 1e-6 to 1e-5,
+tests/conv/test_winograd.py).
+
+Measured on a 2-core AMD EPYC Zen 4 (avx512_bf16, no AMX): forward and
+both gradients of one ResNet-18 layer at batch 128 against oneDNN's
+(experiments/bench_winograd.py and single runs) 32x32x64 1.21x,
+16x16x128 1.45-1.80x, 8x8x256 1.32-1.74x, 4x4x512 0.99x (one tile per
+image: too few rows for the matmuls); at batch 64 0.91-1.04x. So `usable`
+takes maps of at least MIN_SIZE per side, MIN_CHANNELS channels in and
+out and batches of at least MIN_BATCH. ResNet-18's float32 train step at
+batch 128 (stages 2 and 3's stride-1 layers on Winograd) then ran 1.12x,
+1.24x and 1.28x as fast as with oneDNN alone (3 alternated pairs of
+processes).
+
+Where it runs: conv_impls' 'auto' and 'winograd' pick it on the CPU for
+float32 convolutions that `usable` accepts; bfloat16 ones (and float32
+ones under bfloat16 matmul precision) stay on oneDNN's bf16 kernels, which
+are faster and which Winograd's transforms would make less accurate.
+Under vmap the members fold into the batch (a kernel per member is a
+batched matmul); under data parallelism each device transforms its shard
+of the batch.
+"""
+
+import functools
+
+import jax
+from jax import custom_batching
+from jax import lax
+from jax.experimental import custom_partitioning
+import jax.numpy as jnp
+import numpy as np
+
+from cnn_jax.conv import conv_im2col
+from cnn_jax.conv import max_pool_native
+from cnn_jax.conv import onednn_bfloat16
+from cnn_jax.conv import onednn_build
+from cnn_jax.conv import onednn_calls
+
+TILE = 4  # outputs per tile side: F(4x4, 3x3)
+_POINTS = (TILE + 2) ** 2  # 36 products per tile
+LANES = 16  # channels per vector in native/winograd.cc
+MIN_SIZE = 8  # below, too few tiles per image for the matmuls (see above)
+# Smaller batches keep oneDNN: at batch 64 the 16x16x128 and 8x8x256 layers ran at
+# 0.91-1.04x oneDNN's speed, at 32 0.88-0.94x, at 8 0.35-0.61x (the
+# kernel's transforms and the matmuls' fixed costs are per call).
+MIN_BATCH = 128
+# Measured in the train step, not alone: 64-channel layers on 32x32 maps
+# gain 1.2x alone but lose in ResNet-18's step (their 36 narrow matmuls ran
+# at a third of their isolated speed beside the step's other work), so
+# the step is fastest with 128 channels and up (see the module docstring).
+MIN_CHANNELS = 128
+
+# G of F(4x4, 3x3): the kernel transform U = G w G^T.
+_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6],
+               [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+               [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float32)
+_HIGHEST = lax.Precision.HIGHEST
+
+
+def _is_one(v) -> bool:
+  return v is None or all(int(s) == 1 for s in v)
+
+
+def usable(lhs_shape, rhs_shape, window_strides, padding,
+           lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+           feature_group_count: int = 1, batch_group_count: int = 1,
+           precision=None, preferred_element_type=None,
+           dtype=jnp.float32) -> bool:
+  """Whether `conv` computes this `lax.conv_general_dilated` here: the CPU
+  backend on an AVX-512 CPU whose native kernels are built
+  (max_pool_native.cpu_supported), float32 not multiplied in bfloat16,
+  channels-last x [N, H, W, C] with N >= MIN_BATCH and H, W >= MIN_SIZE,
+  a 3x3 kernel with
+  C and D multiples of 16 and at least MIN_CHANNELS, stride 1, 'SAME'
+  padding, no dilation or groups."""
+  if (len(lhs_shape) != 4 or tuple(rhs_shape[:2]) != (3, 3)
+      or jnp.dtype(dtype) != jnp.float32
+      or preferred_element_type not in (None, jnp.float32)
+      or onednn_bfloat16.bfloat16_requested(precision)
+      or not _is_one(window_strides) or not _is_one(rhs_dilation)):
+    return False
+  if conv_im2col.supported(lhs_shape, rhs_shape, dimension_numbers,
+                           lhs_dilation, feature_group_count,
+                           batch_group_count) is not None:
+    return False  # not channels-last, or dilated or grouped
+  pads = (lax.padtype_to_pads(lhs_shape[1:3], (3, 3), (1, 1), padding)
+          if isinstance(padding, str) else padding)
+  channels = (rhs_shape[2], rhs_shape[3])
+  return (tuple(map(tuple, pads)) == ((1, 1), (1, 1))
+          and min(lhs_shape[1:3]) >= MIN_SIZE and lhs_shape[0] >= MIN_BATCH
+          and all(c % LANES == 0 and c >= MIN_CHANNELS for c in channels)
+          and jax.default_backend() == "cpu"
+          and max_pool_native.cpu_supported())
+
+
+def _tiles_shape(map_shape):
+  n, h, w, c = map_shape
+  return (_POINTS, n, -(-h // TILE) * -(-w // TILE), c)
+
+
+def _local_map_to_tiles(target, x):
+  return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(
+      _tiles_shape(x.shape), jnp.float32))(x)
+
+
+def _local_tiles_to_map(static, tiles):
+  target, map_hw = static
+  shape = (tiles.shape[1], *map_hw, tiles.shape[3])
+  return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape,
+                                                       jnp.float32))(tiles)
+
+
+# Data parallelism: a map's batch is its dim 0, the tiles' their dim 1.
+def _spec(batch, dim):
+  return jax.sharding.PartitionSpec(*(None,) * dim, batch)
+
+
+def _partitioned(local, in_dim, out_dim, rule):
+  """custom_partitioning of `local(static, operand)`: each device transforms
+  its shard of the batch (dim `in_dim` of the operand, `out_dim` of the
+  result)."""
+  call = custom_partitioning.custom_partitioning(local, static_argnums=(0,))
+
+  def batch(arg_shapes):
+    spec = getattr(arg_shapes[0].sharding, "spec", None)
+    return spec[in_dim] if spec is not None and len(spec) > in_dim else None
+
+  def infer(static, mesh, arg_shapes, result_shape):
+    del static, result_shape
+    return jax.sharding.NamedSharding(mesh, _spec(batch(arg_shapes), out_dim))
+
+  def partition(static, mesh, arg_shapes, result_shape):
+    del result_shape
+    axes = batch(arg_shapes)
+    return (mesh, functools.partial(local, static),
+            jax.sharding.NamedSharding(mesh, _spec(axes, out_dim)),
+            (jax.sharding.NamedSharding(mesh, _spec(axes, in_dim)),))
+
+  def sharding_rule(static, mesh, operand_types, result_types):
+    del static, mesh, operand_types, result_types
+    return onednn_calls.batch_only_rule(rule)
+
+  call.def_partition(partition=partition, infer_sharding_from_operands=infer,
+                     sharding_rule=sharding_rule)
+  return call
+
+
+_MAP_TO_TILES = _partitioned(_local_map_to_tiles, 0, 1,
+                             "b h w c -> k b t c")
+# static: (target, the map's (H, W)).
+_TILES_TO_MAP = _partitioned(_local_tiles_to_map, 1, 0,
+                             "k b t c -> b h w c")
+
+
+def _batched(call, map_to_tiles: bool):
+  """`call(operand)` made vmappable: the members fold into the batch (dim 0
+  of a map, dim 1 of tiles), one call for all of them."""
+
+  @custom_batching.custom_vmap
+  def run(a):
+    return call(a)
+
+  @run.def_vmap
+  def _rule(axis_size, in_batched, a):
+    del in_batched  # the only operand is batched, or vmap would not ask
+    if map_to_tiles:
+      out = run(a.reshape(-1, *a.shape[2:]))  # [36, S * N, T, C]
+      out = out.reshape(out.shape[0], axis_size, -1, *out.shape[2:])
+      return jnp.moveaxis(out, 1, 0), True
+    a = jnp.moveaxis(a, 0, 1)  # [36, S, N, T, C]
+    out = run(a.reshape(a.shape[0], -1, *a.shape[3:]))
+    return out.reshape(axis_size, -1, *out.shape[1:]), True
+
+  return run
+
+
+@functools.lru_cache(maxsize=None)
+def _pass(target, map_hw=None):
+  """One native pass as a vmappable, partitioned function of its operand."""
+  if map_hw is None:
+    return _batched(lambda x: _MAP_TO_TILES(target, x), True)
+  return _batched(lambda t: _TILES_TO_MAP((target, map_hw), t), False)
+
+
+def _transposed_pair(forward, backward):
+  """Two linear maps of (operand, the map's (H, W)), each the other's
+  transpose, with VJPs made of each other: reverse mode to any order.
+  `forward(map_hw)` and `backward(map_hw)` give the native passes."""
+
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+  def there(a, map_hw):
+    return forward(map_hw)(a)
+
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+  def back(a, map_hw):
+    return backward(map_hw)(a)
+
+  there.defvjp(lambda a, hw: (there(a, hw), None),
+               lambda hw, _, ct: (back(ct, hw),))
+  back.defvjp(lambda a, hw: (back(a, hw), None),
+              lambda hw, _, ct: (there(ct, hw),))
+  return there, back
+
+
+# x -> its tiles' B^T d B, and tiles' products -> the output map.
+_input_tiles, _ = _transposed_pair(
+    lambda hw: _pass(onednn_build.WINOGRAD_INPUT_TILES),
+    lambda hw: _pass(onednn_build.WINOGRAD_INPUT_TILES_T, hw))
+_output_tiles, _ = _transposed_pair(
+    lambda hw: _pass(onednn_build.WINOGRAD_OUTPUT_TILES, hw),
+    lambda hw: _pass(onednn_build.WINOGRAD_OUTPUT_TILES_T))
+
+
+def conv(x, kernel):
+  """A 3x3 'SAME' stride-1 convolution of x [N, H, W, C] (float32) with
+  kernel [3, 3, C, D] (HWIO) as F(4x4, 3x3): [N, H, W, D], the values of
+  `lax.conv_general_dilated` up to float32 rounding. Needs `usable`'s
+  shapes; differentiable in reverse mode to any order."""
+  onednn_build.library()  # built and its custom calls registered
+  x = x.astype(jnp.float32)
+  kernel = kernel.astype(jnp.float32)
+  map_hw = tuple(x.shape[1:3])
+  u = jnp.einsum("ik,klcd,jl->ijcd", _G, kernel, _G,
+                 precision=_HIGHEST).reshape(_POINTS, *kernel.shape[2:])
+  m = jnp.einsum("kbtc,kcd->kbtd", _input_tiles(x, map_hw), u,
+                 precision=_HIGHEST)
+  return _output_tiles(m, map_hw)
