@@ -35,7 +35,8 @@ ones under bfloat16 matmul precision) stay on oneDNN's bf16 kernels, which
 are faster and which Winograd's transforms would make less accurate.
 Under vmap the members fold into the batch (a kernel per member is a
 batched matmul); under data parallelism each device transforms its shard
-of the batch.
+of the batch. MIN_BATCH is checked against the batch as traced: under
+data parallelism the global one, so a device's shard may be smaller.
 """
 
 import functools
