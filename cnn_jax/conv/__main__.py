@@ -35,8 +35,8 @@ def main():
           "(conv_pool_native.py)")
     print(f"float32 3x3 stride-1 convolutions of >= "
           f"{winograd.MIN_CHANNELS} channels on >= {winograd.MIN_SIZE}x"
-          f"{winograd.MIN_SIZE} maps, batch >= {winograd.MIN_BATCH}: "
-          "Winograd F(4x4, 3x3) under "
+          f"{winograd.MIN_SIZE} maps, >= {winograd.MIN_ROWS} 4x4 tiles in "
+          "the batch: Winograd F(4x4, 3x3) under "
           "conv_impl 'auto' and 'winograd' (winograd.py)")
   else:
     print("max-pooling: XLA's fusions (the native kernels need AVX-512)")

@@ -9,10 +9,11 @@ gradients and takes `impl`:
             on the CPU (cnn_jax/conv/conv_im2col.py).
   'mixed':  XLA's forward and input gradient, im2col's kernel gradient.
   'winograd': on AVX-512 CPUs, float32 3x3 'SAME' stride-1 layers of
-            at least 128 channels on maps of at least 8x8, batch 128 or
-            more, as Winograd's F(4x4, 3x3) (cnn_jax/conv/winograd.py:
-            1.3-1.8x oneDNN's speed on ResNet-18's such layers); every
-            other convolution as 'onednn'.
+            at least 64 channels on maps of at least 8x8 with at least 512
+            4x4 tiles in the batch, as Winograd's F(4x4, 3x3)
+            (cnn_jax/conv/winograd.py: 1.6-1.7x oneDNN's speed on
+            ResNet-18's such layers at batch 128); every other
+            convolution as 'onednn'.
   'auto':   'xla' on GPU/TPU; on the CPU 'winograd' where oneDNN is
             installed and takes the convolution (the MNIST CNN's train
             step at 1.3-1.7x PyTorch's in experiments/bench_cpu.py), else the

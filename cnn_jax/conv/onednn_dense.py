@@ -237,8 +237,9 @@ def _call(role, a, b, compute, dtype):
 
 # Each product is linear in each operand and its VJP is made of the other
 # two, so reverse mode works to any order. `dtype`: the layer's (float32 or
-# bfloat16), the dtype of every result and cotangent; `compute` is always
-# bfloat16. Residuals are the operands' bfloat16 casts.
+# bfloat16), the dtype of every result and cotangent; `compute`: bfloat16
+# for dense layers, float32 for `batched_matmul`. Residuals are the
+# operands' casts to `compute`.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _forward(x, w, compute, dtype):
   return _call(FORWARD, x, w, compute, dtype)
@@ -304,3 +305,15 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None,
   if preferred_element_type is not None:
     y = y.astype(preferred_element_type)
   return y
+
+
+def batched_matmul(a, b):
+  """a [S, M, K] @ b [S, K, N] in float32 as oneDNN matmuls: Winograd's 36
+  products (winograd.py), where oneDNN's took 0.67-0.90x the time of XLA's
+  batched dots for the forward and both gradients (2-core AMD EPYC Zen 4,
+  ResNet-18's 16x16x128 and 8x8x256 layers at batch 128). Differentiable in
+  reverse mode to any order; vmappable; data parallel over M (the kernel
+  gradient sums the shards')."""
+  onednn_build.library()  # built and its custom calls registered
+  return _forward(a.astype(jnp.float32), b.astype(jnp.float32), "float32",
+                  "float32")

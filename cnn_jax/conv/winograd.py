@@ -9,7 +9,8 @@ makes 144:
 
   v = B^T d B for every 6x6 tile d of x    native/winograd.cc, [36, N, T, C]
   U = G w G^T                              XLA, [36, C, D]
-  m = v @ U                                36 matmuls, XLA
+  m = v @ U                                36 matmuls, oneDNN's f32 matmul
+                                           (onednn_dense.batched_matmul)
   y = A^T m A, each tile's 4x4 outputs     native/winograd.cc, [N, H, W, D]
 
 The transforms are linear, so the gradients are the same steps transposed
@@ -18,16 +19,17 @@ are matmuls), reverse mode to any order. Values differ from the direct
 convolution by float32 rounding of the transforms (relative 1e-6 to 1e-5,
 tests/conv/test_winograd.py).
 
-Measured on a 2-core AMD EPYC Zen 4 (avx512_bf16, no AMX): forward and
-both gradients of one ResNet-18 layer at batch 128 against oneDNN's
-(experiments/bench_winograd.py and single runs) 32x32x64 1.21x,
-16x16x128 1.45-1.80x, 8x8x256 1.32-1.74x, 4x4x512 0.99x (one tile per
-image: too few rows for the matmuls); at batch 64 0.91-1.04x. So `usable`
-takes maps of at least MIN_SIZE per side, MIN_CHANNELS channels in and
-out and batches of at least MIN_BATCH. ResNet-18's float32 train step at
-batch 128 (stages 2 and 3's stride-1 layers on Winograd) then ran 1.12x,
-1.24x and 1.28x as fast as with oneDNN alone (3 alternated pairs of
-processes).
+Measured on a 2-core AMD EPYC Zen 4 (avx512_bf16, no AMX), forward and
+both gradients of one ResNet-18 layer against oneDNN's direct convolution,
+interleaved in one run: at batch 128, 32x32x64 1.62x, 16x16x128 1.64x,
+8x8x256 1.72x, 4x4x512 0.86x (one tile per image); at batch 32 1.35x,
+1.63x, 1.00x; at batch 16 1.07x, 1.21x, 0.68x. XLA's own batched dots in
+place of oneDNN's matmuls made these 0.89x, 1.29x, 1.37x at batch 128 (the
+64-channel layer then lost inside the train step). So `usable` takes maps
+of at least MIN_SIZE a side, MIN_CHANNELS channels in and out and at
+least MIN_ROWS tiles in the batch. ResNet-18's float32 train step at
+batch 128 then ran 1.13x as fast as with oneDNN alone (experiments/
+bench_cpu.py, interleaved; 1.06-1.27x in alternated pairs of processes).
 
 Where it runs: conv_impls' 'auto' and 'winograd' pick it on the CPU for
 float32 convolutions that `usable` accepts; bfloat16 ones (and float32
@@ -35,7 +37,7 @@ ones under bfloat16 matmul precision) stay on oneDNN's bf16 kernels, which
 are faster and which Winograd's transforms would make less accurate.
 Under vmap the members fold into the batch (a kernel per member is a
 batched matmul); under data parallelism each device transforms its shard
-of the batch. MIN_BATCH is checked against the batch as traced: under
+of the batch. MIN_ROWS is checked against the batch as traced: under
 data parallelism the global one, so a device's shard may be smaller.
 """
 
@@ -53,20 +55,18 @@ from cnn_jax.conv import max_pool_native
 from cnn_jax.conv import onednn_bfloat16
 from cnn_jax.conv import onednn_build
 from cnn_jax.conv import onednn_calls
+from cnn_jax.conv import onednn_dense
 
 TILE = 4  # outputs per tile side: F(4x4, 3x3)
 _POINTS = (TILE + 2) ** 2  # 36 products per tile
 LANES = 16  # channels per vector in native/winograd.cc
-MIN_SIZE = 8  # below, too few tiles per image for the matmuls (see above)
-# Smaller batches keep oneDNN: at batch 64 the 16x16x128 and 8x8x256 layers ran at
-# 0.91-1.04x oneDNN's speed, at 32 0.88-0.94x, at 8 0.35-0.61x (the
-# kernel's transforms and the matmuls' fixed costs are per call).
-MIN_BATCH = 128
-# Measured in the train step, not alone: 64-channel layers on 32x32 maps
-# gain 1.2x alone but lose in ResNet-18's step (their 36 narrow matmuls ran
-# at a third of their isolated speed beside the step's other work), so
-# the step is fastest with 128 channels and up (see the module docstring).
-MIN_CHANNELS = 128
+MIN_SIZE = 8  # 4x4 maps: one tile per image, 0.86x oneDNN at batch 128
+MIN_CHANNELS = 64  # the narrowest layer measured (32x32x64: 1.35-1.62x)
+# The products' rows (batch x tiles per image) below which oneDNN's direct
+# convolution is as fast: the kernel's transforms and each matmul's fixed
+# cost are per call. 8x8x256: 1.72x at 512 rows (batch 128), 1.00x at 128,
+# 0.68x at 64; 16x16x128: 1.63x at 512, 1.21x at 256.
+MIN_ROWS = 512
 
 # G of F(4x4, 3x3): the kernel transform U = G w G^T.
 _G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6],
@@ -87,8 +87,8 @@ def usable(lhs_shape, rhs_shape, window_strides, padding,
   """Whether `conv` computes this `lax.conv_general_dilated` here: the CPU
   backend on an AVX-512 CPU whose native kernels are built
   (max_pool_native.cpu_supported), float32 not multiplied in bfloat16,
-  channels-last x [N, H, W, C] with N >= MIN_BATCH and H, W >= MIN_SIZE,
-  a 3x3 kernel with
+  channels-last x [N, H, W, C] with H, W >= MIN_SIZE and at least
+  MIN_ROWS tiles (N * ceil(H / 4) * ceil(W / 4)), a 3x3 kernel with
   C and D multiples of 16 and at least MIN_CHANNELS, stride 1, 'SAME'
   padding, no dilation or groups."""
   if (len(lhs_shape) != 4 or tuple(rhs_shape[:2]) != (3, 3)
@@ -105,7 +105,8 @@ def usable(lhs_shape, rhs_shape, window_strides, padding,
           if isinstance(padding, str) else padding)
   channels = (rhs_shape[2], rhs_shape[3])
   return (tuple(map(tuple, pads)) == ((1, 1), (1, 1))
-          and min(lhs_shape[1:3]) >= MIN_SIZE and lhs_shape[0] >= MIN_BATCH
+          and min(lhs_shape[1:3]) >= MIN_SIZE
+          and np.prod(_tiles_shape(lhs_shape)[1:3]) >= MIN_ROWS
           and all(c % LANES == 0 and c >= MIN_CHANNELS for c in channels)
           and jax.default_backend() == "cpu"
           and max_pool_native.cpu_supported())
@@ -240,6 +241,6 @@ def conv(x, kernel):
   map_hw = tuple(x.shape[1:3])
   u = jnp.einsum("ik,klcd,jl->ijcd", _G, kernel, _G,
                  precision=_HIGHEST).reshape(_POINTS, *kernel.shape[2:])
-  m = jnp.einsum("kbtc,kcd->kbtd", _input_tiles(x, map_hw), u,
-                 precision=_HIGHEST)
-  return _output_tiles(m, map_hw)
+  v = _input_tiles(x, map_hw)
+  m = onednn_dense.batched_matmul(v.reshape(_POINTS, -1, v.shape[-1]), u)
+  return _output_tiles(m.reshape(*v.shape[:-1], u.shape[-1]), map_hw)

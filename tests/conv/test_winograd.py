@@ -112,7 +112,7 @@ def test_auto_takes_wide_stride_1_float32_layers_only():
         precision=precision)).lower(x, kernel).as_text()
     return onednn_build.WINOGRAD_INPUT_TILES in hlo
 
-  batch = winograd.MIN_BATCH
+  batch = 32  # 32 x 16 tiles: MIN_ROWS
   layer = ((batch, 16, 16, 128), (3, 3, 128, 128))
   assert runs_winograd(*layer)
   assert runs_winograd(*layer, impl="winograd")
@@ -124,13 +124,15 @@ def test_auto_takes_wide_stride_1_float32_layers_only():
   assert not runs_winograd(*layer, precision="bfloat16")
   assert not runs_winograd((batch, 16, 16, 128), (5, 5, 128, 128))
   assert not runs_winograd((batch // 2, 16, 16, 128), (3, 3, 128, 128))
-  assert not runs_winograd((batch, 4, 4, 128), (3, 3, 128, 128))
-  assert not runs_winograd((batch, 16, 16, 64), (3, 3, 64, 128))
+  assert runs_winograd((4 * batch, 8, 8, 128), (3, 3, 128, 128))
+  assert not runs_winograd((16 * batch, 4, 4, 128), (3, 3, 128, 128))
+  assert runs_winograd((batch, 16, 16, 64), (3, 3, 64, 128))
+  assert not runs_winograd((batch, 16, 16, 32), (3, 3, 32, 128))
   assert not runs_winograd((batch, 16, 16, 136), (3, 3, 136, 128))
 
 
 def test_auto_convolution_equals_lax():
-  x, kernel = _operands((winograd.MIN_BATCH, 8, 8, 128), 128, seed=3)
+  x, kernel = _operands((128, 8, 8, 64), 64, seed=3)
   got = jax.jit(lambda x, k: conv_impls.conv_general_dilated(
       x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_NHWC,
       impl="auto"))(x, kernel)
@@ -175,7 +177,7 @@ def test_an_avx2_cpu_keeps_onednn():
   AVX2, as on an AVX2-only CPU)."""
   code = ("import jax, jax.numpy as jnp\n"
           "from cnn_jax.conv import conv_impls, onednn_build\n"
-          "x, k = jnp.ones((128, 16, 16, 128)), jnp.ones((3, 3, 128, 128))\n"
+          "x, k = jnp.ones((32, 16, 16, 128)), jnp.ones((3, 3, 128, 128))\n"
           "hlo = jax.jit(lambda x, k: conv_impls.conv_general_dilated(\n"
           "    x, k, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO',\n"
           "    'NHWC'))).lower(x, k).as_text()\n"
