@@ -65,7 +65,9 @@ MIN_CHANNELS = 64  # the narrowest layer measured (32x32x64: 1.35-1.62x)
 # The products' rows (batch x tiles per image) below which oneDNN's direct
 # convolution is as fast: the kernel's transforms and each matmul's fixed
 # cost are per call. 8x8x256: 1.72x at 512 rows (batch 128), 1.00x at 128,
-# 0.68x at 64; 16x16x128: 1.63x at 512, 1.21x at 256.
+# 0.68x at 64; 16x16x128: 1.63x at 512, 1.21x at 256. On ImageNet-sized
+# maps at batch 2-8: 56x56x64 1.97x at 1,568 rows, 0.93x at 392; 28x28x128
+# 1.48x at 392 (so 512 leaves some gain unused there, to lose none).
 MIN_ROWS = 512
 
 # G of F(4x4, 3x3): the kernel transform U = G w G^T.
