@@ -38,6 +38,19 @@ def require_native_kernels():
   pytest.skip(reason)
 
 
+def require_avx512_kernels():
+  """`require_native_kernels`, and skips the calling test where oneDNN
+  dispatches below AVX-512 (an AVX2 CPU, or ONEDNN_MAX_CPU_ISA=AVX2): the
+  native pooling, first-conv-block and Winograd kernels are AVX-512 code
+  (max_pool_native.cpu_supported)."""
+  require_native_kernels()
+  from cnn_jax.conv import max_pool_native  # pylint: disable=import-outside-toplevel
+  from cnn_jax.conv import onednn_build  # pylint: disable=import-outside-toplevel
+  if not max_pool_native.cpu_supported():
+    pytest.skip(f"the kernels are AVX-512 code; oneDNN's ISA here is "
+                f"{onednn_build.cpu_isa()}")
+
+
 def run_python(code, timeout=600, **environment):
   """Runs Python `code` in a subprocess on JAX's CPU backend, with these
   extra environment variables (read when JAX or oneDNN starts, e.g.

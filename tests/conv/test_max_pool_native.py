@@ -13,16 +13,13 @@ from cnn_jax.conv import max_pool_native
 from cnn_jax.conv import onednn_build
 from cnn_jax.ops import pooling
 from tests.conftest import data_parallel_report
-from tests.conftest import require_native_kernels
+from tests.conftest import require_avx512_kernels
 from tests.conftest import run_python
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _needs_the_library():
-  require_native_kernels()
-  if not max_pool_native.cpu_supported():
-    pytest.skip(f"the kernels are AVX-512 code; oneDNN's ISA here is "
-                f"{onednn_build.cpu_isa()}")
+  require_avx512_kernels()
 
 
 def _xla_max_pool(x, window):
