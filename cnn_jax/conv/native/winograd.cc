@@ -4,7 +4,8 @@
 //   v = InputTiles(x)    [36, N, T, C]: B^T d B for every 6x6 tile d of the
 //                        zero-padded x (T = ceil(H/4) * ceil(W/4) tiles of
 //                        4x4 outputs each, overlapping by 2),
-//   m = v @ U            36 matmuls [N*T, C] x [C, D] (U = G w G^T, XLA),
+//   m = v @ U            36 matmuls [N*T, C] x [C, D] on oneDNN
+//                        (onednn_dense.batched_matmul; U = G w G^T, XLA),
 //   y = OutputTiles(m)   A^T m A, the 4x4 outputs of each tile, [N, H, W, D],
 // 36 products where a direct 3x3 convolution makes 144 (4x fewer flops).
 // The transforms are linear; their transposes (InputTilesT, OutputTilesT)
@@ -73,6 +74,9 @@ inline void A(const F16* g, F16* m, int gs, int s) {
 struct Tiling {
   int64_t n, h, w, c, th, tw;
   int64_t Tiles() const { return n * th * tw; }
+  // Tile p's example and (row, column) among the example's tiles.
+  struct Where { int64_t b, i, j; };
+  Where Of(int64_t p) const { return {p / (tw * th), p / tw % th, p % tw}; }
   // The map's vector at (b, row, col, channel c0), or null outside it.
   template <typename P>
   P* At(P* map, int64_t b, int64_t row, int64_t col, int64_t c0) const {
@@ -89,7 +93,7 @@ struct Tiling {
 void InputTiles(const float* x, float* v, const Tiling& t) {
 #pragma omp parallel for schedule(static)
   for (int64_t p = 0; p < t.Tiles(); ++p) {
-    const int64_t j = p % t.tw, i = p / t.tw % t.th, b = p / (t.tw * t.th);
+    const auto [b, i, j] = t.Of(p);
     F16 d[36], u[36];
     for (int64_t c = 0; c < t.c; c += kLanes) {
       for (int r = 0; r < 6; ++r)
@@ -131,7 +135,7 @@ void InputTilesT(const float* v, float* x, const Tiling& t) {
 void OutputTiles(const float* m, float* y, const Tiling& t) {
 #pragma omp parallel for schedule(static)
   for (int64_t p = 0; p < t.Tiles(); ++p) {
-    const int64_t j = p % t.tw, i = p / t.tw % t.th, b = p / (t.tw * t.th);
+    const auto [b, i, j] = t.Of(p);
     F16 d[36], u[24], o[16];
     for (int64_t c = 0; c < t.c; c += kLanes) {
       for (int k = 0; k < 36; ++k) d[k] = LoadVector<F16>(t.Tile(m, k, p, c));
@@ -151,7 +155,7 @@ void OutputTiles(const float* m, float* y, const Tiling& t) {
 void OutputTilesT(const float* y, float* m, const Tiling& t) {
 #pragma omp parallel for schedule(static)
   for (int64_t p = 0; p < t.Tiles(); ++p) {
-    const int64_t j = p % t.tw, i = p / t.tw % t.th, b = p / (t.tw * t.th);
+    const auto [b, i, j] = t.Of(p);
     F16 o[16], u[24], d[36];
     for (int64_t c = 0; c < t.c; c += kLanes) {
       for (int r = 0; r < 4; ++r)
