@@ -23,6 +23,11 @@ difference from oneDNN's results; then cnn_jax's native F(4x4).
 
   python experiments/bench_winograd.py              # batch 128, 5 rounds
   python experiments/bench_winograd.py --batch 32 --rounds 3
+  python experiments/bench_winograd.py --tiles 4   # no XLA-built F(2x2)
+
+Like a training run on the CPU, it keeps freed memory in the process
+(training/cpu_malloc.py; --malloc default for glibc's own), so that no
+variant pays the page faults of its temporaries on every call.
 
 The last line is one JSON object with the per-layer ratios.
 """
@@ -43,6 +48,7 @@ from experiments import machine  # pylint: disable=g-import-not-at-top
 from cnn_jax.conv import conv_impls  # pylint: disable=g-import-not-at-top
 from cnn_jax.conv import max_pool_native  # pylint: disable=g-import-not-at-top
 from cnn_jax.conv import winograd  # pylint: disable=g-import-not-at-top
+from cnn_jax.training import cpu_malloc  # pylint: disable=g-import-not-at-top
 
 # ResNet-18 (resnet18_cifar) stride-1 3x3 layers: (map size, channels).
 LAYERS = ((32, 64), (16, 128), (8, 256), (4, 512))
@@ -196,13 +202,20 @@ def main():
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--tiles", default="2,4",
                       help="Winograd output tile sizes m (2 and/or 4)")
+  parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                      help="keep: cpu_malloc.keep_freed_memory(), as a "
+                      "training run on the CPU does (launch.py); default: "
+                      "glibc's, which maps and zeroes every call's "
+                      "temporaries afresh")
   args = parser.parse_args()
+  malloc_kept = args.malloc == "keep" and cpu_malloc.keep_freed_memory()
   tiles = [int(m) for m in args.tiles.split(",")]
   for m in tiles:
     winograd_matrices(m)  # a bad --tiles fails before any compilation
   cpu = machine.cpu_description()
   print(f"cpu: {cpu}; load average {os.getloadavg()[0]:.1f}; batch "
-        f"{args.batch}; forward + input and kernel gradients per layer")
+        f"{args.batch}; forward + input and kernel gradients per layer; "
+        f"malloc: {'keep freed memory' if malloc_kept else 'glibc default'}")
   print("\n| layer | oneDNN ms | " + " | ".join(
       f"F({m}x{m}) ms | oneDNN / F({m}x{m}) | its matmuls alone ms | "
       f"oneDNN / matmuls | max rel. diff" for m in tiles)
@@ -210,7 +223,8 @@ def main():
   print("|---|---:|" + "---:|---:|---:|---:|---:|" * len(tiles)
         + "---:|---:|---:|")
   rng = np.random.default_rng(0)
-  headline = {"cpu": cpu, "batch": args.batch}
+  headline = {"cpu": cpu, "batch": args.batch,
+              "malloc": "keep" if malloc_kept else "default"}
   for size, channels in LAYERS:
     ms, errors = measure_layer(size, channels, args.batch, tiles,
                                args.rounds, rng)

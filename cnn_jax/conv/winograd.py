@@ -21,15 +21,16 @@ tests/conv/test_winograd.py).
 
 Measured on a 2-core AMD EPYC Zen 4 (avx512_bf16, no AMX), forward and
 both gradients of one ResNet-18 layer against oneDNN's direct convolution,
-interleaved in one run: at batch 128, 32x32x64 1.62x, 16x16x128 1.64x,
-8x8x256 1.72x, 4x4x512 0.86x (one tile per image); at batch 32 1.35x,
-1.63x, 1.00x; at batch 16 1.07x, 1.21x, 0.68x. XLA's own batched dots in
-place of oneDNN's matmuls made these 0.89x, 1.29x, 1.37x at batch 128 (the
-64-channel layer then lost inside the train step). So `usable` takes maps
-of at least MIN_SIZE a side, MIN_CHANNELS channels in and out and at
-least MIN_ROWS tiles in the batch. ResNet-18's float32 train step at
-batch 128 then ran 1.13x as fast as with oneDNN alone (experiments/
-bench_cpu.py, interleaved; 1.06-1.27x in alternated pairs of processes).
+interleaved in one run (experiments/bench_winograd.py): at batch 128,
+32x32x64 1.63x, 16x16x128 1.95x, 8x8x256 2.38x, 4x4x512 2.30x (one tile
+per image); at batch 32 1.40x, 1.88x, 2.09x, 1.42x. XLA's own batched dots
+in place of oneDNN's matmuls made the first three 0.89x, 1.29x, 1.37x at
+batch 128 (the 64-channel layer then lost inside the train step), and
+XLA's einsum for the kernel's transform G w G^T cost 4x4x512 twice its
+products (0.93x oneDNN) until it became one product (`_GG`). So `usable` takes
+maps of at least MIN_SIZE a side, MIN_CHANNELS channels in and out and at
+least MIN_ROWS tiles in the batch. ResNet-18's float32 train step at batch
+128: see the README's "Winograd convolutions" (experiments/bench_cpu.py).
 
 Where it runs: conv_impls' 'auto' and 'winograd' pick it on the CPU for
 float32 convolutions that `usable` accepts; bfloat16 ones (and float32
@@ -60,21 +61,34 @@ from cnn_jax.conv import onednn_dense
 TILE = 4  # outputs per tile side: F(4x4, 3x3)
 _POINTS = (TILE + 2) ** 2  # 36 products per tile
 LANES = 16  # channels per vector in native/winograd.cc
-MIN_SIZE = 8  # 4x4 maps: one tile per image, 0.86x oneDNN at batch 128
-MIN_CHANNELS = 64  # the narrowest layer measured (32x32x64: 1.35-1.62x)
+# 4x4 maps are one 6x6 tile per image (2x2 maps would compute 4x the
+# outputs they keep: not measured, not taken).
+MIN_SIZE = 4
+MIN_CHANNELS = 64  # the narrowest layer measured (32x32x64: 1.35-1.74x)
 # The products' rows (batch x tiles per image) below which oneDNN's direct
-# convolution is as fast: the kernel's transforms and each matmul's fixed
-# cost are per call. 8x8x256: 1.72x at 512 rows (batch 128), 1.00x at 128,
-# 0.68x at 64; 16x16x128: 1.63x at 512, 1.21x at 256. On ImageNet-sized
-# maps at batch 2-8: 56x56x64 1.97x at 1,568 rows, 0.93x at 392; 28x28x128
-# 1.48x at 392 (so 512 leaves some gain unused there, to lose none).
-MIN_ROWS = 512
+# convolution is as fast: the kernel's transform, its gradient and the
+# kernel-gradient product cost the same at any batch. Forward and both
+# gradients, interleaved (2-core AMD EPYC Zen 4): 16 rows 0.74-1.00x
+# (8x8x256, 4x4x512); 32 rows 1.09-1.32x (4x4x512, 8x8x256, 7x7x512,
+# 14x14x256); 64 rows 1.07-2.26x (the same and 28x28x128 at 98 rows);
+# 128 rows 1.55-2.17x.
+MIN_ROWS = 64
 
 # G of F(4x4, 3x3): the kernel transform U = G w G^T.
 _G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6],
                [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
                [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float32)
-_HIGHEST = lax.Precision.HIGHEST
+# The same transform as one matrix on the 9 taps: U[(i, j)] = sum over
+# (k, l) of G[i, k] G[j, l] w[k, l], so U = kron(G, G) @ w [9, C * D], one
+# product with a 9-long contraction. XLA's einsum of G w G^T took 50 ms (and
+# 26 ms for its gradient) on a 3x3x512x512 kernel, twice the 4x4x512
+# layer's 36 products; XLA's dot of kron(G, G) 3.0 ms (4.2 ms), oneDNN's
+# matmul 4.7 ms (5.9 ms) (2-core AMD EPYC Zen 4). oneDNN's it is: XLA's
+# dot packs w into a buffer it mallocs on every call (38 MB at 512
+# channels), in the middle of the step, where it splits the hole that the
+# step before's temporaries left, and the heap grew by 1.4 GB every few
+# steps of ResNet-18 at batch 128 (training/cpu_malloc.py).
+_GG = np.kron(_G, _G)
 
 
 def _is_one(v) -> bool:
@@ -241,8 +255,8 @@ def conv(x, kernel):
   x = x.astype(jnp.float32)
   kernel = kernel.astype(jnp.float32)
   map_hw = tuple(x.shape[1:3])
-  u = jnp.einsum("ik,klcd,jl->ijcd", _G, kernel, _G,
-                 precision=_HIGHEST).reshape(_POINTS, *kernel.shape[2:])
+  u = onednn_dense.batched_matmul(
+      _GG[None], kernel.reshape(1, 9, -1)).reshape(_POINTS, *kernel.shape[2:])
   v = _input_tiles(x, map_hw)
   m = onednn_dense.batched_matmul(v.reshape(_POINTS, -1, v.shape[-1]), u)
   return _output_tiles(m.reshape(*v.shape[:-1], u.shape[-1]), map_hw)

@@ -108,7 +108,8 @@ def test_auto_takes_wide_stride_1_float32_layers_only():
         precision=precision)).lower(x, kernel).as_text()
     return onednn_build.WINOGRAD_INPUT_TILES in hlo
 
-  batch = 32  # 32 x 16 tiles: MIN_ROWS
+  batch = 4  # 4 x 16 tiles: MIN_ROWS
+  assert winograd.MIN_ROWS == 64 and winograd.MIN_SIZE == 4
   layer = ((batch, 16, 16, 128), (3, 3, 128, 128))
   assert runs_winograd(*layer)
   assert runs_winograd(*layer, impl="winograd")
@@ -121,7 +122,8 @@ def test_auto_takes_wide_stride_1_float32_layers_only():
   assert not runs_winograd((batch, 16, 16, 128), (5, 5, 128, 128))
   assert not runs_winograd((batch // 2, 16, 16, 128), (3, 3, 128, 128))
   assert runs_winograd((4 * batch, 8, 8, 128), (3, 3, 128, 128))
-  assert not runs_winograd((16 * batch, 4, 4, 128), (3, 3, 128, 128))
+  assert runs_winograd((16 * batch, 4, 4, 128), (3, 3, 128, 128))
+  assert not runs_winograd((64 * batch, 2, 2, 128), (3, 3, 128, 128))
   assert runs_winograd((batch, 16, 16, 64), (3, 3, 64, 128))
   assert not runs_winograd((batch, 16, 16, 32), (3, 3, 32, 128))
   assert not runs_winograd((batch, 16, 16, 136), (3, 3, 136, 128))

@@ -70,6 +70,46 @@ def test_kept_memory_stops_the_steps_page_faults():
     assert default["faults"] > 10 * max(kept["faults"], 100), (default, kept)
 
 
+# A fresh process: the program break after malloc and free of a block larger
+# than 2 GiB (mallopt's largest trim threshold) that is never touched, so it
+# costs address space and no memory. JSON: how far the heap's top stayed up.
+_BREAK_KEPT = """
+import ctypes, json, sys
+from cnn_jax.training import cpu_malloc
+cpu_malloc.apply(sys.argv[1])
+libc = ctypes.CDLL(None)
+libc.sbrk.restype = libc.malloc.restype = ctypes.c_void_p
+libc.sbrk.argtypes = (ctypes.c_long,)
+libc.malloc.argtypes = (ctypes.c_size_t,)
+libc.free.argtypes = (ctypes.c_void_p,)
+start = libc.sbrk(0)
+block = libc.malloc(int(sys.argv[2]))
+assert block, "malloc failed"
+libc.free(block)
+print(json.dumps({"kept_bytes": libc.sbrk(0) - start}))
+"""
+
+
+@pytest.mark.skipif(cpu_malloc._mallopt() is None,
+                    reason="not glibc: nothing to set")
+def test_a_freed_block_over_2_gib_stays_in_the_heap():
+  # ResNet-18's float32 step at batch 128 frees ~2.5 GB of temporaries at
+  # once; a 2**31 - 1 trim threshold gave them back every step.
+  size = 5 * 2**29  # 2.5 GiB
+  env = dict(os.environ, PYTHONPATH=REPO)
+  for name in cpu_malloc.ENVIRONMENT:
+    env.pop(name, None)
+  def kept_bytes(setting):
+    result = subprocess.run([sys.executable, "-c", _BREAK_KEPT, setting,
+                             str(size)], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120,
+                            check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])["kept_bytes"]
+  assert kept_bytes("keep") >= size
+  assert kept_bytes("default") < size  # glibc's own: mmap, or trimmed
+
+
 def test_a_setting_that_is_not_known_names_the_config_key():
   with pytest.raises(ValueError, match=r"config.train.cpu_malloc='yes' is not "
                      r"one of: auto, keep, default"):
