@@ -27,9 +27,9 @@ per image); at batch 32 1.40x, 1.88x, 2.09x, 1.42x. XLA's own batched dots
 in place of oneDNN's matmuls made the first three 0.89x, 1.29x, 1.37x at
 batch 128 (the 64-channel layer then lost inside the train step), and
 XLA's einsum for the kernel's transform G w G^T cost 4x4x512 twice its
-products (0.93x oneDNN) until it became one product (`_GG`). So `usable` takes
-maps of at least MIN_SIZE a side, MIN_CHANNELS channels in and out and at
-least MIN_ROWS tiles in the batch. ResNet-18's float32 train step at batch
+products (0.93x oneDNN) until it became one product (`_GG`). So `usable`
+takes maps of at least MIN_SIZE a side, MIN_CHANNELS channels in and out
+and at least MIN_ROWS tiles in the batch. ResNet-18's float32 train step at batch
 128: see the README's "Winograd convolutions" (experiments/bench_cpu.py).
 
 Where it runs: conv_impls' 'auto' and 'winograd' pick it on the CPU for

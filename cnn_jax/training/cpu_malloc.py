@@ -28,9 +28,10 @@ The same as starting Python with the environment ENVIRONMENT
 (MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=-1).
 
 Trimming is off altogether, not just above 2 GiB (mallopt's largest
-threshold): ResNet-18's float32 step at batch 128 with Winograd's tiles
-frees ~2.5 GB of temporaries at once, and with a 2 GiB threshold glibc
-returned them every step, 150,000-230,000 page faults and ~1.2 s of system
+threshold): after each float32 step of ResNet-18 at batch 128 with
+Winograd's tiles, ~2.5 GB lay free at the heap's top (its 1.37 GB of
+temporaries and the space around them), and with a 2 GiB threshold glibc
+returned it every step: 150,000-230,000 page faults and ~1.2 s of system
 time per ~2.2 s step (AMD EPYC Zen 4, 2 cores); with trimming off, none.
 Only glibc is affected; other C libraries (musl, macOS) are left alone.
 """
@@ -50,8 +51,8 @@ _M_ARENA_MAX = -8
 _DEFAULTS = ((_M_ARENA_MAX, 0), (_M_MMAP_MAX, 65536),
              (_M_TRIM_THRESHOLD, 128 * 1024))
 # A trim threshold of -1 turns trimming off (mallopt(3)); the largest
-# positive one, 2**31 - 1, still handed a ResNet-18 step's 2.5 GB of
-# temporaries back to the kernel after every step (see the module doc).
+# positive one, 2**31 - 1, still handed the 2.5 GB free at the top of a
+# ResNet-18 step's heap back to the kernel after every step (module doc).
 _KEEP = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))
 # The same for a process not yet started (glibc reads them at its start).
 ENVIRONMENT = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
