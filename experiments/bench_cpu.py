@@ -12,9 +12,9 @@ One train step = forward, softmax cross-entropy, backward, SGD with momentum
 
 Every variant is built and warmed up first (XLA compiles, PyTorch settles),
 then timed in interleaved rounds within this one process, so a change in the
-machine's load hits all variants alike (each window after one untimed step
-of its own, so that no variant pays for the heap the previous one left
-behind); the table shows the median images/s
+machine's load hits all variants alike (each window after two untimed
+steps of its own, so that no variant pays for the heap the previous one
+left behind); the table shows the median images/s
 over rounds, the spread, and the ratio to the faster PyTorch mode (eager or
 compiled, measured in the same run), plus images per CPU-second
 (the process's CPU time, robust to other processes taking the cores).
@@ -236,11 +236,13 @@ def measure(runs, batch, rounds, window_s, warmup_s):
   for _ in range(rounds):
     for name, run in runs.items():
       n = steps[name]
-      # One untimed step first: the variants share this process's heap
+      # Two untimed steps first: the variants share this process's heap
       # (training/cpu_malloc.py keeps it), and the one before may have
-      # split the free block this one's temporaries came from, which the
-      # next step would page in again; a run of one network never does.
-      run(1)
+      # split the free blocks this one's temporaries came from, which its
+      # next steps would page in again (two: XLA frees a step's
+      # temporaries after the next step has allocated its own); a run of
+      # one network does that once, at its start.
+      run(2)
       t, c = time.perf_counter(), time.process_time()
       run(n)
       wall[name].append(batch * n / (time.perf_counter() - t))
