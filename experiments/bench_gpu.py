@@ -3,13 +3,17 @@
 ResNet-50 at 224x224 in bfloat16 (cnn_jax's resnet50 with dtype=bfloat16:
 float32 parameters, bfloat16 compute) against torchvision's resnet50 (timm's
 if torchvision is missing) in channels_last memory format under
-torch.autocast(bfloat16), eager; then ResNet-18 on CIFAR-sized 32x32 images
+torch.autocast(bfloat16), eager and under torch.compile (inductor: the
+model's forward and backward compiled; --torch_modes), with the fused SGD
+step where PyTorch has one; then ResNet-18 on CIFAR-sized 32x32 images
 (resnet18_cifar) in both. One train step = forward, softmax cross-entropy,
 backward, SGD with momentum 0.9 (+ batch-norm statistics), on a fixed random
 batch. Variants are compiled / warmed up first, then timed in interleaved
-rounds in this one process; the table shows median images/s and the ratio.
+rounds in this one process; the table shows median images/s and the ratio
+to the faster PyTorch mode at the same batch (cnn_jax's rows may add larger
+batches: --jax_batches).
 
-  python experiments/bench_gpu.py            # about 3 minutes on an H100
+  python experiments/bench_gpu.py            # about 5 minutes on an H200
   python experiments/bench_gpu.py --smoke    # tiny sizes; runs on a CPU too
 
 Records the device name; the last line is one JSON object with the headline
@@ -92,14 +96,29 @@ def torch_model(name, num_classes):
     return _torch_resnet50(num_classes)
 
 
-def torch_train_step(name, batch, image_size, num_classes, device):
-  """A `run(n)` doing n eager steps: channels_last, autocast bfloat16."""
+def _sgd(params, device):
+  """SGD with momentum: the fused CUDA kernel where this PyTorch has one
+  (its fastest optimizer step), else its default (foreach) one."""
+  if device.type == "cuda":
+    try:
+      return torch.optim.SGD(params, lr=LEARNING_RATE, momentum=MOMENTUM,
+                             fused=True)
+    except (TypeError, RuntimeError):
+      pass
+  return torch.optim.SGD(params, lr=LEARNING_RATE, momentum=MOMENTUM)
+
+
+def torch_train_step(name, batch, image_size, num_classes, device,
+                     mode="eager"):
+  """A `run(n)` doing n steps: channels_last, autocast bfloat16; mode
+  'compile': the model under torch.compile (inductor, default mode: its
+  forward and backward graphs compiled on the first call)."""
   torch.manual_seed(0)
   model = torch_model(name, num_classes).to(device).to(
       memory_format=torch.channels_last)
   model.train()
-  opt = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE,
-                        momentum=MOMENTUM)
+  opt = _sgd(list(model.parameters()), device)
+  forward = torch.compile(model) if mode == "compile" else model
   images = torch.rand(batch, 3, image_size, image_size, device=device).to(
       memory_format=torch.channels_last)
   labels = torch.randint(0, num_classes, (batch,), device=device)
@@ -108,7 +127,7 @@ def torch_train_step(name, batch, image_size, num_classes, device):
     for _ in range(n):
       opt.zero_grad(set_to_none=True)
       with torch.autocast(device.type, dtype=torch.bfloat16):
-        loss = tnn.functional.cross_entropy(model(images), labels)
+        loss = tnn.functional.cross_entropy(forward(images), labels)
       loss.backward()
       opt.step()
     if device.type == "cuda":
@@ -117,10 +136,11 @@ def torch_train_step(name, batch, image_size, num_classes, device):
   return run
 
 
-def measure(runs, batch, rounds, window_s):
-  """{name: (median img/s, min, max)} over interleaved rounds."""
+def measure(runs, rounds, window_s):
+  """{name: (median img/s, min, max)} over interleaved rounds; runs:
+  {name: (run, batch)}."""
   steps = {}
-  for name, run in runs.items():
+  for name, (run, _) in runs.items():
     run(2)  # warm-up: autotuning, cuDNN plans, allocator pools
     t = time.perf_counter()
     run(2)
@@ -128,7 +148,7 @@ def measure(runs, batch, rounds, window_s):
                                             1e-4)))
   speeds = {name: [] for name in runs}
   for _ in range(rounds):
-    for name, run in runs.items():
+    for name, (run, batch) in runs.items():
       t = time.perf_counter()
       run(steps[name])
       speeds[name].append(batch * steps[name] / (time.perf_counter() - t))
@@ -136,22 +156,43 @@ def measure(runs, batch, rounds, window_s):
           for name, v in speeds.items()}
 
 
-def report(title, results, batch):
-  print(f"\n{title}, batch {batch}")
-  print("| variant | img/s (median) | min-max | vs torch |")
-  print("|---|---|---|---|")
-  torch_speed = results.get("torch", (None,))[0]
+def fastest_torch(results):
+  """(name, img/s) of the faster PyTorch mode, or (None, None)."""
+  torch_rows = {name: value[0] for name, value in results.items()
+                if name.startswith("torch")}
+  if not torch_rows:
+    return None, None
+  name = max(torch_rows, key=torch_rows.get)
+  return name, torch_rows[name]
+
+
+def report(title, results, batches):
+  print(f"\n{title}")
+  print("| variant | batch | img/s (median) | min-max | vs fastest torch |")
+  print("|---|---|---|---|---|")
+  _, torch_speed = fastest_torch(results)
   for name, (median, low, high) in results.items():
     ratio = f"{median / torch_speed:.2f}" if torch_speed else "-"
-    print(f"| {name} | {median:,.0f} | {low:,.0f}-{high:,.0f} | {ratio} |")
+    print(f"| {name} | {batches[name]} | {median:,.0f} | {low:,.0f}-"
+          f"{high:,.0f} | {ratio} |")
   sys.stdout.flush()
+
+
+def _int_list(text):
+  return [int(v) for v in text.split(",") if v]
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--batch", type=int, default=256,
-                      help="ResNet-50 batch size")
+                      help="ResNet-50 batch size (every row's)")
   parser.add_argument("--cifar_batch", type=int, default=512)
+  parser.add_argument("--jax_batches", default="",
+                      help="more ResNet-50 batch sizes for cnn_jax's rows "
+                      "alone, e.g. 512 (the ratio stays at --batch)")
+  parser.add_argument("--models", default="resnet50,resnet18_cifar")
+  parser.add_argument("--torch_modes", default="eager,compile",
+                      help="PyTorch modes: eager, compile (torch.compile)")
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--window", type=float, default=2.0,
                       help="seconds per variant per round")
@@ -159,9 +200,19 @@ def main():
                       help="tiny sizes (ResNet-50 at 64x64, batch 2): checks "
                       "that everything runs, on a CPU too")
   args = parser.parse_args()
+  modes = [m for m in args.torch_modes.split(",") if m]
+  if set(modes) - {"eager", "compile"}:
+    parser.error(f"--torch_modes: {args.torch_modes!r} is not a list of "
+                 "eager, compile")
+  models = [m for m in args.models.split(",") if m]
+  if set(models) - {"resnet50", "resnet18_cifar"}:
+    parser.error(f"--models: {args.models!r} is not a list of resnet50, "
+                 "resnet18_cifar")
   image_size = 224
+  extra_batches = _int_list(args.jax_batches)
   if args.smoke:
     args.batch, args.cifar_batch, image_size = 2, 4, 64
+    extra_batches = [4] if extra_batches else []
     args.rounds, args.window = 2, 0.1
   start = time.time()
   jax_device = jax.devices()[0]
@@ -177,23 +228,39 @@ def main():
     print(f"torch device: {torch.cuda.get_device_name()}")
 
   headline = {}
-  for name, batch, size, classes, key in (
-      ("resnet50", args.batch, image_size, 1000, "resnet50"),
-      ("resnet18_cifar", args.cifar_batch, 32, 10, "resnet18_cifar")):
-    runs = {"jax bf16": bench_cpu.jax_train_step(
-        name, "auto", batch, (size, size, 3), classes, dtype=jnp.bfloat16,
-        learning_rate=LEARNING_RATE)}
+  for name in models:
+    batch, size, classes = ((args.batch, image_size, 1000)
+                            if name == "resnet50" else
+                            (args.cifar_batch, 32, 10))
+    jax_batches = [batch] + ([b for b in extra_batches if b != batch]
+                             if name == "resnet50" else [])
+    runs, batches = {}, {}
+    for b in jax_batches:
+      row = "jax bf16" if b == batch else f"jax bf16 (batch {b})"
+      runs[row] = (bench_cpu.jax_train_step(
+          name, "auto", b, (size, size, 3), classes, dtype=jnp.bfloat16,
+          learning_rate=LEARNING_RATE), b)
     if torch is not None:
-      runs["torch"] = torch_train_step(name, batch, size, classes,
-                                       torch_device)
-    results = measure(runs, batch, args.rounds, args.window)
-    report(f"{name} train step, {size}x{size}, bfloat16", results, batch)
-    headline[f"{key}_jax_img_s"] = round(results["jax bf16"][0], 1)
-    if "torch" in results:
-      headline[f"{key}_torch_img_s"] = round(results["torch"][0], 1)
-      headline[f"{key}_ratio"] = round(
-          results["jax bf16"][0] / results["torch"][0], 2)
-    headline[f"{key}_batch"] = batch
+      for mode in modes:
+        runs[f"torch {mode}"] = (torch_train_step(
+            name, batch, size, classes, torch_device, mode), batch)
+    batches = {row: b for row, (_, b) in runs.items()}
+    results = measure(runs, args.rounds, args.window)
+    report(f"{name} train step, {size}x{size}, bfloat16", results, batches)
+    fastest, torch_speed = fastest_torch(results)
+    headline[f"{name}_jax_img_s"] = round(results["jax bf16"][0], 1)
+    for row, b in batches.items():
+      if row.startswith("jax bf16 (batch"):
+        headline[f"{name}_jax_b{b}_img_s"] = round(results[row][0], 1)
+    for mode in modes:
+      if f"torch {mode}" in results:
+        headline[f"{name}_torch_{mode}_img_s"] = round(
+            results[f"torch {mode}"][0], 1)
+    if fastest is not None:
+      headline[f"{name}_fastest_torch"] = fastest
+      headline[f"{name}_ratio"] = round(
+          results["jax bf16"][0] / torch_speed, 2)
+    headline[f"{name}_batch"] = batch
   headline.update(device=device_name, platform=jax_device.platform,
                   jax=jax.__version__,
                   torch=torch.__version__ if torch else None,

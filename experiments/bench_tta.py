@@ -29,8 +29,9 @@ epoch's evaluation is counted from the process's first statement. The
 table gives, per run, the first time it reached 99.4% and 99.5% test
 accuracy ('-': not reached) and its seconds per epoch after the first
 (its pace: training plus evaluation, no start-up, whichever epoch first
-crosses a target), with the CPU (lscpu's model name and the instruction
-sets that matter) in every row, then the means over seeds, cnn_jax's time
+crosses a target), with the machine in every row (the GPU by nvidia-smi's
+name where there is one, on which both frameworks then train; the CPU by
+lscpu's model name and the instruction sets that matter), then the means over seeds, cnn_jax's time
 to 99.4% over each PyTorch run's (the headline: over the fastest PyTorch
 run of the same recipe) and its pace over theirs.
 
@@ -203,14 +204,17 @@ def torch_model(recipe, flax_init):
 def torch_worker(kind, recipe_path, seed, epochs, mode, precision="float32"):
   """Trains the recipe in PyTorch, printing MARK lines after each epoch;
   precision 'bfloat16': forward passes and losses under
-  torch.autocast('cpu', torch.bfloat16) (convolutions and linear layers in
-  bfloat16, the rest as autocast chooses)."""
+  torch.autocast(bfloat16) (convolutions and linear layers in bfloat16, the
+  rest as autocast chooses). On the GPU where PyTorch sees one (as cnn_jax's
+  run uses it): the data set lives there, as cnn_jax's does."""
   import contextlib
   import torch
   from torch import nn
-  autocast = ((lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+  device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+  autocast = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16))
               if precision == "bfloat16" else contextlib.nullcontext)
   torch.set_num_threads(len(os.sched_getaffinity(0)))
+  torch.backends.cudnn.benchmark = True
   recipe = torch_recipe(kind, recipe_path, epochs)
   torch.manual_seed(seed)
   rng = np.random.default_rng(seed)
@@ -218,13 +222,14 @@ def torch_worker(kind, recipe_path, seed, epochs, mode, precision="float32"):
       os.path.join(REPO, "data", "mnist"))
   mean = float(train_x.mean() / 255.0)
   std = float(train_x.std() / 255.0)
-  train_x = torch.from_numpy(train_x.copy()).unsqueeze(1)  # uint8 [N,1,28,28]
-  train_y = torch.from_numpy(train_y.copy())
-  test_x = (torch.from_numpy(test_x.copy()).unsqueeze(1).float() / 255.0
-            - mean) / std
-  test_y = torch.from_numpy(test_y.copy())
+  # uint8 [N,1,28,28]
+  train_x = torch.from_numpy(train_x.copy()).unsqueeze(1).to(device)
+  train_y = torch.from_numpy(train_y.copy()).to(device)
+  test_x = (torch.from_numpy(test_x.copy()).unsqueeze(1).float().to(device)
+            / 255.0 - mean) / std
+  test_y = torch.from_numpy(test_y.copy()).to(device)
 
-  model = torch_model(recipe, flax_init=kind == "same")
+  model = torch_model(recipe, flax_init=kind == "same").to(device)
   batch, num_epochs = recipe["batch"], recipe["epochs"]
   steps_per_epoch = len(train_x) // batch
   total = steps_per_epoch * num_epochs
@@ -253,19 +258,20 @@ def torch_worker(kind, recipe_path, seed, epochs, mode, precision="float32"):
   forward = torch.compile(model) if mode == "compile" else model
   pad = recipe["crop_padding"]
   loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe["label_smoothing"])
-  rows = torch.arange(28)
+  rows = torch.arange(28, device=device)
+  examples = torch.arange(batch, device=device)[:, None, None]
   step = 0
   for epoch in range(1, num_epochs + 1):
     model.train()
-    order = torch.from_numpy(rng.permutation(len(train_x)))
+    order = torch.from_numpy(rng.permutation(len(train_x))).to(device)
     for i in range(steps_per_epoch):
       index = order[i * batch:(i + 1) * batch]
       images = train_x[index].float()
       if pad:  # random translation by up to `pad` pixels, zero fill
         padded = nn.functional.pad(images, (pad,) * 4)
-        dy = torch.randint(0, 2 * pad + 1, (batch, 1, 1))
-        dx = torch.randint(0, 2 * pad + 1, (batch, 1, 1))
-        images = padded[torch.arange(batch)[:, None, None], 0,
+        dy = torch.randint(0, 2 * pad + 1, (batch, 1, 1), device=device)
+        dx = torch.randint(0, 2 * pad + 1, (batch, 1, 1), device=device)
+        images = padded[examples, 0,
                         dy + rows[None, :, None],
                         dx + rows[None, None, :]].unsqueeze(1)
       images = (images / 255.0 - mean) / std
@@ -351,6 +357,10 @@ def main():
                       "runs: default (glibc's, as PyTorch runs out of the "
                       "box), keep (glibc keeps freed memory, what cnn_jax's "
                       "runs do on the CPU: config.train.cpu_malloc), or both")
+  parser.add_argument("--jax_xla_flags", default="",
+                      help="';'-separated XLA_FLAGS values: each one more "
+                      "cnn_jax run per seed under it (cnn_jax's own row "
+                      "runs without XLA_FLAGS)")
   parser.add_argument("--no_torch_own", action="store_true",
                       help="skip PyTorch's own recipe")
   parser.add_argument("--quick", action="store_true",
@@ -373,21 +383,29 @@ def main():
     have_torch = True
   except ImportError:
     have_torch = False
-  cpu = machine.cpu_description()
+  cpu = machine.description()  # the GPU too, where there is one
   load_before = os.getloadavg()
-  print(f"cpu: {cpu}; load average {load_before[0]:.1f}; recipe "
+  print(f"machine: {cpu}; load average {load_before[0]:.1f}; recipe "
         f"{args.recipe}; seeds {seeds}"
         + ("" if have_torch else "; torch not installed: its runs skipped"),
         flush=True)
   env = {k: v for k, v in os.environ.items()
          if k not in ("JAX_COMPILATION_CACHE_DIR", "XLA_FLAGS")}
-  env["PYTHONPATH"] = REPO
+  # The repository first, then what the caller's path held (wheels a
+  # machine's image lacks: experiments/gpu_checks.sh).
+  env["PYTHONPATH"] = os.pathsep.join(
+      p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
   # name -> (headline key, torch worker kind and mode or None, environment).
   # 'keep': what config.train.cpu_malloc='auto' does in cnn_jax's runs
   # (training/cpu_malloc.py), as environment variables set before Python
   # starts (eager PyTorch page-faults on its activations as XLA:CPU does).
   kept = dict(env, **cpu_malloc.ENVIRONMENT)
   contenders = {"cnn_jax": ("cnn_jax", None, env)}
+  # cnn_jax again under other XLA flags (e.g. how long XLA autotunes on a
+  # GPU: --xla_gpu_autotune_level=0), each its own row and headline keys.
+  for i, flags in enumerate(f for f in args.jax_xla_flags.split(";") if f):
+    contenders[f"cnn_jax (XLA_FLAGS={flags})"] = (
+        f"cnn_jax_xla_flags_{i}", None, dict(env, XLA_FLAGS=flags))
   precisions = args.torch_precision.split(",")
   if precisions == ["recipe"]:
     bfloat16 = torch_recipe("same", os.path.join(REPO, args.recipe),
@@ -414,16 +432,16 @@ def main():
       contenders["torch own (eager)"] = ("torch_own",
                                          ("own", "eager", "float32"), env)
   curves = {name: {} for name in contenders}
-  print("\n| run | seed | CPU | epochs | final test acc | to 99.4% | "
+  print("\n| run | seed | machine | epochs | final test acc | to 99.4% | "
         "to 99.5% | last eval at | s per epoch after the first |")
   print("|---|---|---|---|---|---|---|---|---|")
   with tempfile.TemporaryDirectory() as scratch:
     for seed in seeds:
-      for name, (_, torch_run, run_env) in contenders.items():
-        if torch_run is None:
+      for name, (key, torch_run, run_env) in contenders.items():
+        if torch_run is None:  # a new folder each: no run resumes another
           command = [sys.executable, "-c", _JAX_RUN,
                      f"--config={args.recipe}",
-                     f"--workdir={os.path.join(scratch, f'jax{seed}')}",
+                     f"--workdir={os.path.join(scratch, f'{key}_{seed}')}",
                      f"--config.seed={seed}",
                      "--config.train.eval_every_epochs=1",
                      "--config.train.compilation_cache=off"]
@@ -444,7 +462,7 @@ def main():
               f"{curve[-1][2]:.1f} s | {show(epoch_seconds(curve))} |",
               flush=True)
   headline = {}
-  print("\n| run | CPU | seeds | mean final acc | mean to 99.4% | "
+  print("\n| run | machine | seeds | mean final acc | mean to 99.4% | "
         "mean to 99.5% | cnn_jax's time to 99.4% over this run's | "
         "mean s per epoch | cnn_jax's over this run's |")
   print("|---|---|---|---|---|---|---|---|---|")
@@ -480,7 +498,7 @@ def main():
       headline[f"epoch_ratio_vs_{key}"] = pace
   if torch_same and ours is not None:  # against the fastest PyTorch run
     headline["ratio_to_99.4_vs_torch_same"] = ratio(ours, min(torch_same))
-  headline.update(recipe=args.recipe, seeds=seeds, cpu=cpu,
+  headline.update(recipe=args.recipe, seeds=seeds, machine=cpu,
                   load_avg=[round(load_before[0], 1),
                             round(os.getloadavg()[0], 1)],
                   seconds=round(time.perf_counter() - _START))

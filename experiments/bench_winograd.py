@@ -24,6 +24,11 @@ difference from oneDNN's results; then cnn_jax's native F(4x4).
   python experiments/bench_winograd.py              # batch 128, 5 rounds
   python experiments/bench_winograd.py --batch 32 --rounds 3
   python experiments/bench_winograd.py --tiles 4   # no XLA-built F(2x2)
+  python experiments/bench_winograd.py --tiles 4 --bf16  # + oneDNN bf16
+
+--bf16 adds oneDNN's convolution under matmul precision 'bfloat16' (bf16
+operands, float32 sums), the rival of float32 F(4x4) in a bf16 run, and
+its time over the native F(4x4)'s (above 1: Winograd faster).
 
 Like a training run on the CPU, it keeps freed memory in the process
 (training/cpu_malloc.py; --malloc default for glibc's own), so that no
@@ -49,11 +54,13 @@ from cnn_jax.conv import conv_impls  # pylint: disable=g-import-not-at-top
 from cnn_jax.conv import max_pool_native  # pylint: disable=g-import-not-at-top
 from cnn_jax.conv import winograd  # pylint: disable=g-import-not-at-top
 from cnn_jax.training import cpu_malloc  # pylint: disable=g-import-not-at-top
+from cnn_jax.training import matmul_precision  # pylint: disable=g-import-not-at-top
 
 # ResNet-18 (resnet18_cifar) stride-1 3x3 layers: (map size, channels).
 LAYERS = ((32, 64), (16, 128), (8, 256), (4, 512))
 _NHWC = ("NHWC", "HWIO", "NHWC")
 _NATIVE = "native F(4x4)"
+_BF16 = "oneDNN bf16"
 
 
 def winograd_matrices(m):
@@ -143,6 +150,14 @@ def train_pass(conv):
   return jax.jit(run)
 
 
+def bfloat16_pass(args):
+  """train_pass of the oneDNN convolution compiled under matmul precision
+  'bfloat16' (bf16 operands, float32 sums: what config.train.
+  matmul_precision='bfloat16' runs), for float32 `args`."""
+  with matmul_precision.context("bfloat16"):
+    return train_pass(onednn_conv).lower(*args).compile()
+
+
 def products_only(m, n, h, w, c):
   """The three batched matmuls of a Winograd train pass alone (forward,
   input and kernel gradients), on tiles of the layer's shape."""
@@ -165,7 +180,7 @@ def timed(fn, args):
   return time.perf_counter() - t
 
 
-def measure_layer(size, channels, batch, tiles, rounds, rng):
+def measure_layer(size, channels, batch, tiles, rounds, rng, bf16=False):
   x = jnp.asarray(rng.standard_normal((batch, size, size, channels)),
                   jnp.float32)
   kernel = jnp.asarray(rng.standard_normal((3, 3, channels, channels))
@@ -180,6 +195,8 @@ def measure_layer(size, channels, batch, tiles, rounds, rng):
                                                 channels)
   if max_pool_native.cpu_supported():
     runs[_NATIVE] = (train_pass(winograd.conv), args)
+  if bf16:
+    runs[_BF16] = (bfloat16_pass(args), args)
   for fn, fn_args in runs.values():
     jax.block_until_ready(fn(*fn_args))
   times = {name: [] for name in runs}
@@ -188,7 +205,7 @@ def measure_layer(size, channels, batch, tiles, rounds, rng):
       times[name].append(timed(fn, fn_args))
   reference = runs["onednn"][0](*args)
   errors = {}
-  for name in [f"F({m}x{m})" for m in tiles] + [_NATIVE]:
+  for name in [f"F({m}x{m})" for m in tiles] + [_NATIVE, _BF16]:
     if name in runs:
       got = runs[name][0](*args)
       errors[name] = max(float(jnp.max(jnp.abs(r - g)) / jnp.max(jnp.abs(r)))
@@ -207,6 +224,9 @@ def main():
                       "training run on the CPU does (launch.py); default: "
                       "glibc's, which maps and zeroes every call's "
                       "temporaries afresh")
+  parser.add_argument("--bf16", action="store_true",
+                      help="also oneDNN's bfloat16 convolution (matmul "
+                      "precision 'bfloat16'), against the native F(4x4)")
   args = parser.parse_args()
   malloc_kept = args.malloc == "keep" and cpu_malloc.keep_freed_memory()
   tiles = [int(m) for m in args.tiles.split(",")]
@@ -219,15 +239,16 @@ def main():
   print("\n| layer | oneDNN ms | " + " | ".join(
       f"F({m}x{m}) ms | oneDNN / F({m}x{m}) | its matmuls alone ms | "
       f"oneDNN / matmuls | max rel. diff" for m in tiles)
-        + f" | {_NATIVE} ms | oneDNN / it | max rel. diff |")
+        + f" | {_NATIVE} ms | oneDNN / it | max rel. diff |"
+        + (f" {_BF16} ms | it / {_NATIVE} | max rel. diff |" * args.bf16))
   print("|---|---:|" + "---:|---:|---:|---:|---:|" * len(tiles)
-        + "---:|---:|---:|")
+        + "---:|---:|---:|" + "---:|---:|---:|" * args.bf16)
   rng = np.random.default_rng(0)
   headline = {"cpu": cpu, "batch": args.batch,
               "malloc": "keep" if malloc_kept else "default"}
   for size, channels in LAYERS:
     ms, errors = measure_layer(size, channels, args.batch, tiles,
-                               args.rounds, rng)
+                               args.rounds, rng, args.bf16)
     cells = [f"{size}x{size}x{channels}", f"{ms['onednn']:.1f}"]
     for m in tiles:
       wino, mats = ms[f"F({m}x{m})"], ms[f"F({m}x{m}) matmuls"]
@@ -244,6 +265,15 @@ def main():
           ms["onednn"] / ms[_NATIVE], 2)
     else:
       cells += ["-", "-", "-"]
+    if args.bf16:
+      # Above 1: the native float32 Winograd is the faster of the two.
+      native = ms.get(_NATIVE)
+      cells += [f"{ms[_BF16]:.1f}",
+                f"{ms[_BF16] / native:.2f}" if native else "-",
+                f"{errors[_BF16]:.1e}"]
+      if native:
+        headline[f"bf16_over_native_F4_{size}x{size}x{channels}"] = round(
+            ms[_BF16] / native, 2)
     print("| " + " | ".join(cells) + " |", flush=True)
   headline["load_avg"] = round(os.getloadavg()[0], 1)
   print(json.dumps(headline))

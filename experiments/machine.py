@@ -27,3 +27,24 @@ def cpu_description():
             if "CPU family" in info and "Model" in info else "")
   cores = len(os.sched_getaffinity(0))
   return f"{name} ({family}; {' '.join(isa)}; {cores} cores)"
+
+
+def gpu_description():
+  """nvidia-smi's name of each NVIDIA GPU ('NVIDIA H200'), joined; None where
+  there is none. Asked of nvidia-smi, not a framework: a driver process that
+  started JAX on the GPU would take most of its memory from the runs it
+  starts."""
+  try:
+    out = subprocess.run(["nvidia-smi", "--query-gpu=name",
+                          "--format=csv,noheader"], capture_output=True,
+                         text=True, check=True, timeout=60).stdout
+  except (OSError, subprocess.SubprocessError):
+    return None
+  names = [line.strip() for line in out.splitlines() if line.strip()]
+  return ", ".join(names) or None
+
+
+def description():
+  """The GPU (where there is one) and the CPU: what a benchmark's row names."""
+  gpu = gpu_description()
+  return f"{gpu}; host {cpu_description()}" if gpu else cpu_description()

@@ -71,3 +71,29 @@ def test_pace_and_first_reaching_read_the_curve():
   assert bench_tta.first_reaching(curve, 0.996) is None
   assert bench_tta.ratio(36.7, 55.7) == 0.66
   assert bench_tta.ratio(None, 55.7) is None and bench_tta.ratio(1.0, None) is None
+
+
+def _fake_nvidia_smi(tmp_path, monkeypatch, names):
+  """An nvidia-smi on PATH that prints `names` as its CSV query would."""
+  script = tmp_path / "nvidia-smi"
+  script.write_text("#!/bin/sh\n" + "".join(f"echo '{n}'\n" for n in names))
+  script.chmod(0o755)
+  monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_rows_name_the_gpu_and_its_host(tmp_path, monkeypatch):
+  from experiments import machine
+  _fake_nvidia_smi(tmp_path, monkeypatch, ["NVIDIA H200"])
+  assert machine.gpu_description() == "NVIDIA H200"
+  described = machine.description()
+  assert described.startswith("NVIDIA H200; host ")
+  assert described.endswith(machine.cpu_description())
+
+
+def test_rows_name_the_cpu_alone_without_a_gpu(tmp_path, monkeypatch):
+  from experiments import machine
+  monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi to be found
+  assert machine.gpu_description() is None
+  _fake_nvidia_smi(tmp_path, monkeypatch, [])  # a driver that lists none
+  assert machine.gpu_description() is None
+  assert machine.description() == machine.cpu_description()

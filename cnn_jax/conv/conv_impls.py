@@ -9,9 +9,10 @@ gradients and takes `impl`:
             on the CPU (cnn_jax/conv/conv_im2col.py).
   'mixed':  XLA's forward and input gradient, im2col's kernel gradient.
   'winograd': on AVX-512 CPUs, float32 3x3 'SAME' stride-1 layers of
-            at least 64 channels on maps of at least 8x8 with at least 512
-            4x4 tiles in the batch, as Winograd's F(4x4, 3x3)
-            (cnn_jax/conv/winograd.py: 1.6-1.7x oneDNN's speed on
+            at least 64 channels on maps of at least 4x4 with at least 64
+            4x4 tiles in the batch (not under bfloat16 matmul precision
+            where the CPU has bf16 dot products), as Winograd's F(4x4, 3x3)
+            (cnn_jax/conv/winograd.py: 1.6-2.4x oneDNN's speed on
             ResNet-18's such layers at batch 128); every other
             convolution as 'onednn'.
   'auto':   'xla' on GPU/TPU; on the CPU 'winograd' where oneDNN is

@@ -34,8 +34,11 @@ and at least MIN_ROWS tiles in the batch. ResNet-18's float32 train step at batc
 
 Where it runs: conv_impls' 'auto' and 'winograd' pick it on the CPU for
 float32 convolutions that `usable` accepts; bfloat16 ones (and float32
-ones under bfloat16 matmul precision) stay on oneDNN's bf16 kernels, which
-are faster and which Winograd's transforms would make less accurate.
+ones under bfloat16 matmul precision, on CPUs with bf16 dot products) stay
+on oneDNN's bf16 kernels, which are as fast in the train step and which
+Winograd's transforms would make less accurate. On CPUs without bf16 dot
+products, bfloat16 matmul precision leaves oneDNN in float32, and
+Winograd takes the layers as under float32.
 Under vmap the members fold into the batch (a kernel per member is a
 batched matmul); under data parallelism each device transforms its shard
 of the batch. MIN_ROWS is checked against the batch as traced: under
@@ -102,7 +105,8 @@ def usable(lhs_shape, rhs_shape, window_strides, padding,
            dtype=jnp.float32) -> bool:
   """Whether `conv` computes this `lax.conv_general_dilated` here: the CPU
   backend on an AVX-512 CPU whose native kernels are built
-  (max_pool_native.cpu_supported), float32 not multiplied in bfloat16,
+  (max_pool_native.cpu_supported), float32 not multiplied in bfloat16 (as
+  under bfloat16 matmul precision on a CPU with bf16 dot products),
   channels-last x [N, H, W, C] with H, W >= MIN_SIZE and at least
   MIN_ROWS tiles (N * ceil(H / 4) * ceil(W / 4)), a 3x3 kernel with
   C and D multiples of 16 and at least MIN_CHANNELS, stride 1, 'SAME'
@@ -110,8 +114,18 @@ def usable(lhs_shape, rhs_shape, window_strides, padding,
   if (len(lhs_shape) != 4 or tuple(rhs_shape[:2]) != (3, 3)
       or jnp.dtype(dtype) != jnp.float32
       or preferred_element_type not in (None, jnp.float32)
-      or onednn_bfloat16.bfloat16_requested(precision)
       or not _is_one(window_strides) or not _is_one(rhs_dilation)):
+    return False
+  if (onednn_bfloat16.bfloat16_requested(precision)
+      and onednn_bfloat16.bfloat16_native()):
+    # oneDNN's bf16 kernels take these. Layer by layer float32 F(4x4)
+    # beat them from 128 channels (forward and both gradients, 2-core AMD
+    # EPYC Zen 4, `bench_winograd.py --bf16`, bf16 time over F(4x4)'s at
+    # batch 128: 32x32x64 0.80, 16x16x128 1.21, 8x8x256 1.35, 4x4x512
+    # 1.59), but ResNet-18's bf16 train step with it there was no faster:
+    # 87, 93, 86 img/s against 102, 96, 94 without, in processes taken in
+    # turn (session 18). Where the CPU has no bf16 dot products, oneDNN
+    # runs these layers in float32 and Winograd takes them as it would.
     return False
   if conv_im2col.supported(lhs_shape, rhs_shape, dimension_numbers,
                            lhs_dilation, feature_group_count,

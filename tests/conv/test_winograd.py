@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from cnn_jax.conv import conv_impls
+from cnn_jax.conv import onednn_bfloat16
 from cnn_jax.conv import onednn_build
 from cnn_jax.conv import winograd
 from tests.conftest import data_parallel_report
@@ -118,7 +119,13 @@ def test_auto_takes_wide_stride_1_float32_layers_only():
   assert not runs_winograd(*layer, strides=(2, 2))
   assert not runs_winograd(*layer, padding="VALID")
   assert not runs_winograd(*layer, dtype=jnp.bfloat16)
-  assert not runs_winograd(*layer, precision="bfloat16")
+  # bf16 products allowed: oneDNN's bf16 kernels where the CPU has bf16 dot
+  # products, else (oneDNN in float32) Winograd as under float32.
+  assert runs_winograd(*layer, precision="bfloat16") == (
+      not onednn_bfloat16.bfloat16_native())
+  assert runs_winograd((8 * batch, 16, 16, 512), (3, 3, 512, 512),
+                       precision="bfloat16") == (
+                           not onednn_bfloat16.bfloat16_native())
   assert not runs_winograd((batch, 16, 16, 128), (5, 5, 128, 128))
   assert not runs_winograd((batch // 2, 16, 16, 128), (3, 3, 128, 128))
   assert runs_winograd((4 * batch, 8, 8, 128), (3, 3, 128, 128))
@@ -168,6 +175,23 @@ def test_data_parallel_transforms_each_devices_shard():
   assert result["local_tiles"], result
   assert result["dk_diff"] < 1e-5 and result["dx_diff"] < 1e-5, result
   assert result["value_diff"] < 1e-3, result
+
+
+def test_a_cpu_without_bf16_products_keeps_float32_thresholds():
+  """With oneDNN capped below bf16 dot products (AVX512_CORE: a Skylake or
+  Cascade Lake server), bfloat16 precision runs oneDNN in float32, so a
+  64-channel layer takes Winograd as under float32."""
+  code = ("import jax, jax.numpy as jnp\n"
+          "from cnn_jax.conv import conv_impls, onednn_build\n"
+          "x, k = jnp.ones((32, 16, 16, 64)), jnp.ones((3, 3, 64, 64))\n"
+          "with jax.default_matmul_precision('bfloat16'):\n"
+          "  hlo = jax.jit(lambda x, k: conv_impls.conv_general_dilated(\n"
+          "      x, k, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO',\n"
+          "      'NHWC'))).lower(x, k).as_text()\n"
+          "print(onednn_build.cpu_isa(),"
+          " onednn_build.WINOGRAD_INPUT_TILES in hlo)\n")
+  stdout = run_python(code, timeout=300, ONEDNN_MAX_CPU_ISA="AVX512_CORE")
+  assert stdout.split() == ["avx512_core", "True"], stdout
 
 
 def test_an_avx2_cpu_keeps_onednn():

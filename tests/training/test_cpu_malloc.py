@@ -107,8 +107,12 @@ def test_a_freed_block_over_2_gib_stays_in_the_heap():
                             check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.strip().splitlines()[-1])["kept_bytes"]
-  assert kept_bytes("keep") >= size
-  assert kept_bytes("default") < size  # glibc's own: mmap, or trimmed
+  # The block reuses what lay free at the heap's top before it (CI's was
+  # 32 KiB short of 2.5 GiB): so "kept" means all but that slack, at most
+  # glibc's top pad and a page or so.
+  slack = 2**20
+  assert kept_bytes("keep") >= size - slack
+  assert kept_bytes("default") < slack  # glibc's own: mmap, or trimmed
 
 
 def test_a_setting_that_is_not_known_names_the_config_key():
