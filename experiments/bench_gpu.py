@@ -234,7 +234,7 @@ def main():
                             (args.cifar_batch, 32, 10))
     jax_batches = [batch] + ([b for b in extra_batches if b != batch]
                              if name == "resnet50" else [])
-    runs, batches = {}, {}
+    runs = {}
     for b in jax_batches:
       row = "jax bf16" if b == batch else f"jax bf16 (batch {b})"
       runs[row] = (bench_cpu.jax_train_step(
