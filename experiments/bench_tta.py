@@ -31,9 +31,9 @@ accuracy ('-': not reached) and its seconds per epoch after the first
 (its pace: training plus evaluation, no start-up, whichever epoch first
 crosses a target), with the machine in every row (the GPU by nvidia-smi's
 name where there is one, on which both frameworks then train; the CPU by
-lscpu's model name and the instruction sets that matter), then the means over seeds, cnn_jax's time
-to 99.4% over each PyTorch run's (the headline: over the fastest PyTorch
-run of the same recipe) and its pace over theirs.
+lscpu's model name and the instruction sets that matter), then the means
+over seeds, cnn_jax's time to 99.4% over each PyTorch run's (the headline:
+over the fastest PyTorch run of the same recipe) and its pace over theirs.
 
   python experiments/bench_tta.py                  # 3 seeds: ~45-70 min, 2 idle cores
   python experiments/bench_tta.py --quick          # 1 seed, 2 epochs, eager
@@ -222,8 +222,7 @@ def torch_worker(kind, recipe_path, seed, epochs, mode, precision="float32"):
       os.path.join(REPO, "data", "mnist"))
   mean = float(train_x.mean() / 255.0)
   std = float(train_x.std() / 255.0)
-  # uint8 [N,1,28,28]
-  train_x = torch.from_numpy(train_x.copy()).unsqueeze(1).to(device)
+  train_x = torch.from_numpy(train_x.copy()).unsqueeze(1).to(device)  # uint8
   train_y = torch.from_numpy(train_y.copy()).to(device)
   test_x = (torch.from_numpy(test_x.copy()).unsqueeze(1).float().to(device)
             / 255.0 - mean) / std
@@ -383,9 +382,9 @@ def main():
     have_torch = True
   except ImportError:
     have_torch = False
-  cpu = machine.description()  # the GPU too, where there is one
+  machine_name = machine.description()  # the GPU too, where there is one
   load_before = os.getloadavg()
-  print(f"machine: {cpu}; load average {load_before[0]:.1f}; recipe "
+  print(f"machine: {machine_name}; load average {load_before[0]:.1f}; recipe "
         f"{args.recipe}; seeds {seeds}"
         + ("" if have_torch else "; torch not installed: its runs skipped"),
         flush=True)
@@ -456,7 +455,7 @@ def main():
                      f"--epochs={args.epochs}"]
         curve = run(command, run_env)
         curves[name][seed] = curve
-        print(f"| {name} | {seed} | {cpu} | {len(curve)} | "
+        print(f"| {name} | {seed} | {machine_name} | {len(curve)} | "
               f"{curve[-1][1]:.4f} | {show(first_reaching(curve, 0.994))} | "
               f"{show(first_reaching(curve, 0.995))} | "
               f"{curve[-1][2]:.1f} s | {show(epoch_seconds(curve))} |",
@@ -484,7 +483,8 @@ def main():
     key = contenders[name][0]
     to_target = ratio(ours, row[0.994])
     pace = ratio(means["cnn_jax"]["epoch"], row["epoch"])
-    print(f"| {name} | {cpu} | {len(curves[name])} | {row['final']:.4f} | "
+    print(f"| {name} | {machine_name} | {len(curves[name])} | "
+          f"{row['final']:.4f} | "
           f"{show(row[0.994])} | {show(row[0.995])} | "
           f"{show_ratio(to_target)} | {show(row['epoch'])} | "
           f"{show_ratio(pace)} |")
@@ -498,7 +498,7 @@ def main():
       headline[f"epoch_ratio_vs_{key}"] = pace
   if torch_same and ours is not None:  # against the fastest PyTorch run
     headline["ratio_to_99.4_vs_torch_same"] = ratio(ours, min(torch_same))
-  headline.update(recipe=args.recipe, seeds=seeds, machine=cpu,
+  headline.update(recipe=args.recipe, seeds=seeds, machine=machine_name,
                   load_avg=[round(load_before[0], 1),
                             round(os.getloadavg()[0], 1)],
                   seconds=round(time.perf_counter() - _START))

@@ -77,6 +77,6 @@ fi
 # allocator setting --torch_malloc keep is for CPUs.
 if [[ $SKIP != *tta* ]]; then
   timeout 240 python experiments/bench_tta.py --seeds "${TTA_SEEDS:-3}" \
-    --torch_malloc default --jax_xla_flags="${TTA_XLA_FLAGS:-}" 2>&1 | tee "$OUT/bench_tta.txt" \
-    | grep -v "^W0000\|^I0000"
+    --torch_malloc default --jax_xla_flags="${TTA_XLA_FLAGS:-}" 2>&1 \
+    | tee "$OUT/bench_tta.txt" | grep -v "^W0000\|^I0000"
 fi
